@@ -1,0 +1,43 @@
+"""Features of a King County sale, computed from that sale's own row (point-in-time by construction)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+# Day zero of the "market time" feature; the model extrapolates a trend from it.
+EPOCH = date(2014, 1, 1)
+
+NUMERIC = [
+    "bedrooms", "bathrooms", "log_sqft_living", "log_sqft_lot", "floors", "waterfront", "view",
+    "condition", "grade", "log_sqft_above", "basement_share", "age", "renovated", "years_since_renovation",
+    "lat", "long", "log_sqft_living15", "log_sqft_lot15", "living_vs_neighbours", "sale_day",
+    "month_sin", "month_cos",
+]  # fmt: skip
+CATEGORICAL = ["zipcode"]
+# Market time must extrapolate past the training window, so it is scaled but never clipped.
+UNCLIPPED = ["sale_day"]
+TARGET_TRANSFORM = "log"
+
+
+def derive(lf: pl.LazyFrame) -> pl.LazyFrame:
+    year = pl.col("date").dt.year()
+    renovated = pl.col("yr_renovated") > 0
+    month = pl.col("date").dt.month().cast(pl.Float64)
+    return lf.with_columns(
+        pl.col("sqft_living").log().alias("log_sqft_living"),
+        pl.col("sqft_lot").log().alias("log_sqft_lot"),
+        pl.col("sqft_above").log().alias("log_sqft_above"),
+        (pl.col("sqft_basement") / pl.col("sqft_living")).alias("basement_share"),
+        (year - pl.col("yr_built")).clip(lower_bound=0).alias("age"),
+        renovated.cast(pl.Float64).alias("renovated"),
+        pl.when(renovated).then(year - pl.col("yr_renovated")).otherwise(year - pl.col("yr_built"))
+        .clip(lower_bound=0).alias("years_since_renovation"),
+        pl.col("sqft_living15").log().alias("log_sqft_living15"),
+        pl.col("sqft_lot15").log().alias("log_sqft_lot15"),
+        (pl.col("sqft_living") / pl.col("sqft_living15")).log().alias("living_vs_neighbours"),
+        (pl.col("date") - pl.lit(EPOCH)).dt.total_days().cast(pl.Float64).alias("sale_day"),
+        (month * (2 * 3.141592653589793 / 12)).sin().alias("month_sin"),
+        (month * (2 * 3.141592653589793 / 12)).cos().alias("month_cos"),
+    )

@@ -1,0 +1,236 @@
+"""Ingest: read one day's landing files, coerce them to the dataset spec, write the ``raw`` partition.
+
+Landing files are only ever read. A batch-level problem (an unreadable file, a missing required column)
+raises :class:`BatchError` naming the file, the column and the values; a value that cannot be coerced
+does not stop the day: the row is kept in ``raw`` with the problem in ``_coerce_errors`` and the
+validate step sends it to quarantine with that reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+
+import polars as pl
+
+from tasks import storage
+from tasks.spec import ColumnSpec, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+# Bookkeeping columns added to every raw row; they travel to validated and quarantine.
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+COERCE_ERRORS = "_coerce_errors"
+DS = "ds"
+
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "date": pl.Date(),
+    "bool": pl.Boolean(),
+}
+
+
+class BatchError(ValueError):
+    """A problem with a whole file or day: the run must stop and a person must look."""
+
+
+@dataclass
+class DayReport:
+    day: str
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    coerce_errors: int = 0
+    dropped_columns: dict[str, list[str]] = field(default_factory=dict)
+    raw_uri: str | None = None
+    raw_sha256: str | None = None
+
+
+def days_in_interval(start: date, end: date) -> list[date]:
+    """The days of a data interval [start, end); an interval shorter than a day still names its day."""
+    n = max((end - start).days, 1)
+    return [start + timedelta(days=i) for i in range(n)]
+
+
+def normalize_header(name: str) -> str:
+    """Headers match the spec ignoring case, surrounding spaces and a UTF-8 byte-order mark."""
+    return name.replace("\ufeff", "").strip().lower()
+
+
+def read_landing_file(uri: str, spec: DatasetSpec) -> pl.DataFrame:
+    """One landing file as text columns with normalised headers. Raises BatchError if unreadable."""
+    suffix = uri.rsplit(".", 1)[-1].lower()
+    try:
+        data = storage.read_bytes(uri)
+    except OSError as exc:
+        raise BatchError(f"{uri}: cannot read file: {exc}") from exc
+    if suffix == "csv" and "csv" in spec.landing.formats:
+        if not data.strip():
+            raise BatchError(f"{uri}: file is empty (no header row)")
+        try:
+            df = pl.read_csv(
+                io.BytesIO(data),
+                separator=spec.landing.csv.separator,
+                encoding=spec.landing.csv.encoding,
+                infer_schema=False,
+                raise_if_empty=True,
+            )
+        except Exception as exc:  # polars raises several error types for malformed text
+            raise BatchError(f"{uri}: not a readable CSV ({type(exc).__name__}: {exc})") from exc
+    elif suffix == "parquet" and "parquet" in spec.landing.formats:
+        try:
+            df = pl.read_parquet(io.BytesIO(data))
+        except Exception as exc:
+            raise BatchError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+    else:
+        raise BatchError(f"{uri}: unsupported landing format {suffix!r}; the spec allows {spec.landing.formats}")
+    renamed = {c: normalize_header(c) for c in df.columns}
+    dupes = sorted({n for n in renamed.values() if list(renamed.values()).count(n) > 1})
+    if dupes:
+        raise BatchError(f"{uri}: columns {dupes} appear more than once (headers compared ignoring case)")
+    return df.rename(renamed)
+
+
+def _text(col: str) -> pl.Expr:
+    """The column as stripped text, empty strings as null."""
+    s = pl.col(col).cast(pl.String).str.strip_chars()
+    return pl.when(s == "").then(None).otherwise(s)
+
+
+def coerce_expr(col: str, cs: ColumnSpec, dtype: pl.DataType) -> pl.Expr:
+    """Expression turning a landing column (text, or already typed Parquet) into the spec's type."""
+    target = POLARS_TYPES[cs.type]
+    if dtype == target:
+        return pl.col(col)
+    if cs.type == "date" and dtype == pl.Datetime:
+        return pl.col(col).dt.date()
+    if cs.type in ("int", "float", "bool") and dtype.is_numeric():
+        if cs.type == "int":
+            f = pl.col(col).cast(pl.Float64)
+            return pl.when(f == f.floor()).then(f).cast(pl.Int64, strict=False)
+        return pl.col(col).cast(target, strict=False)
+    text = _text(col)
+    if cs.type == "string":
+        return text
+    if cs.type == "float":
+        return text.cast(pl.Float64, strict=False)
+    if cs.type == "int":
+        f = text.cast(pl.Float64, strict=False)
+        return pl.when(f.is_finite() & (f == f.floor())).then(f).otherwise(None).cast(pl.Int64, strict=False)
+    if cs.type == "bool":
+        low = text.str.to_lowercase()
+        return (
+            pl.when(low.is_in(["true", "1", "yes", "t", "y"]))
+            .then(True)
+            .when(low.is_in(["false", "0", "no", "f", "n"]))
+            .then(False)
+            .otherwise(None)
+        )
+    if cs.type == "date":
+        iso = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        if cs.format:
+            return text.str.to_datetime(cs.format, strict=False).dt.date().fill_null(iso)
+        return iso
+    raise AssertionError(cs.type)
+
+
+def coerce(df: pl.DataFrame, spec: DatasetSpec, source: str, day: date) -> tuple[pl.DataFrame, list[str]]:
+    """Cast a landing frame to the spec. Returns the typed frame and the extra columns it dropped.
+
+    Raises BatchError when required columns are missing. Values that do not coerce become null and
+    are described, with the original value, in ``_coerce_errors``.
+    """
+    missing = [c for c in spec.required_columns if c not in df.columns]
+    if missing:
+        raise BatchError(
+            f"{source}: missing required column(s) {missing}; the file has columns {df.columns}"
+        )
+    extra = [c for c in df.columns if c not in spec.columns]
+    exprs, errors = [], []
+    for name, cs in spec.columns.items():
+        if name not in df.columns:
+            exprs.append(pl.lit(None, dtype=POLARS_TYPES[cs.type]).alias(name))
+            continue
+        typed = coerce_expr(name, cs, df.schema[name])
+        exprs.append(typed.alias(name))
+        original = pl.col(name).cast(pl.String).str.strip_chars()
+        failed = typed.is_null() & original.is_not_null() & (original != "")
+        errors.append(
+            pl.when(failed).then(pl.format("{}={} is not a valid " + cs.type, pl.lit(name), original.str.slice(0, 60)))
+        )
+    out = df.with_row_index(SOURCE_ROW, offset=1).select(
+        *exprs,
+        pl.lit(day, dtype=pl.Date).alias(DS),
+        pl.lit(source).alias(SOURCE_FILE),
+        pl.col(SOURCE_ROW).cast(pl.Int64),
+        pl.concat_str(errors, separator="; ", ignore_nulls=True).alias(COERCE_ERRORS)
+        if errors
+        else pl.lit(None, dtype=pl.String).alias(COERCE_ERRORS),
+    )
+    out = out.with_columns(
+        pl.when(pl.col(COERCE_ERRORS) == "").then(None).otherwise(pl.col(COERCE_ERRORS)).alias(COERCE_ERRORS)
+    )
+    return out, extra
+
+
+def raw_schema(spec: DatasetSpec) -> dict[str, pl.DataType]:
+    schema = {name: POLARS_TYPES[cs.type] for name, cs in spec.columns.items()}
+    schema.update({DS: pl.Date(), SOURCE_FILE: pl.String(), SOURCE_ROW: pl.Int64(), COERCE_ERRORS: pl.String()})
+    return schema
+
+
+def landing_files(landing_uri: str, day: date, spec: DatasetSpec) -> list[str]:
+    folder = storage.join(landing_uri, day.isoformat())
+    names = [n for n in storage.list_dir(folder) if not n.startswith((".", "_"))]
+    return [storage.join(folder, n) for n in names]
+
+
+def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date) -> DayReport:
+    """Read every landing file of ``day``, coerce, and (re)write the day's raw partition.
+
+    A day with no landing folder is a day with no sales: its raw partition is written empty, so a
+    re-run after files were withdrawn also replaces the day exactly.
+    """
+    report = DayReport(day=day.isoformat())
+    frames = []
+    for uri in landing_files(landing_uri, day, spec):
+        df = read_landing_file(uri, spec)
+        typed, extra = coerce(df, spec, uri, day)
+        if extra:
+            log.warning("%s: ignoring columns not in spec %r: %s", uri, spec.name, extra)
+            report.dropped_columns[uri] = extra
+        frames.append(typed)
+        report.files.append(uri)
+    schema = raw_schema(spec)
+    raw = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+    raw = raw.select([pl.col(c).cast(t) for c, t in schema.items()])
+    report.rows = raw.height
+    report.coerce_errors = raw[COERCE_ERRORS].is_not_null().sum()
+    report.raw_uri = storage.partition_uri(lake_uri, "raw", day)
+    report.raw_sha256 = storage.write_parquet_atomic(raw, report.raw_uri)
+    if not frames:
+        log.warning("no landing files for %s under %s: wrote an empty raw partition", day, landing_uri)
+    return report
+
+
+def ingest_interval(spec: DatasetSpec, landing_uri: str, lake_uri: str, start: date, end: date) -> dict:
+    """Ingest every day of [start, end). Returns small metadata for XCom."""
+    reports = [ingest_day(spec, landing_uri, lake_uri, d) for d in days_in_interval(start, end)]
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "days": len(reports),
+        "files": sum(len(r.files) for r in reports),
+        "rows_landed": sum(r.rows for r in reports),
+        "coerce_errors": sum(r.coerce_errors for r in reports),
+        "dropped_columns": {k: v for r in reports for k, v in r.dropped_columns.items()},
+        "partitions": {r.day: r.raw_sha256 for r in reports},
+    }
+
+
+def report_dict(report: DayReport) -> dict:
+    return asdict(report)

@@ -1,0 +1,217 @@
+"""The network, its LightningModule and DataModule, and the saved model bundle.
+
+Three layers, as in lightning-hydra-template: ``TabularNet`` is a plain ``nn.Module``;
+``PriceModule`` holds the loss, one shared step for train/val/test and the optimizer;
+``TabularDataModule`` holds whole tensors and serves shuffled index slices (a per-row
+``__getitem__`` DataLoader is several times slower on tabular data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import polars as pl
+import pytorch_lightning as L
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from tasks.features import Preprocessing
+
+
+class ModelConfig(BaseModel):
+    """Architecture and optimisation settings; logged as MLflow params and saved with the weights."""
+
+    family: Literal["mlp", "mlp_plr"] = "mlp_plr"  # mlp_plr: periodic embeddings of numeric features
+    hidden: list[int] = Field(default=[256, 256])  # widths of the hidden layers
+    dropout: float = 0.1
+    cat_embedding_dim: int = 16  # embedding width of each categorical feature
+    n_frequencies: int = 16  # periodic embeddings: frequencies per feature
+    frequency_scale: float = 0.1  # periodic embeddings: std of the initial frequencies
+    num_embedding_dim: int = 16  # periodic embeddings: output width per feature
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 60
+    patience: int = 8  # early stopping on val/rmse_ln
+    seed: int = 42
+
+
+class PeriodicEmbedding(nn.Module):
+    """x -> ReLU(W [sin(2 pi c x), cos(2 pi c x)]) per feature (Gorishniy et al., 2022, "PLR")."""
+
+    def __init__(self, n_features: int, n_frequencies: int, scale: float, d_out: int):
+        super().__init__()
+        self.coefficients = nn.Parameter(torch.randn(n_features, n_frequencies) * scale)
+        self.weight = nn.Parameter(torch.empty(n_features, 2 * n_frequencies, d_out))
+        self.bias = nn.Parameter(torch.zeros(n_features, d_out))
+        nn.init.uniform_(self.weight, -1 / math.sqrt(2 * n_frequencies), 1 / math.sqrt(2 * n_frequencies))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, n * d_out)
+        z = 2 * math.pi * self.coefficients[None] * x[..., None]
+        z = torch.cat([torch.sin(z), torch.cos(z)], dim=-1)
+        z = torch.einsum("bnf,nfd->bnd", z, self.weight) + self.bias
+        return torch.relu(z).flatten(1)
+
+
+class TabularNet(nn.Module):
+    def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig):
+        super().__init__()
+        self.embeddings = nn.ModuleList([nn.Embedding(c + 1, cfg.cat_embedding_dim) for c in cardinalities])
+        if cfg.family == "mlp_plr":
+            self.numeric = PeriodicEmbedding(n_numeric, cfg.n_frequencies, cfg.frequency_scale, cfg.num_embedding_dim)
+            d_num = n_numeric * cfg.num_embedding_dim
+        else:
+            self.numeric = nn.Identity()
+            d_num = n_numeric
+        layers: list[nn.Module] = []
+        d = d_num + len(cardinalities) * cfg.cat_embedding_dim
+        for width in cfg.hidden:
+            layers += [nn.Linear(d, width), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        parts = [self.numeric(x_num)] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+
+
+class PriceModule(L.LightningModule):
+    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+        # The target is standardized ln(price): rmse in ln units is the loss scaled back.
+        self.target_std = target_std
+
+    def forward(self, x_num, x_cat):
+        return self.net(x_num, x_cat)
+
+    def _step(self, batch, stage: str):
+        x_num, x_cat, y = batch
+        loss = nn.functional.mse_loss(self(x_num, x_cat), y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=not on_step)
+        self.log(f"{stage}/rmse_ln", loss.sqrt() * self.target_std, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, _):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, _):
+        self._step(batch, "val")
+
+    def test_step(self, batch, _):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(self.cfg.patience // 2, 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+
+
+class IndexBatches(torch.utils.data.IterableDataset):
+    """Whole batches sliced from in-memory tensors; shuffled per epoch with a seeded generator."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int):
+        self.tensors, self.batch_size, self.shuffle, self.seed, self.epoch = tensors, batch_size, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            self.epoch += 1
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for idx in order.split(self.batch_size):
+            yield tuple(t[idx] for t in self.tensors)
+
+
+def to_tensors(prep: Preprocessing, df: pl.DataFrame, with_target: bool = True) -> tuple[torch.Tensor, ...]:
+    x_num = torch.as_tensor(np.array(prep.numeric_matrix(df), copy=True))
+    x_cat = torch.as_tensor(np.array(prep.categorical_matrix(df), copy=True))
+    if not with_target:
+        return x_num, x_cat
+    return x_num, x_cat, torch.from_numpy(prep.encode_target(df[prep.target].to_numpy()))
+
+
+class TabularDataModule(L.LightningDataModule):
+    def __init__(self, frames: dict[str, pl.DataFrame], prep: Preprocessing, batch_size: int, seed: int):
+        super().__init__()
+        self.frames, self.prep, self.batch_size, self.seed = frames, prep, batch_size, seed
+        self.data: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.data:
+            self.data = {name: to_tensors(self.prep, df) for name, df in self.frames.items()}
+
+    def _loader(self, split: str, shuffle: bool):
+        ds = IndexBatches(self.data[split], self.batch_size if shuffle else 8192, shuffle, self.seed)
+        return torch.utils.data.DataLoader(ds, batch_size=None)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The saved bundle: weights (safetensors, no pickle), config and preprocessing, all plain files.
+
+WEIGHTS, CONFIG, PREPROCESSING = "model.safetensors", "model_config.json", "preprocessing.json"
+
+
+def save_bundle(directory: Path, net: TabularNet, cfg: ModelConfig, prep: Preprocessing) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / WEIGHTS))
+    (directory / CONFIG).write_text(cfg.model_dump_json(indent=2))
+    (directory / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
+
+
+class ModelBundle:
+    """A trained model ready to score validated rows: derive, preprocess, forward, decode."""
+
+    def __init__(self, net: TabularNet, cfg: ModelConfig, prep: Preprocessing):
+        self.net, self.cfg, self.prep = net.eval(), cfg, prep
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelBundle":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg = ModelConfig.model_validate_json((directory / CONFIG).read_text())
+        prep = Preprocessing.model_validate_json((directory / PREPROCESSING).read_text())
+        net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+        net.load_state_dict(load_file(str(directory / WEIGHTS)))
+        return cls(net, cfg, prep)
+
+    def predict_features(self, df: pl.DataFrame) -> np.ndarray:
+        """Prices for rows that already carry the derived features."""
+        x_num, x_cat = to_tensors(self.prep, df, with_target=False)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(x_num), 8192):
+                out.append(self.net(x_num[i : i + 8192], x_cat[i : i + 8192]).numpy())
+        z = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return self.prep.decode_target(z)
+
+    def predict(self, df: pl.DataFrame) -> np.ndarray:
+        """Prices for validated rows (the spec's columns, typed)."""
+        return self.predict_features(self.prep.derive(df.lazy()).collect())
+
+    def describe(self) -> dict:
+        return json.loads(self.cfg.model_dump_json())

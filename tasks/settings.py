@@ -1,0 +1,62 @@
+"""One typed settings object for homeworth, read from ``HOMEWORTH_*`` environment variables.
+
+Every storage root is a URI (a plain path means the local file system), so the same code runs on a
+laptop and against object storage or a tracking server: only the settings change. The names here are
+the names used in ``env.sh`` and ``docker-compose.yaml``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOMEWORTH_", extra="ignore")
+
+    # Root of all local state (landing zone, lake, MLflow store, reports); kept out of git.
+    home: Path = REPO_ROOT / ".state"
+    # Where feeds drop each day's files: <landing_uri>/<YYYY-MM-DD>/*.csv|*.parquet.
+    landing_uri: str = ""
+    # The Parquet lake: raw/, validated/, quarantine/, features/, artifacts/ below it.
+    lake_uri: str = ""
+    # MLflow tracking and registry store; sqlite by default, http://... for a tracking server.
+    mlflow_tracking_uri: str = ""
+    # Where MLflow puts artifacts of the experiment it creates (ignored by a server that proxies them).
+    mlflow_artifact_uri: str = ""
+    # Evaluation reports (HTML), one per retrain run.
+    reports_uri: str = ""
+    # Name of the MLflow experiment and of the registered model.
+    experiment_name: str = "homeworth-price-model"
+    model_name: str = "homeworth-price-model"
+    # The dataset spec (YAML) that names columns, types and roles.
+    dataset_spec: Path = REPO_ROOT / "datasets" / "king_county.yaml"
+    # Torch threads for training and scoring; 0 lets torch decide.
+    torch_threads: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        home = self.home.resolve()
+        self.home = home
+        if not self.landing_uri:
+            self.landing_uri = str(home / "landing")
+        if not self.lake_uri:
+            self.lake_uri = str(home / "lake")
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        if not self.mlflow_artifact_uri:
+            self.mlflow_artifact_uri = (home / "mlflow" / "artifacts").as_uri()
+        if not self.reports_uri:
+            self.reports_uri = str(home / "reports")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

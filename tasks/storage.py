@@ -1,0 +1,94 @@
+"""The lake's layout and its atomic writes.
+
+Roots are URIs (``/path``, ``file:///path``, ``s3://bucket/prefix`` ...), resolved with pyarrow's
+file systems. Each day-partition is one Parquet file, ``<lake>/<table>/ds=<YYYY-MM-DD>/part-0.parquet``,
+written to a hidden temporary name beside the target and renamed over it, so a reader sees the old
+file or the new one, never half of one, and re-running a day replaces exactly that day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    import polars as pl
+
+PART_FILE = "part-0.parquet"
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(file system, path inside it) for a root URI or a plain local path."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def partition_uri(lake_uri: str, table: str, day: date) -> str:
+    return join(lake_uri, table, f"ds={day.isoformat()}", PART_FILE)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names directly below ``uri`` (files and folders), sorted; empty if it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(info.base_name for info in infos)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write to ``.<name>.tmp-<pid>`` beside the target, then rename over it."""
+    fs, path = resolve(uri)
+    parent, name = path.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{name}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def write_parquet_atomic(df: "pl.DataFrame", uri: str) -> str:
+    """Write a frame as one Parquet file atomically; returns the sha256 of the bytes written."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    data = buf.getvalue()
+    write_bytes_atomic(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json_atomic(uri: str, obj: Any) -> str:
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    write_bytes_atomic(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(uri: str) -> str:
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
+
+
+def local_path(uri: str) -> str | None:
+    """A local path for a local URI (for tools that only read local files), else None."""
+    fs, path = resolve(uri)
+    return path if isinstance(fs, pafs.LocalFileSystem) else None

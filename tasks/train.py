@@ -1,0 +1,97 @@
+"""Training: ``train(cfg, features_uri, prep) -> TrainResult``, a plain function the DAG task calls.
+
+Deterministic under ``cfg.seed`` (seeded shuffling, ``deterministic=True``); early stopping on the
+validation RMSE of ln(price); the best epoch's weights are kept in memory and returned, so nothing
+is pickled. ``accelerator="auto"`` uses a GPU where there is one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import polars as pl
+import pytorch_lightning as L
+import torch
+
+from tasks.features import SPLIT, SPLITS, Preprocessing
+from tasks.model import ModelConfig, PriceModule, TabularDataModule, TabularNet
+
+log = logging.getLogger(__name__)
+MONITOR = "val/rmse_ln"
+
+
+class BestWeights(L.Callback):
+    """Keeps a copy of the weights of the epoch with the lowest ``val/rmse_ln``."""
+
+    def __init__(self) -> None:
+        self.best, self.best_epoch, self.state = float("inf"), -1, None
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(MONITOR)
+        if value is not None and float(value) < self.best:
+            self.best, self.best_epoch = float(value), trainer.current_epoch
+            self.state = copy.deepcopy(module.net.state_dict())
+
+
+@dataclass
+class TrainResult:
+    net: TabularNet
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str, pl.DataFrame]:
+    df = pl.read_parquet(features_uri, columns=columns)
+    return {s: df.filter(pl.col(SPLIT) == s) for s in SPLITS}
+
+
+def train(
+    cfg: ModelConfig,
+    features_uri: str,
+    prep: Preprocessing,
+    logger: L.pytorch.loggers.Logger | None = None,  # type: ignore[name-defined]
+    accelerator: str = "auto",
+    threads: int = 0,
+    limit_train_batches: int | float | None = None,
+) -> TrainResult:
+    if threads:
+        torch.set_num_threads(threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    frames = load_splits(features_uri)
+    dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    module = PriceModule(net, cfg, prep.target_std)
+    best = BestWeights()
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=accelerator,
+        devices=1,
+        deterministic=True,
+        logger=logger if logger is not None else False,
+        callbacks=[best, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit_train_batches,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - t0
+    if best.state is not None:
+        net.load_state_dict(best.state)
+    net.cpu().eval()
+    metrics = {"val_rmse_ln": best.best, "train_seconds": seconds,
+               "samples_per_second": len(frames["train"]) * (trainer.current_epoch or 1) / seconds}
+    log.info("trained %d epochs in %.1fs; best %s %.4f at epoch %d", trainer.current_epoch, seconds, MONITOR,
+             best.best, best.best_epoch)
+    return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
+                       seconds=seconds, rows={s: len(f) for s, f in frames.items()})
