@@ -184,7 +184,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     if not parts:
         raise ValueError(f"no validated partitions in {lake_uri} for {window_start}..{window_end}: ingest first")
     fset = feature_set(spec)
-    keep = [*spec.id_columns, *([spec.event_time] if spec.event_time else []), spec.target, DS]
+    # All spec columns travel with the features: a champion whose feature code differs can re-derive.
+    keep = [*spec.columns, DS]
     lf = (
         pl.scan_parquet([p["uri"] for p in parts])
         .pipe(fset.derive)

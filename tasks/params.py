@@ -1,0 +1,73 @@
+"""Typed run parameters, shared by the DAGs' trigger forms and the task code.
+
+Light on purpose (pydantic only): DAG files import this at parse time to build their ``Params``
+from the same fields, defaults and bounds the tasks validate with, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class RetrainParams(BaseModel):
+    """Parameters of ``price_model_retrain`` (shown in the Airflow UI trigger form)."""
+
+    window_days: int = Field(default=730, ge=30, le=36500,
+                             description="Training window: days of validated sales before the run's interval end.")
+    max_epochs: int = Field(default=60, ge=1, le=1000, description="Upper bound on training epochs (early stopping "
+                            "on validation RMSE of ln(price) usually stops sooner).")
+    seed: int = Field(default=42, ge=0, description="Seed for weight initialisation and batch shuffling.")
+    model_family: Literal["mlp_plr", "mlp"] = Field(
+        default="mlp_plr", description="mlp_plr: MLP with periodic embeddings of numeric features; mlp: plain MLP.")
+    min_relative_improvement: float = Field(
+        default=0.01, ge=0, le=1, description="Promote only if test mdape improves on the champion's by this fraction.")
+    max_mdape: float = Field(default=0.15, gt=0, le=1, description="Absolute bar: test median APE at most this.")
+    min_ppe10: float = Field(default=0.40, ge=0, le=1, description="Absolute bar: test share within 10% at least this.")
+    force_promotion: bool = Field(default=False, description="Promote even if the gate says no (the reason is recorded).")
+
+
+class IngestParams(BaseModel):
+    """Parameters of ``sales_ingest``: empty for scheduled runs; a date range for a bulk load."""
+
+    from_date: date | None = Field(default=None, description="Bulk load: first day (YYYY-MM-DD). Empty: the run's "
+                                   "data interval.")
+    to_date: date | None = Field(default=None, description="Bulk load: last day, inclusive (YYYY-MM-DD).")
+
+
+def airflow_params(model: type[BaseModel]) -> dict[str, Any]:
+    """``{name: Param(...)}`` for a DAG, from a pydantic model's JSON schema (types, bounds, enums, docs)."""
+    from airflow.sdk import Param
+
+    schema = model.model_json_schema()
+    out = {}
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        default = prop.pop("default", None)
+        prop.pop("title", None)
+        if "anyOf" in prop:  # Optional[X]: JSON schema null or X
+            types = [p for p in prop.pop("anyOf")]
+            prop["type"] = [t["type"] for t in types]
+            fmt = next((t.get("format") for t in types if t.get("format")), None)
+            if fmt:
+                prop["format"] = fmt
+        if "enum" not in prop and "$ref" in prop:
+            ref = schema["$defs"][prop.pop("$ref").split("/")[-1]]
+            prop.update({k: v for k, v in ref.items() if k in ("enum", "type")})
+        out[name] = Param(default, title=name.replace("_", " "), **prop)
+    return out
+
+
+def interval_days(start: datetime | date, end: datetime | date, params: IngestParams) -> tuple[date, date]:
+    """[first day, day after the last) of an ingest run: the Params' range if given, else the data interval."""
+    if params.from_date or params.to_date:
+        if not (params.from_date and params.to_date) or params.to_date < params.from_date:
+            raise ValueError(f"from_date and to_date must both be set, in order; got {params.from_date}, {params.to_date}")
+        from datetime import timedelta
+
+        return params.from_date, params.to_date + timedelta(days=1)
+    start_d = start.date() if isinstance(start, datetime) else start
+    end_d = end.date() if isinstance(end, datetime) else end
+    return start_d, max(end_d, start_d)
