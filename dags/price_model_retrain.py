@@ -37,7 +37,7 @@ def _lineage(dag_run, data_interval_end, params):
 @dag(
     dag_id="price_model_retrain",
     schedule="0 3 * * *",
-    start_date=pendulum.datetime(2015, 5, 1, tz="UTC"),
+    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     params=airflow_params(RetrainParams),

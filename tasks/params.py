@@ -60,7 +60,7 @@ def airflow_params(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def interval_days(start: datetime | date, end: datetime | date, params: IngestParams) -> tuple[date, date]:
+def interval_days(start: datetime | date | None, end: datetime | date | None, params: IngestParams) -> tuple[date, date]:
     """[first day, day after the last) of an ingest run: the Params' range if given, else the data interval."""
     if params.from_date or params.to_date:
         if not (params.from_date and params.to_date) or params.to_date < params.from_date:
@@ -68,6 +68,9 @@ def interval_days(start: datetime | date, end: datetime | date, params: IngestPa
         from datetime import timedelta
 
         return params.from_date, params.to_date + timedelta(days=1)
+    if start is None or end is None:
+        raise ValueError("this run has no data interval (triggered without a logical date): "
+                         "give from_date and to_date, or a logical date")
     start_d = start.date() if isinstance(start, datetime) else start
     end_d = end.date() if isinstance(end, datetime) else end
     return start_d, max(end_d, start_d)

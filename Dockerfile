@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# The homeworth image: the official Airflow 3.3.2 image plus the project's pinned requirements and code.
+# docker-compose.yaml builds it once and runs every Airflow component *and* the MLflow tracking server
+# from it, so the MLflow server and the MLflow client in the workers are always the same version.
+# The tag must match the apache-airflow pin in requirements.txt (tests/test_compose.py checks this).
+FROM apache/airflow:3.3.2-python3.11
+
+# Folders that docker-compose.yaml mounts named volumes on. Creating them here, owned by airflow and
+# group 0 (the image's convention: any AIRFLOW_UID with gid 0 can write), means a fresh named volume
+# starts with the right owner; airflow-init re-applies ownership for existing volumes.
+USER root
+RUN mkdir -p /opt/airflow/state /opt/airflow/config /opt/airflow/plugins /opt/mlflow/artifacts \
+ && chown -R airflow:0 /opt/airflow/state /opt/airflow/config /opt/airflow/plugins /opt/mlflow \
+ && chmod -R g+rwX /opt/airflow/state /opt/airflow/config /opt/airflow/plugins /opt/mlflow
+USER airflow
+
+# Pinned requirements (apache-airflow==3.3.2 is among them, so pip cannot move Airflow itself).
+# torch==2.13.0 must be the CPU build: the PyTorch CPU index publishes it as 2.13.0+cpu, which satisfies
+# the ==2.13.0 pin and sorts above the plain PyPI 2.13.0 (the CUDA build with its nvidia-* wheels),
+# so with the extra index pip takes the CPU wheel.
+COPY --chown=airflow:0 requirements.txt /requirements.txt
+RUN pip install --no-cache-dir \
+      --extra-index-url https://download.pytorch.org/whl/cpu \
+      -r /requirements.txt
+
+# The project: DAGs, the importable logic package, GX suites, dataset specs and the bundled data.
+# Baked into the image so that every Celery worker runs exactly the same code as the scheduler and
+# the dag-processor (no bind mounts in production).
+COPY --chown=airflow:0 dags/ /opt/airflow/dags/
+COPY --chown=airflow:0 tasks/ /opt/airflow/tasks/
+COPY --chown=airflow:0 expectations/ /opt/airflow/expectations/
+COPY --chown=airflow:0 datasets/ /opt/airflow/datasets/
+COPY --chown=airflow:0 data/ /opt/airflow/data/
+# plugins/ holds no tracked file yet, so a fresh clone has no plugins/ folder; the [s] glob lets
+# BuildKit (the default builder of docker compose v2) copy nothing instead of failing.
+COPY --chown=airflow:0 plugin[s]/ /opt/airflow/plugins/
+
+# /opt/airflow on the path makes `import tasks` and `import expectations` work in every component;
+# tasks/settings.py then finds datasets/ and data/ next to it (REPO_ROOT = /opt/airflow).
+# HOMEWORTH_GIT_COMMIT is read by tasks/tracking.py (the image has no .git): pass
+# `--build-arg GIT_COMMIT=$(git rev-parse HEAD)` or set GIT_COMMIT for docker compose build.
+ARG GIT_COMMIT=unknown
+ENV PYTHONPATH=/opt/airflow \
+    HOMEWORTH_GIT_COMMIT=${GIT_COMMIT} \
+    GX_ANALYTICS_ENABLED=false \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true \
+    TQDM_DISABLE=1

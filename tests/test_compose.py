@@ -1,0 +1,502 @@
+"""Static checks of the production shape: docker-compose.yaml, the Dockerfile it builds and the postgres init.
+
+Docker is not available on the development machine, so the compose file is never started here; these
+tests parse it (PyYAML, anchors and merge keys resolved) and check what would otherwise only fail at
+``docker compose up``: a missing service, a ``HOMEWORTH_*`` name that tasks/settings.py does not read,
+code that never reaches the workers, a lake that workers do not share, an executor/broker/database
+mix-up, or Airflow pointing at a different MLflow than the server the file starts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import os
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tasks.settings import Settings  # noqa: E402
+
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+AIRFLOW_HOME = "/opt/airflow"
+AIRFLOW_SERVICES = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
+# The long-running components and the `airflow ...` command each one runs.
+COMPONENT_COMMANDS = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+    "airflow-worker": "celery worker",
+}
+EXPECTED_SERVICES = {"postgres", "redis", "mlflow", *AIRFLOW_SERVICES}
+# What the Airflow containers need from the checkout: DAGs, the logic package, plugins, GX suites.
+CODE_DIRS = ("dags", "tasks", "plugins", "expectations")
+SETTINGS_ENV_NAMES = {f"HOMEWORTH_{name.upper()}" for name in Settings.model_fields}
+# Keys of a compose service this project may use (a subset of the compose specification). docker compose
+# rejects unknown keys; this catches a typo such as ``depends-on`` before anyone runs it.
+SERVICE_KEYS = {
+    "build", "command", "container_name", "depends_on", "deploy", "entrypoint", "env_file", "environment",
+    "expose", "healthcheck", "hostname", "image", "init", "labels", "logging", "ports", "profiles",
+    "restart", "shm_size", "stop_grace_period", "user", "volumes", "working_dir",
+}
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def interpolate(value: object) -> str:
+    """Compose interpolation with an empty shell: defaults apply, required variables become markers."""
+
+    def sub(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if op and op.endswith("-"):
+            return arg
+        if op and op.endswith("?"):
+            return f"<required:{name}>"
+        return ""
+
+    text = str(value).replace("$$", "\0")
+    return _VAR.sub(sub, text).replace("\0", "$")
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def argv_of(service: dict) -> list[str]:
+    """entrypoint + command as one argv (string forms split like a shell would)."""
+    argv: list[str] = []
+    for key in ("entrypoint", "command"):
+        part = service.get(key)
+        if part is None:
+            continue
+        argv += shlex.split(part) if isinstance(part, str) else [str(p) for p in part]
+    return argv
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def mounts_of(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, is_named_volume) for every volume entry, short or long syntax."""
+    out = []
+    for v in service.get("volumes") or []:
+        if isinstance(v, dict):
+            source, target = str(v.get("source", "")), str(v["target"])
+            named = v.get("type") == "volume"
+        else:
+            parts = interpolate(v).split(":")
+            source, target = parts[0], parts[1]
+            named = not source.startswith((".", "/", "~"))
+        out.append((interpolate(source), interpolate(target).rstrip("/") or "/", named))
+    return out
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with comments dropped and backslash continuations joined."""
+    out, buf = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        line, buf = buf + line, ""
+        instr, _, args = line.partition(" ")
+        out.append((instr.upper(), args.strip()))
+    return out
+
+
+def dockerfile_of(service: dict) -> Path | None:
+    build = service.get("build")
+    if build is None:
+        return None
+    if isinstance(build, str):
+        context, dockerfile = build, "Dockerfile"
+    else:
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+    return (REPO / interpolate(context) / interpolate(dockerfile)).resolve()
+
+
+def copies_of(dockerfile: Path) -> list[tuple[list[str], str]]:
+    """(sources, destination) of each COPY from the build context (multi-stage --from copies excluded)."""
+    out = []
+    for instr, args in dockerfile_instructions(dockerfile):
+        if instr not in ("COPY", "ADD"):
+            continue
+        tokens = shlex.split(args)
+        if any(t.startswith("--from") for t in tokens):
+            continue
+        tokens = [t for t in tokens if not t.startswith("--")]
+        out.append((tokens[:-1], tokens[-1]))
+    return out
+
+
+def image_env(dockerfile: Path) -> dict[str, str]:
+    env = {}
+    for instr, args in dockerfile_instructions(dockerfile):
+        if instr == "ENV":
+            for token in shlex.split(args):
+                if "=" in token:
+                    k, v = token.split("=", 1)
+                    env[k] = v
+    return env
+
+
+def provided_dirs(service: dict) -> set[str]:
+    """Top-level repo folders that appear as /opt/airflow/<name> in the service: bind-mounted or COPYed."""
+    found = set()
+    for source, target, named in mounts_of(service):
+        if not named and target.startswith(AIRFLOW_HOME + "/"):
+            src = (REPO / source).resolve()
+            if src.parent == REPO and target == f"{AIRFLOW_HOME}/{src.name}":
+                found.add(src.name)
+    dockerfile = dockerfile_of(service)
+    if dockerfile is not None and dockerfile.exists():
+        for sources, dest in copies_of(dockerfile):
+            if len(sources) != 1:
+                continue
+            pattern = sources[0].rstrip("/")
+            name = dest.rstrip("/").removeprefix(AIRFLOW_HOME + "/")
+            if dest.rstrip("/") == f"{AIRFLOW_HOME}/{name}" and "/" not in name and fnmatch.fnmatch(name, pattern):
+                found.add(name)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose_text() -> str:
+    assert COMPOSE_FILE.exists(), f"{COMPOSE_FILE} is missing"
+    return COMPOSE_FILE.read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text) -> dict:
+    data = yaml.safe_load(compose_text)
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), "no services: mapping"
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def mlflow_argv(services) -> list[str]:
+    return argv_of(services["mlflow"])
+
+
+# --------------------------------------------------------------------------------------------------
+# shape
+# --------------------------------------------------------------------------------------------------
+def test_every_service_exists(services):
+    missing = EXPECTED_SERVICES - set(services)
+    assert not missing, f"services missing from docker-compose.yaml: {sorted(missing)}"
+
+
+def test_services_use_only_known_keys(services):
+    for name, service in services.items():
+        unknown = set(service) - SERVICE_KEYS
+        assert not unknown, f"{name}: unknown compose keys {sorted(unknown)}"
+
+
+def test_airflow_components_run_their_command(services):
+    for name, command in COMPONENT_COMMANDS.items():
+        argv = argv_of(services[name])
+        assert argv == command.split(), f"{name} runs {argv}, expected `airflow {command}`"
+    init = " ".join(argv_of(services["airflow-init"]))
+    assert "airflow db migrate" in init, "airflow-init must migrate the metadata database"
+
+
+def test_airflow_services_share_one_image_built_from_the_dockerfile(services):
+    images = {interpolate(services[n].get("image", "")) for n in AIRFLOW_SERVICES}
+    assert len(images) == 1, f"Airflow services run different images: {images}"
+    for name in AIRFLOW_SERVICES:
+        dockerfile = dockerfile_of(services[name])
+        assert dockerfile == (REPO / "Dockerfile").resolve(), f"{name} is not built from ./Dockerfile"
+        assert dockerfile.exists()
+
+
+def test_dependencies_wait_for_health_and_init(services):
+    for name, service in services.items():
+        deps = service.get("depends_on") or {}
+        if isinstance(deps, list):
+            deps = {d: {"condition": "service_started"} for d in deps}
+        for dep, spec in deps.items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            if spec.get("condition") == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy, but it has no healthcheck"
+        if name in COMPONENT_COMMANDS:
+            assert deps.get("airflow-init", {}).get("condition") == "service_completed_successfully", (
+                f"{name} must start after airflow-init has migrated the database"
+            )
+            for infra in ("postgres", "redis"):
+                assert deps.get(infra, {}).get("condition") == "service_healthy", f"{name} must wait for {infra}"
+
+
+def test_named_volumes_are_declared(compose, services):
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for source, _target, named in mounts_of(service):
+            if named:
+                assert source in declared, f"{name} mounts volume {source!r} that is not declared under volumes:"
+
+
+# --------------------------------------------------------------------------------------------------
+# homeworth settings
+# --------------------------------------------------------------------------------------------------
+def test_every_homeworth_name_is_a_settings_field(compose, compose_text):
+    assert {"HOMEWORTH_HOME", "HOMEWORTH_LAKE_URI", "HOMEWORTH_MLFLOW_TRACKING_URI"} <= SETTINGS_ENV_NAMES
+    used: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        for key in env_of(service):
+            if key.startswith("HOMEWORTH_"):
+                used[key] = name
+    unknown = {k: where for k, where in used.items() if k not in SETTINGS_ENV_NAMES}
+    assert not unknown, f"HOMEWORTH_* names that tasks.settings.Settings does not read: {unknown}"
+    # Also anywhere in the text (interpolations, commands, comments), so no name drifts in unnoticed.
+    mentioned = set(re.findall(r"HOMEWORTH_[A-Z0-9_]+", compose_text))
+    assert mentioned - SETTINGS_ENV_NAMES == set(), f"unknown HOMEWORTH_* names: {mentioned - SETTINGS_ENV_NAMES}"
+
+
+def test_airflow_services_get_the_same_homeworth_and_airflow_settings(services):
+    reference = {k: v for k, v in env_of(services["airflow-apiserver"]).items()
+                 if k.startswith(("HOMEWORTH_", "AIRFLOW__"))}
+    required = {"HOMEWORTH_HOME", "HOMEWORTH_LANDING_URI", "HOMEWORTH_LAKE_URI", "HOMEWORTH_MLFLOW_TRACKING_URI"}
+    assert required <= set(reference), f"missing settings: {required - set(reference)}"
+    assert reference["HOMEWORTH_HOME"] == f"{AIRFLOW_HOME}/state"
+    for name in AIRFLOW_SERVICES:
+        env = {k: v for k, v in env_of(services[name]).items() if k.startswith(("HOMEWORTH_", "AIRFLOW__"))}
+        assert env == reference, f"{name} differs from airflow-apiserver: {set(env.items()) ^ set(reference.items())}"
+
+
+def test_compose_values_make_valid_settings(services, monkeypatch):
+    env = {k: interpolate(v) for k, v in env_of(services["airflow-worker"]).items() if k.startswith("HOMEWORTH_")}
+    for key in list(os.environ):
+        if key.startswith("HOMEWORTH_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    assert str(s.home) == env["HOMEWORTH_HOME"]
+    assert s.lake_uri == env["HOMEWORTH_LAKE_URI"]
+    assert s.landing_uri == env["HOMEWORTH_LANDING_URI"]
+    assert s.mlflow_tracking_uri == env["HOMEWORTH_MLFLOW_TRACKING_URI"]
+    if "HOMEWORTH_TORCH_THREADS" in env:
+        assert s.torch_threads == int(env["HOMEWORTH_TORCH_THREADS"])
+
+
+def test_lake_landing_and_reports_are_shared_by_every_airflow_container(compose, services):
+    declared = set(compose.get("volumes") or {})
+    env = env_of(services["airflow-worker"])
+    for key in ("HOMEWORTH_LANDING_URI", "HOMEWORTH_LAKE_URI", "HOMEWORTH_REPORTS_URI", "HOMEWORTH_HOME"):
+        uri = interpolate(env.get(key, ""))
+        if not uri:
+            continue
+        if "://" in uri:  # object storage: shared by construction
+            continue
+        assert uri.startswith("/"), f"{key}={uri!r} must be absolute inside the containers"
+        sources = set()
+        for name in AIRFLOW_SERVICES:
+            covering = [(src, tgt, named) for src, tgt, named in mounts_of(services[name])
+                        if uri == tgt or uri.startswith(tgt + "/")]
+            assert covering, f"{key}={uri} is not on a mounted volume in {name}: each container would see its own copy"
+            src, _tgt, named = max(covering, key=lambda m: len(m[1]))
+            assert named and src in declared, f"{key} in {name} must live on a declared named volume, not {src!r}"
+            sources.add(src)
+        assert len(sources) == 1, f"{key} is backed by different volumes in different services: {sources}"
+
+
+def test_dataset_spec_and_data_reach_the_image(services):
+    spec = interpolate(env_of(services["airflow-worker"]).get("HOMEWORTH_DATASET_SPEC", ""))
+    if spec:
+        rel = Path(spec).relative_to(AIRFLOW_HOME)
+        assert (REPO / rel).is_file(), f"HOMEWORTH_DATASET_SPEC={spec} has no file {rel} in the repo"
+        assert rel.parts[0] in provided_dirs(services["airflow-worker"]), f"{rel.parts[0]}/ is not in the image"
+    # The default spec names a bundled CSV under data/, which replay and ingest read.
+    assert "data" in provided_dirs(services["airflow-worker"]), "data/ (the bundled dataset) is not in the image"
+
+
+# --------------------------------------------------------------------------------------------------
+# code and image
+# --------------------------------------------------------------------------------------------------
+def test_airflow_services_mount_or_copy_the_code(services):
+    for name in AIRFLOW_SERVICES:
+        missing = set(CODE_DIRS) - provided_dirs(services[name])
+        assert not missing, f"{name} neither mounts nor copies {sorted(missing)} to {AIRFLOW_HOME}/"
+
+
+def test_code_is_importable_in_the_containers(services):
+    dockerfile = dockerfile_of(services["airflow-worker"])
+    for name in AIRFLOW_SERVICES:
+        pythonpath = env_of(services[name]).get("PYTHONPATH") or image_env(dockerfile).get("PYTHONPATH", "")
+        assert AIRFLOW_HOME in pythonpath.split(":"), f"{name}: PYTHONPATH must hold {AIRFLOW_HOME} (import tasks)"
+
+
+def test_dockerfile_matches_requirements():
+    dockerfile = REPO / "Dockerfile"
+    requirements = (REPO / "requirements.txt").read_text()
+    airflow_pin = re.search(r"^apache-airflow==([\w.]+)\s*$", requirements, re.M)
+    torch_pin = re.search(r"^torch==([\w.]+)\s*$", requirements, re.M)
+    assert airflow_pin and torch_pin, "requirements.txt must pin apache-airflow and torch"
+    instructions = dockerfile_instructions(dockerfile)
+    froms = [args for instr, args in instructions if instr == "FROM"]
+    assert froms == [f"apache/airflow:{airflow_pin.group(1)}-python3.11"], f"base image {froms} != requirements pin"
+    installs = [args for instr, args in instructions if instr == "RUN" and "pip install" in args]
+    assert any("-r /requirements.txt" in a or "-r requirements.txt" in a for a in installs), "requirements not installed"
+    cpu = "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert any(cpu in a and "-r " in a for a in installs), "torch must come from the PyTorch CPU index"
+    copied = {src for sources, _dest in copies_of(dockerfile) for src in sources}
+    assert "requirements.txt" in copied
+    for src in copied:
+        if not any(ch in src for ch in "*?["):
+            assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
+
+
+# --------------------------------------------------------------------------------------------------
+# executor, broker, metadata database
+# --------------------------------------------------------------------------------------------------
+def test_celery_executor_with_redis_broker_and_postgres_metadata(services):
+    for name in AIRFLOW_SERVICES:
+        env = env_of(services[name])
+        assert env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor", f"{name}: executor"
+        broker = urlsplit(interpolate(env["AIRFLOW__CELERY__BROKER_URL"]))
+        assert broker.scheme in ("redis", "rediss") and broker.hostname == "redis", f"{name}: broker {broker}"
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND"):
+            url = urlsplit(interpolate(env[key]))
+            assert url.scheme.removeprefix("db+").startswith("postgresql"), f"{name}: {key}={url.geturl()}"
+            assert url.hostname == "postgres" and url.path == "/airflow", f"{name}: {key} must be the postgres service"
+        assert env.get("AIRFLOW__CORE__LOAD_EXAMPLES", "").lower() == "false"
+        assert env.get("GX_ANALYTICS_ENABLED", "").lower() == "false"
+        assert env.get("MLFLOW_DISABLE_TELEMETRY", "").lower() == "true"
+        assert env.get("AIRFLOW__API_AUTH__JWT_SECRET"), f"{name}: components must share one JWT secret"
+    assert services["redis"].get("healthcheck") and services["postgres"].get("healthcheck")
+    postgres_env = env_of(services["postgres"])
+    assert postgres_env.get("POSTGRES_DB") == "airflow"
+
+
+def airflow_options() -> set[tuple[str, str]]:
+    """(section, option) pairs Airflow core and the Celery provider define, read from the installed files."""
+    spec = importlib.util.find_spec("airflow")  # locates the package without importing it
+    assert spec and spec.origin, "apache-airflow is not installed"
+    base = Path(spec.origin).parent
+    core = yaml.safe_load((base / "config_templates" / "config.yml").read_text())
+    options = {(section, key) for section, body in core.items() for key in body["options"]}
+    celery = runpy.run_path(str(base / "providers" / "celery" / "get_provider_info.py"))["get_provider_info"]()
+    options |= {(section, key) for section, body in celery.get("config", {}).items() for key in body["options"]}
+    return options
+
+
+def test_every_airflow_variable_is_a_real_option(services):
+    # Airflow ignores an AIRFLOW__SECTION__KEY it does not know, so a misspelt one would do nothing.
+    known = airflow_options()
+    assert ("core", "executor") in known and ("celery", "worker_concurrency") in known
+    for name, service in services.items():
+        for key in env_of(service):
+            m = re.fullmatch(r"AIRFLOW__([A-Z0-9_]+?)__([A-Z0-9_]+)", key)
+            if m:
+                assert (m.group(1).lower(), m.group(2).lower()) in known, f"{name}: {key} is not an Airflow option"
+
+
+def test_execution_api_url_points_at_the_api_server(services):
+    url = urlsplit(env_of(services["airflow-worker"])["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    assert url.hostname == "airflow-apiserver" and url.path == "/execution/", url.geturl()
+    container_ports = {str(p).split(":")[-1] for p in services["airflow-apiserver"].get("ports", [])}
+    assert str(url.port) in container_ports, f"api-server does not listen on {url.port}: {container_ports}"
+
+
+def test_parallelism_and_worker_concurrency_are_sized(services):
+    env = env_of(services["airflow-worker"])
+    parallelism = int(env["AIRFLOW__CORE__PARALLELISM"])
+    concurrency = int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"])
+    assert 0 < concurrency <= parallelism <= 32, (parallelism, concurrency)
+
+
+# --------------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------------
+def test_mlflow_server_uses_postgres_and_serves_artifacts_from_a_volume(compose, services, mlflow_argv):
+    assert "server" in mlflow_argv and (mlflow_argv[0] == "mlflow" or "mlflow" in mlflow_argv), mlflow_argv
+    backend = urlsplit(flag(mlflow_argv, "--backend-store-uri") or "")
+    assert backend.scheme.startswith("postgresql") and backend.hostname == "postgres", backend.geturl()
+    assert backend.path == "/mlflow", f"MLflow must use its own database `mlflow`, not {backend.path}"
+    assert "--serve-artifacts" in mlflow_argv and "--no-serve-artifacts" not in mlflow_argv
+    destination = flag(mlflow_argv, "--artifacts-destination")
+    assert destination, "--artifacts-destination is required"
+    if "://" not in destination:
+        volumes = [src for src, tgt, named in mounts_of(services["mlflow"])
+                   if named and (destination == tgt or destination.startswith(tgt + "/"))]
+        assert volumes and set(volumes) <= set(compose.get("volumes") or {}), (
+            f"--artifacts-destination {destination} is not on a named volume of the mlflow service"
+        )
+    assert flag(mlflow_argv, "--host") == "0.0.0.0", "the server must listen beyond its own container"
+
+
+def test_airflow_tracks_to_the_mlflow_server(services, mlflow_argv):
+    port = flag(mlflow_argv, "--port") or "5000"
+    allowed = flag(mlflow_argv, "--allowed-hosts")
+    for name in AIRFLOW_SERVICES:
+        uri = urlsplit(interpolate(env_of(services[name])["HOMEWORTH_MLFLOW_TRACKING_URI"]))
+        assert uri.scheme == "http" and uri.hostname == "mlflow", f"{name}: tracking URI {uri.geturl()}"
+        assert str(uri.port or 80) == port, f"{name}: tracking port {uri.port} != mlflow --port {port}"
+        if allowed:
+            # MLflow rejects requests whose Host header is not allowed (its default admits no service name).
+            host = uri.netloc
+            patterns = [p.strip() for p in allowed.split(",")]
+            assert any(host == p or ("*" in p and fnmatch.fnmatch(host, p)) for p in patterns), (
+                f"mlflow --allowed-hosts {allowed!r} rejects Host: {host}"
+            )
+    worker_deps = services["airflow-worker"].get("depends_on") or {}
+    assert "mlflow" in worker_deps, "workers log to MLflow: they must wait for the mlflow service"
+
+
+def test_postgres_init_creates_the_mlflow_database(services, mlflow_argv):
+    mounts = mounts_of(services["postgres"])
+    init = [(src, tgt) for src, tgt, named in mounts if not named and tgt.startswith("/docker-entrypoint-initdb.d/")]
+    assert init, "postgres must mount an init script into /docker-entrypoint-initdb.d/"
+    sql_path = (REPO / init[0][0]).resolve()
+    assert sql_path == (REPO / "deploy" / "postgres-init.sql").resolve() and sql_path.is_file()
+    assert init[0][1].endswith(".sql")
+    sql = sql_path.read_text()
+    role = re.search(r"CREATE\s+(?:ROLE|USER)\s+(\w+)\s+WITH\s+(?:LOGIN\s+)?PASSWORD\s+'([^']*)'", sql, re.I)
+    database = re.search(r"CREATE\s+DATABASE\s+(\w+)(?:\s+OWNER\s+(\w+))?", sql, re.I)
+    assert role and database, "the init script must create the mlflow role and database"
+    backend = urlsplit(flag(mlflow_argv, "--backend-store-uri") or "")
+    assert database.group(1) == backend.path.lstrip("/")
+    assert (role.group(1), role.group(2)) == (backend.username, backend.password), (
+        "the MLflow backend-store credentials do not match the role the init script creates"
+    )
+    assert database.group(2) in (None, role.group(1))
