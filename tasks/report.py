@@ -54,7 +54,7 @@ def plots(pred: pl.DataFrame, models: list[str], actual: str, time_col: str | No
     out.append(("Predicted vs actual", _png(fig)))
 
     banded = pred.with_columns(_band(pl.col(actual)).alias("band"),
-                               pl.col(actual).cut(BANDS[:-1], left_closed=True).to_physical().alias("band_order"))
+                               pl.sum_horizontal([(pl.col(actual) >= b).cast(pl.Int32) for b in BANDS[:-1]]).alias("band_order"))
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
