@@ -64,7 +64,7 @@ def price_model_retrain():
 
     @task
     def evaluate(features: dict, trained: dict) -> dict:
-        from tasks.retrain import evaluate_step
+        from tasks.evaluate import evaluate_step
         from tasks.settings import get_settings
         from tasks.spec import get_spec
 
@@ -72,7 +72,7 @@ def price_model_retrain():
 
     @task
     def promote(evaluation: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.retrain import promote_step
+        from tasks.promote import promote_step
         from tasks.settings import get_settings
 
         lineage = _lineage(dag_run, data_interval_end, params)
