@@ -11,13 +11,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-COMPONENTS = (("api-server", ["airflow", "api-server"]), ("scheduler", ["airflow", "scheduler"]),
-              ("dag-processor", ["airflow", "dag-processor"]))
+AIRFLOW = [sys.executable, "-m", "airflow"]  # the venv's Airflow, whatever PATH says
+COMPONENTS = (("api-server", [*AIRFLOW, "api-server"]), ("scheduler", [*AIRFLOW, "scheduler"]),
+              ("dag-processor", [*AIRFLOW, "dag-processor"]))
+CELERY_WORKER = ("celery-worker", [*AIRFLOW, "celery", "worker", "--concurrency", "2"])
 TERMINAL = {"success", "failed"}
 
 
@@ -26,7 +29,7 @@ class AirflowError(RuntimeError):
 
 
 def migrate(env: dict) -> None:
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, text=True)
+    subprocess.run([*AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, text=True)
 
 
 def set_password(airflow_home: Path, user: str, password: str) -> None:
@@ -36,8 +39,10 @@ def set_password(airflow_home: Path, user: str, password: str) -> None:
 
 
 class LocalAirflow:
-    def __init__(self, env: dict, log_dir: Path, base_url: str, user: str = "admin", password: str = "admin"):
+    def __init__(self, env: dict, log_dir: Path, base_url: str, user: str = "admin", password: str = "admin",
+                 components: tuple = COMPONENTS):
         self.env, self.log_dir, self.base_url = env, log_dir, base_url.rstrip("/")
+        self.components = components
         self.user, self.password = user, password
         self.procs: dict[str, subprocess.Popen] = {}
         self.token: str | None = None
@@ -45,7 +50,7 @@ class LocalAirflow:
     # -- processes --------------------------------------------------------------------------
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name, cmd in COMPONENTS:
+        for name, cmd in self.components:
             log = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
