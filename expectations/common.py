@@ -20,13 +20,29 @@ BATCH = {"severity": "batch"}
 # Runtime parameters every suite may use through {"$PARAMETER": name}; set by tasks.validate.
 INTERVAL_START = "interval_start"  # first day of the run's data interval (datetime)
 INTERVAL_LAST = "interval_last"  # last day inside the interval (datetime)
+MIN_ROWS = "min_rows"  # bounds on the batch's row count (None: unbounded); by default the per-day
+MAX_ROWS = "max_rows"  # bounds below times the number of days in the interval
+# Per-day row-count bounds (None: unbounded). A suite module may override them in its PARAMETERS
+# dict, a caller through validate_interval(..., params={...}).
+MIN_ROWS_PER_DAY = "min_rows_per_day"
+MAX_ROWS_PER_DAY = "max_rows_per_day"
+# Permissive: a day without sales (a holiday) is normal, and no upper bound.
+DEFAULT_PARAMETERS: dict = {MIN_ROWS_PER_DAY: 0, MAX_ROWS_PER_DAY: None}
+
+
+def row_count_bounds() -> gx.expectations.Expectation:
+    """Batch-level volume check: the rows of the batch (duplicates set aside) within [min_rows, max_rows]."""
+    return gx.expectations.ExpectTableRowCountToBeBetween(
+        min_value={"$PARAMETER": MIN_ROWS}, max_value={"$PARAMETER": MAX_ROWS}, meta=BATCH
+    )
 
 
 def spec_expectations(spec: "DatasetSpec", bookkeeping: list[str]) -> list:
-    """Schema, completeness and the event-time window, derived from the spec alone."""
+    """Schema, volume, completeness, the event-time window and key uniqueness, derived from the spec alone."""
     columns = list(spec.columns) + bookkeeping
     out: list = [
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, meta=BATCH),
+        row_count_bounds(),
     ]
     for name in spec.required_columns:
         out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta=ROW))

@@ -31,6 +31,10 @@ ZIPCODES = [
     "98146", "98148", "98155", "98166", "98168", "98177", "98178", "98188", "98198", "98199",
 ]  # fmt: skip
 
+# Runtime parameters of this suite (see expectations.common.DEFAULT_PARAMETERS); the public data has
+# 0 to 142 sales a day, so the defaults stay permissive and a deployment tightens them per run.
+PARAMETERS: dict = {"min_rows_per_day": 0, "max_rows_per_day": None}
+
 # Helper columns computed for validation only (never written to the lake).
 VIEW_COLUMNS = ["_sale_year_plus_1"]
 
@@ -65,6 +69,8 @@ def build_suite(spec: "DatasetSpec", bookkeeping: list[str]) -> gx.ExpectationSu
         gx.expectations.ExpectColumnValuesToBeInSet(column="condition", value_set=[1, 2, 3, 4, 5], meta=ROW),
         gx.expectations.ExpectColumnValuesToBeInSet(column="grade", value_set=list(range(1, 14)), meta=ROW),
         gx.expectations.ExpectColumnValuesToBeInSet(column="zipcode", value_set=ZIPCODES, meta=ROW),
+        # Parcel numbers are digits (10 in the public data); catches stray quotes, spaces or newlines.
+        gx.expectations.ExpectColumnValuesToMatchRegex(column="id", regex=r"^[0-9]{1,10}$", meta=ROW),
         # Not built (or renovated) after the sale; one year later is a sale before completion.
         gx.expectations.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="_sale_year_plus_1", column_B="yr_built", or_equal=True, meta=ROW

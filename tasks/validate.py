@@ -49,21 +49,86 @@ def _view(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     return module.validation_view(df) if module is not None and hasattr(module, "validation_view") else df
 
 
+def _plain(value: Any) -> Any:
+    """A GX/pandas/numpy value as the plain Python value a person reads: dates as dates, numpy as Python."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if value is None or (not isinstance(value, (str, bytes)) and value != value):
+        return None  # None, NaN, NaT: how pandas shows a null
+    if type(value).__name__ == "datetime64":  # numpy datetime64 -> pandas Timestamp
+        import pandas as pd
+
+        value = pd.Timestamp(value)
+    if hasattr(value, "to_pydatetime"):  # pandas Timestamp
+        value = value.to_pydatetime()
+    elif hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        value = value.item()
+    if isinstance(value, datetime) and value.time() == time() and value.tzinfo is None:
+        return value.date()
+    return value
+
+
+def _fmt(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return "null"  # a NaN value itself never gets past coercion, so NaN here is a null
+    return value.isoformat() if isinstance(value, (date, datetime)) else repr(value)
+
+
 def _describe(cfg) -> str:
-    kw = {k: v for k, v in cfg.kwargs.items() if k not in ("column", "batch_id") and v is not None}
-    col = cfg.kwargs.get("column") or cfg.kwargs.get("column_list") or (
+    """``expect_x(column, kw=value, ...)`` with runtime parameters already substituted."""
+    skip = ("column", "batch_id", "column_list", "column_A", "column_B")
+    kw = {k: v for k, v in cfg.kwargs.items() if k not in skip and v is not None}
+    col = cfg.kwargs.get("column") or (", ".join(cfg.kwargs["column_list"]) if cfg.kwargs.get("column_list") else "") or (
         f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}" if "column_A" in cfg.kwargs else ""
     )
-    return f"{cfg.type}({col}{', ' if kw and col else ''}{', '.join(f'{k}={v}' for k, v in kw.items() if k not in ('column_list', 'column_A', 'column_B'))})"
+    args = [col] if col else []
+    for k, v in kw.items():
+        if isinstance(v, (list, tuple)) and len(v) > 8:
+            args.append(f"{k}=[{len(v)} values]")
+        else:
+            args.append(f"{k}={_fmt(v)}")
+    return f"{cfg.type}({', '.join(args)})"
 
 
-def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date) -> Any:
+def _exception_message(r) -> str | None:
+    """The error of an expectation that could not be evaluated (GX nests it per metric), else None."""
+    info = r.exception_info or {}
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
+
+
+def expectation_parameters(spec: DatasetSpec, start: date, end: date, params: dict | None = None) -> dict:
+    """The runtime values of the suite's ``$PARAMETER``s for the interval [start, end).
+
+    Defaults come from ``expectations.common.DEFAULT_PARAMETERS``, then the suite module's ``PARAMETERS``,
+    then ``params``. Per-day row-count bounds are scaled by the number of days into the batch's bounds.
+    """
+    from expectations.common import (
+        DEFAULT_PARAMETERS, INTERVAL_LAST, INTERVAL_START, MAX_ROWS, MAX_ROWS_PER_DAY, MIN_ROWS, MIN_ROWS_PER_DAY,
+    )
+
+    module = spec.expectations_module_obj()
+    merged = {**DEFAULT_PARAMETERS, **(getattr(module, "PARAMETERS", None) or {}), **(params or {})}
+    n_days = len(days_in_interval(start, end))
+    lo, hi = merged.pop(MIN_ROWS_PER_DAY, None), merged.pop(MAX_ROWS_PER_DAY, None)
+    merged.setdefault(MIN_ROWS, None if lo is None else lo * n_days)
+    merged.setdefault(MAX_ROWS, None if hi is None else hi * n_days)
+    last = max(start, end - timedelta(days=1))
+    merged[INTERVAL_START] = datetime.combine(start, time())
+    merged[INTERVAL_LAST] = datetime.combine(last, time())
+    return merged
+
+
+def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date, params: dict | None = None) -> Any:
     """Validate ``df`` (with a ``_row_id`` column) against the suite; returns the GX result."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    from expectations.common import INTERVAL_LAST, INTERVAL_START
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -73,9 +138,8 @@ def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date) -> Any:
     )
     pdf = _view(spec, df).drop(ROW_ID).to_pandas()
     batch = batch_def.get_batch(batch_parameters={"dataframe": pdf})
-    last = max(start, end - timedelta(days=1))
-    params = {INTERVAL_START: datetime.combine(start, time()), INTERVAL_LAST: datetime.combine(last, time())}
-    return batch.validate(suite, expectation_parameters=params, result_format={"result_format": "COMPLETE"})
+    return batch.validate(suite, expectation_parameters=expectation_parameters(spec, start, end, params),
+                          result_format={"result_format": "COMPLETE"})
 
 
 def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date]) -> pl.DataFrame:
@@ -103,13 +167,32 @@ def _duplicate_reasons(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     dup = df.join(first, on=keys, how="inner", nulls_equal=False).filter(pl.col(ROW_ID) != pl.col("_first_id"))
     return dup.select(
         ROW_ID,
-        pl.format("duplicate ({}) of {} row {}", pl.concat_str([pl.col(k).cast(pl.String) for k in keys], separator=", "),
+        pl.format(f"expect_compound_columns_to_be_unique({', '.join(keys)}): duplicate ({{}}) of {{}} row {{}}",
+                  pl.concat_str([pl.col(k).cast(pl.String) for k in keys], separator=", "),
                   pl.col("_first_file"), pl.col("_first_row")).alias("reason"),
     )
 
 
-def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date) -> dict:
-    """Validate the raw partitions of [start, end) and (re)write validated and quarantine per day."""
+def _batch_evidence(result: dict, checked: pl.DataFrame) -> str:
+    """The observed value of a failed batch-level expectation, with the files and rows of a sample."""
+    if result.get("unexpected_index_list"):
+        rows = checked[result["unexpected_index_list"][:5]]
+        values = [_fmt(v) for v in (result.get("unexpected_list") or [])[:5]]
+        where = [f"{f} row {r}" for f, r in rows.select(SOURCE_FILE, SOURCE_ROW).iter_rows()]
+        return f"{result.get('unexpected_count')} unexpected, e.g. " + "; ".join(
+            f"got {v} in {w}" for v, w in zip(values, where))
+    if "observed_value" in result:
+        return f"observed {_fmt(result['observed_value'])}"
+    sample = result.get("partial_unexpected_list")
+    return f"sample {_fmt(sample)}" if sample else f"result {result!r}"[:300]
+
+
+def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, params: dict | None = None) -> dict:
+    """Validate the raw partitions of [start, end) and (re)write validated and quarantine per day.
+
+    ``params`` overrides the suite's runtime parameters (see :func:`expectation_parameters`), e.g.
+    ``{"max_rows_per_day": 500}``. A failed batch-level expectation raises ValidationFailed and writes nothing.
+    """
     days = days_in_interval(start, end)
     raw = _read_raw(spec, lake_uri, days).with_row_index(ROW_ID)
     reasons: dict[int, list[str]] = defaultdict(list)
@@ -122,16 +205,18 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date) 
     # Duplicates are already explained; GX sees each (id, time) once.
     checked = raw.filter(~pl.col(ROW_ID).is_in(dups[ROW_ID].implode()))
     row_ids = checked[ROW_ID].to_list()
-    result = run_gx(spec, checked, start, end) if checked.height else None
+    # GX runs on an empty batch too, so that a lower bound on the row count can fail it.
+    result = run_gx(spec, checked, start, end, params)
     batch_failures, summary = [], []
-    for r in result.results if result is not None else []:
+    for r in result.results:
         cfg = r.expectation_config
         severity = (cfg.meta or {}).get("severity", "batch")
         unexpected = r.result.get("unexpected_count") or 0
         summary.append({"expectation": _describe(cfg), "severity": severity, "success": bool(r.success),
                         "unexpected_count": int(unexpected)})
-        if r.exception_info and r.exception_info.get("raised_exception"):
-            batch_failures.append(f"{_describe(cfg)} raised: {r.exception_info.get('exception_message')}")
+        error = _exception_message(r)
+        if error is not None:
+            batch_failures.append(f"{_describe(cfg)} could not be evaluated: {error}")
             continue
         if r.success:
             continue
@@ -139,15 +224,15 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date) 
             values = r.result.get("unexpected_list") or []
             for i, idx in enumerate(r.result["unexpected_index_list"]):
                 value = values[i] if i < len(values) else None
-                reasons[row_ids[idx]].append(f"{_describe(cfg)}: got {value!r}")
+                reasons[row_ids[idx]].append(f"{_describe(cfg)}: got {_fmt(value)}")
         else:
-            sample = r.result.get("partial_unexpected_list") or r.result.get("observed_value")
-            batch_failures.append(f"{_describe(cfg)} failed; observed/sample: {sample!r}")
+            batch_failures.append(f"{_describe(cfg)} failed: {_batch_evidence(r.result, checked)}")
     if batch_failures:
-        files = sorted(set(raw[SOURCE_FILE].to_list()))
+        per_file = raw.group_by(SOURCE_FILE, maintain_order=True).len().sort(SOURCE_FILE).rows()
+        files = ", ".join(f"{f} ({n} rows)" for f, n in per_file[:5]) + (" ..." if len(per_file) > 5 else "")
         raise ValidationFailed(
-            f"batch {start}..{end - timedelta(days=1)} (files {files[:5]}{' ...' if len(files) > 5 else ''}) failed "
-            + f"{len(batch_failures)} batch-level expectation(s):\n  - " + "\n  - ".join(batch_failures)
+            f"batch {start}..{max(start, end - timedelta(days=1))} ({raw.height} rows from files: {files or 'none'}) "
+            + f"failed {len(batch_failures)} batch-level expectation(s):\n  - " + "\n  - ".join(batch_failures)
         )
 
     reason_df = pl.DataFrame(
