@@ -1,0 +1,337 @@
+"""Unit tests of tasks.features (split, preprocessing, build_features) and the King County feature module."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tasks import storage
+from tasks.datasets import king_county as kc
+from tasks.features import (
+    SPLIT, FeatureSet, Preprocessing, assign_split, build_features, fit_preprocessing, load_preprocessing,
+)
+from tasks.ingest import DS, POLARS_TYPES
+from tasks.spec import DatasetSpec, SplitSpec
+
+WINDOW_END = date(2015, 5, 28)  # with test_days=88, val_days=59: test >= 2015-03-01, val >= 2015-01-01
+
+
+def kc_rows(day: date, n: int, first_id: int, zipcodes: tuple[str, ...] = ("98001", "98002")) -> pl.DataFrame:
+    """``n`` validated King County rows sold on ``day``, typed as the spec says, plus the ``ds`` column."""
+    i = np.arange(first_id, first_id + n)
+    data = {
+        "id": [f"{k:010d}" for k in i],
+        "date": [day] * n,
+        "price": (300_000.0 + 10_000.0 * i).tolist(),
+        "bedrooms": (2 + i % 4).tolist(),
+        "bathrooms": (1.0 + (i % 3) * 0.5).tolist(),
+        "sqft_living": (1000.0 + 100.0 * i).tolist(),
+        "sqft_lot": (5000.0 + 10.0 * i).tolist(),
+        "floors": [1.0 + (k % 2) for k in i],
+        "waterfront": [0] * n,
+        "view": (i % 5).tolist(),
+        "condition": (1 + i % 5).tolist(),
+        "grade": (5 + i % 6).tolist(),
+        "sqft_above": (800.0 + 100.0 * i).tolist(),
+        "sqft_basement": [200.0] * n,
+        "yr_built": (1950 + i % 60).tolist(),
+        "yr_renovated": [0 if k % 3 else 2000 for k in i],
+        "zipcode": [zipcodes[k % len(zipcodes)] for k in range(n)],
+        "lat": (47.5 + 0.001 * i).tolist(),
+        "long": (-122.2 - 0.001 * i).tolist(),
+        "sqft_living15": (1200.0 + 50.0 * i).tolist(),
+        "sqft_lot15": (5500.0 + 5.0 * i).tolist(),
+        DS: [day] * n,
+    }
+    return pl.DataFrame(data)
+
+
+def typed(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(pl.col(c).cast(POLARS_TYPES[cs.type]) for c, cs in spec.columns.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# assign_split
+
+
+def test_time_split_boundaries_are_exact(spec):
+    days = [date(2014, 12, 31), date(2015, 1, 1), date(2015, 2, 28), date(2015, 3, 1), date(2015, 5, 27)]
+    lf = pl.LazyFrame({"date": days})
+
+    out = assign_split(lf, spec, WINDOW_END).collect()
+
+    expected = pl.DataFrame({"date": days, SPLIT: ["train", "val", "val", "test", "test"]})
+    assert_frame_equal(out, expected)
+
+
+def _random_spec(spec: DatasetSpec, seed: int) -> DatasetSpec:
+    return spec.model_copy(update={"split": SplitSpec(method="random", seed=seed, val_fraction=0.1, test_fraction=0.2)})
+
+
+def test_random_split_is_deterministic_under_its_seed_and_keyed_by_id(spec):
+    ids = [f"{i:010d}" for i in range(2000)]
+    lf = pl.LazyFrame({"id": ids, "price": [1.0] * len(ids)})
+    s7 = _random_spec(spec, 7)
+
+    first = assign_split(lf, s7, WINDOW_END).collect()
+    again = assign_split(lf, s7, WINDOW_END).collect()
+    reversed_rows = assign_split(lf.reverse(), s7, WINDOW_END).collect().sort("id")
+    other_seed = assign_split(lf, _random_spec(spec, 8), WINDOW_END).collect()
+
+    assert_frame_equal(first, again)
+    assert_frame_equal(first, reversed_rows)  # a row's split depends on its id, not on its position
+    assert not first[SPLIT].equals(other_seed[SPLIT])
+    shares = first[SPLIT].value_counts(normalize=True).sort(SPLIT)
+    share = dict(zip(shares[SPLIT].to_list(), shares["proportion"].to_list()))
+    assert set(share) == {"train", "val", "test"}
+    assert share["test"] == pytest.approx(0.2, abs=0.05)
+    assert share["val"] == pytest.approx(0.1, abs=0.05)
+
+
+def test_column_split_reads_and_lowercases_the_named_column(spec):
+    data = spec.model_dump()
+    data["columns"]["fold"] = {"type": "string", "role": "split"}
+    data["split"] = {"method": "column", "column": "fold"}
+    col_spec = DatasetSpec.model_validate(data)
+    lf = pl.LazyFrame({"fold": ["TRAIN", "Val", "test"]})
+
+    out = assign_split(lf, col_spec, WINDOW_END).collect()
+
+    assert out[SPLIT].to_list() == ["train", "val", "test"]
+
+
+# ---------------------------------------------------------------------------------------------
+# fit_preprocessing / Preprocessing
+
+FSET = FeatureSet(numeric=["x", "t", "k"], categorical=["z"], target_transform="log", derive=lambda lf: lf,
+                  module=None, unclipped=("t",))
+
+
+@pytest.fixture
+def features_file(tmp_path) -> tuple[str, pl.DataFrame]:
+    """1000 train rows (x = 1..999 and one outlier 1e6), 10 val and 10 test rows with absurd values."""
+    n = 1000
+    x = [float(v) for v in range(1, n)] + [1e6]
+    train = pl.DataFrame({
+        "x": x,
+        "t": [float(v) for v in range(n - 1)] + [5000.0],
+        "k": [3.0] * n,
+        "z": ["b" if v % 2 else "a" for v in range(n)],
+        "price": [100_000.0 + 1000.0 * v for v in range(n)],
+        SPLIT: ["train"] * n,
+    })
+    other = pl.DataFrame({
+        "x": [-1e9] * 10 + [1e9] * 10,
+        "t": [1e9] * 20,
+        "k": [7.0] * 20,
+        "z": ["c"] * 20,
+        "price": [1e9] * 20,
+        SPLIT: ["val"] * 10 + ["test"] * 10,
+    })
+    df = pl.concat([train, other])
+    path = tmp_path / "features.parquet"
+    df.write_parquet(path)
+    return str(path), train
+
+
+def test_fit_preprocessing_uses_train_only(spec, features_file):
+    uri, train = features_file
+    fitted_on = {"window_start": "2014-01-01", "window_end": "2015-01-01", "rows": {"train": 1000}}
+
+    prep = fit_preprocessing(uri, spec, FSET, fitted_on)
+
+    x, t, k = prep.numeric
+    # Nearest-rank quantiles of 1000 train values: 0.001 -> the 2nd smallest (2), 0.999 -> the 999th (999).
+    assert (x.name, x.lo, x.hi) == ("x", 2.0, 999.0)
+    clipped = np.clip(train["x"].to_numpy(), 2.0, 999.0)
+    assert x.mean == pytest.approx(clipped.mean())
+    assert x.std == pytest.approx(clipped.std(ddof=1))
+    # Unclipped feature: no bounds, raw train moments (the 5000 outlier counts).
+    assert (t.lo, t.hi) == (None, None)
+    assert t.mean == pytest.approx(train["t"].mean())
+    assert t.std == pytest.approx(train["t"].std())
+    # A constant column gets std 1 instead of a division by zero.
+    assert (k.mean, k.std) == (3.0, 1.0)
+    assert [(v.name, v.values) for v in prep.categorical] == [("z", ["a", "b"])]
+    log_price = np.log(train["price"].to_numpy())
+    assert prep.target_mean == pytest.approx(log_price.mean())
+    assert prep.target_std == pytest.approx(log_price.std(ddof=1))
+    assert (prep.dataset, prep.spec_sha256, prep.features_module) == (spec.name, spec.source_hash, None)
+    assert prep.target == "price" and prep.target_transform == "log"
+    assert prep.fitted_on == fitted_on
+
+
+def test_preprocessing_matrices_clip_standardize_and_map_unknowns(spec, features_file):
+    prep = fit_preprocessing(features_file[0], spec, FSET, {})
+    x, t, _ = prep.numeric
+    df = pl.DataFrame({
+        "x": [500.0, 1e7, -1e7, None, float("nan")],
+        "t": [1e7, 0.0, 0.0, 0.0, 0.0],
+        "k": [3.0] * 5,
+        "z": ["a", "b", "c", None, "a"],
+    })
+
+    num = prep.numeric_matrix(df)
+    cat = prep.categorical_matrix(df)
+
+    assert num.dtype == np.float32 and num.shape == (5, 3)
+    np.testing.assert_allclose(num[:, 0], [(500 - x.mean) / x.std, (999 - x.mean) / x.std, (2 - x.mean) / x.std, 0, 0],
+                               rtol=1e-6)
+    assert num[0, 1] == pytest.approx((1e7 - t.mean) / t.std, rel=1e-6)  # not clipped
+    np.testing.assert_array_equal(num[:, 2], np.zeros(5))
+    np.testing.assert_array_equal(cat, np.array([[1], [2], [0], [0], [1]]))  # unseen and null -> 0
+
+
+def test_target_encoding_round_trips_through_log(spec, features_file):
+    prep = fit_preprocessing(features_file[0], spec, FSET, {})
+    price = np.array([75_000.0, 450_000.0, 7_700_000.0])
+
+    z = prep.encode_target(price)
+    back = prep.decode_target(z)
+
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, (np.log(price) - prep.target_mean) / prep.target_std, rtol=1e-6)
+    np.testing.assert_allclose(back, price, rtol=1e-6)
+
+
+def test_preprocessing_json_round_trip_keeps_sha(spec, features_file):
+    prep = fit_preprocessing(features_file[0], spec, FSET, {"rows": {"train": 1000}})
+
+    compact = Preprocessing.model_validate_json(prep.model_dump_json())
+    indented = Preprocessing.model_validate_json(prep.model_dump_json(indent=2))
+
+    assert compact == prep and indented == prep
+    assert compact.sha256() == indented.sha256() == prep.sha256()
+    assert len(prep.sha256()) == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# build_features on a tiny lake
+
+START = date(2014, 12, 1)
+LAKE_DAYS = {  # day -> (rows, expected split; None: outside the window [START, WINDOW_END))
+    date(2014, 11, 30): (2, None),
+    date(2014, 12, 1): (3, "train"),
+    date(2014, 12, 31): (3, "train"),
+    date(2015, 1, 1): (2, "val"),
+    date(2015, 2, 28): (2, "val"),
+    date(2015, 3, 1): (2, "test"),
+    date(2015, 5, 27): (2, "test"),
+    date(2015, 5, 28): (2, None),
+}
+
+
+@pytest.fixture
+def lake(tmp_path, spec) -> tuple[str, dict[date, str], pl.DataFrame]:
+    lake_uri = str(tmp_path / "lake")
+    shas, expected, next_id = {}, [], 0
+    for day, (n, split) in LAKE_DAYS.items():
+        zips = ("98001", "98002") if split == "train" else ("98001", "98999")
+        df = typed(spec, kc_rows(day, n, next_id, zips))
+        shas[day] = storage.write_parquet_atomic(df, storage.partition_uri(lake_uri, "validated", day))
+        if split:
+            expected.append(df.select("id", pl.lit(split).alias(SPLIT)))
+        next_id += n
+    return lake_uri, shas, pl.concat(expected).sort("id")
+
+
+def test_build_features_splits_and_writes_a_manifest(spec, lake):
+    lake_uri, shas, expected_split = lake
+
+    meta = build_features(spec, lake_uri, START, WINDOW_END)
+
+    feats = pl.read_parquet(storage.local_path(meta["features_uri"]))
+    assert_frame_equal(feats.select("id", SPLIT).sort("id"), expected_split)
+    assert meta["rows"] == {"train": 6, "val": 4, "test": 4}
+    assert meta["partitions"] == 6
+    assert set(kc.NUMERIC) <= set(feats.columns) and {*spec.columns, DS, SPLIT} <= set(feats.columns)
+    assert meta["features_uri"] == f"{lake_uri}/features/window=2014-12-01_2015-05-28/part-0.parquet"
+    assert storage.list_dir(meta["features_uri"].rsplit("/", 1)[0]) == ["manifest.json", "part-0.parquet"]
+
+    manifest = json.loads(storage.read_bytes(meta["features_uri"].rsplit("/", 1)[0] + "/manifest.json"))
+    in_window = [d for d, (_, s) in LAKE_DAYS.items() if s]
+    assert [p["day"] for p in manifest["partitions"]] == [d.isoformat() for d in in_window]
+    assert [p["sha256"] for p in manifest["partitions"]] == [shas[d] for d in in_window]
+    assert manifest["rows"] == meta["rows"]
+    assert (manifest["window_start"], manifest["window_end"]) == ("2014-12-01", "2015-05-28")
+    assert (manifest["features_uri"], manifest["preprocessing_uri"]) == (meta["features_uri"], meta["preprocessing_uri"])
+
+    prep = load_preprocessing(meta["preprocessing_uri"])
+    assert meta["preprocessing_uri"].endswith(f"/artifacts/preprocessing/{meta['preprocessing_sha256']}.json")
+    assert prep.sha256() == meta["preprocessing_sha256"]
+    assert prep.categorical[0].values == ["98001", "98002"]  # 98999 appears only in val/test
+    assert prep.fitted_on["rows"] == meta["rows"]
+    assert next(s for s in prep.numeric if s.name == "sale_day").lo is None
+
+
+def test_build_features_is_reproducible(spec, lake):
+    lake_uri = lake[0]
+
+    first = build_features(spec, lake_uri, START, WINDOW_END)
+    first_bytes = storage.read_bytes(first["features_uri"])
+    second = build_features(spec, lake_uri, START, WINDOW_END)
+
+    assert storage.read_bytes(second["features_uri"]) == first_bytes
+    assert second == first  # same features sha, preprocessing sha, partitions sha
+
+
+def test_build_features_without_partitions_raises(spec, tmp_path):
+    with pytest.raises(ValueError, match="no validated partitions"):
+        build_features(spec, str(tmp_path / "empty-lake"), START, WINDOW_END)
+
+
+def test_build_features_with_an_empty_split_raises(spec, lake):
+    # Only training days in this window: val and test are empty.
+    with pytest.raises(ValueError, match="has no rows"):
+        build_features(spec, lake[0], START, date(2015, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# King County derived features
+
+
+def test_king_county_derive_by_hand(spec):
+    base = {c: [1.0, 1.0] for c in ("bedrooms", "bathrooms", "floors", "waterfront", "view", "condition", "grade",
+                                      "lat", "long", "price")}
+    df = typed(spec, pl.DataFrame({
+        **base,
+        "id": ["1", "2"],
+        "zipcode": ["98001", "98002"],
+        # Row 0: sold 2014-06-15 before it was built (presale); row 1: renovated in 2000, sold 2015-03-10.
+        "date": [date(2014, 6, 15), date(2015, 3, 10)],
+        "yr_built": [2015, 1950],
+        "yr_renovated": [0, 2000],
+        "sqft_living": [1000.0, 2000.0],
+        "sqft_lot": [5000.0, 8000.0],
+        "sqft_above": [750.0, 2000.0],
+        "sqft_basement": [250.0, 0.0],
+        "sqft_living15": [2000.0, 1000.0],
+        "sqft_lot15": [4000.0, 9000.0],
+    }))
+
+    out = kc.derive(df.lazy()).collect()
+
+    expected = pl.DataFrame({
+        "log_sqft_living": [math.log(1000), math.log(2000)],
+        "log_sqft_lot": [math.log(5000), math.log(8000)],
+        "log_sqft_above": [math.log(750), math.log(2000)],
+        "basement_share": [0.25, 0.0],
+        "age": [0.0, 65.0],  # 2014 - 2015 clipped at 0; 2015 - 1950
+        "renovated": [0.0, 1.0],
+        "years_since_renovation": [0.0, 15.0],  # never renovated: since built (clipped); 2015 - 2000
+        "log_sqft_living15": [math.log(2000), math.log(1000)],
+        "log_sqft_lot15": [math.log(4000), math.log(9000)],
+        "living_vs_neighbours": [math.log(0.5), math.log(2.0)],
+        "sale_day": [165.0, 433.0],  # 31+28+31+30+31+14; 365+31+28+9
+        "month_sin": [0.0, 1.0],  # June: sin(pi); March: sin(pi/2)
+        "month_cos": [-1.0, 0.0],
+    })
+    assert (date(2014, 6, 15) - kc.EPOCH) == timedelta(days=165)
+    assert_frame_equal(out.select(expected.columns).cast(pl.Float64), expected, abs_tol=1e-12)
+    assert set(kc.NUMERIC) <= set(out.columns)
