@@ -13,6 +13,11 @@ Nightly retraining of the house-price model, and manual runs with the typed Para
 4. **promote**: absolute bars, then relative improvement over the champion (or `force_promotion`);
    the decision and reason become MLflow tags and the `champion` alias moves in one call. Backfill runs
    evaluate but never promote.
+
+With the setting `HOMEWORTH_PROMOTION_APPROVAL=true` an inconclusive comparison (a bootstrap interval
+of the paired metric differences contains 0) waits for a person: **assess** branches to **approval**,
+a human-in-the-loop task offering "Promote" or "Keep champion" (keep after the timeout), and
+**promote** records who decided.
 """
 
 from __future__ import annotations
@@ -32,6 +37,42 @@ def _lineage(dag_run, data_interval_end, params):
     start, end = training_window(data_interval_end.date(), RetrainParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),
                    window_start=start.isoformat(), window_end=end.isoformat())
+
+
+def _approval_enabled() -> bool:
+    from tasks.settings import get_settings
+
+    return get_settings().promotion_approval
+
+
+def _approval(evaluation):
+    """assess (branch) -> approval (human in the loop) for inconclusive results; see the module doc."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    from tasks.settings import get_settings
+
+    @task.branch
+    def assess(evaluation: dict, params=None, ti=None) -> str:
+        from tasks.promote import assess_step
+        from tasks.settings import get_settings
+
+        verdict = assess_step(get_settings(), evaluation, RetrainParams(**params))
+        ti.xcom_push(key="verdict", value=verdict)
+        return "approval" if verdict["outcome"] == "inconclusive" else "promote"
+
+    approval = HITLOperator(
+        task_id="approval",
+        subject="Promote model v{{ ti.xcom_pull(task_ids='assess', key='verdict')['model_version'] }} "
+                "over the champion?",
+        body="The comparison with the champion is inconclusive:\n\n"
+             "{{ ti.xcom_pull(task_ids='assess', key='verdict')['reason'] }}",
+        options=["Promote", "Keep champion"],  # tasks.promote.APPROVE / KEEP (not imported: parse time)
+        defaults=["Keep champion"],
+        response_timeout=timedelta(hours=get_settings().promotion_approval_timeout_hours),
+    )
+    branch = assess(evaluation)
+    branch >> approval
+    return [branch, approval]
 
 
 @dag(
@@ -70,17 +111,23 @@ def price_model_retrain():
 
         return evaluate_step(get_spec(), get_settings(), features, trained)
 
-    @task
-    def promote(evaluation: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+    @task(trigger_rule="none_failed_min_one_success")
+    def promote(evaluation: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
         from tasks.promote import promote_step
         from tasks.settings import get_settings
 
         lineage = _lineage(dag_run, data_interval_end, params)
-        return promote_step(get_settings(), evaluation, RetrainParams(**params), lineage)
+        approval = ti.xcom_pull(task_ids="approval") if "approval" in ti.task.dag.task_dict else None
+        return promote_step(get_settings(), evaluation, RetrainParams(**params), lineage, approval=approval,
+                            event_time=data_interval_end, triggered_by=dag_run.triggering_user_name)
 
     # main flow
     features = build_features()
-    promote(evaluate(features, train(features)))
+    evaluation = evaluate(features, train(features))
+    if _approval_enabled():
+        _approval(evaluation) >> promote(evaluation)
+    else:
+        promote(evaluation)
 
 
 price_model_retrain()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,29 @@ class Settings(BaseSettings):
     dataset_spec: Path = REPO_ROOT / "datasets" / "king_county.yaml"
     # Torch threads for training and scoring; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
+    # Promotion gate (tasks/promote.py): paired bootstrap of the metric differences on the same test rows.
+    gate_resamples: int = Field(default=1000, ge=100, le=100_000)
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    gate_seed: int = Field(default=0, ge=0)
+    # An inconclusive gate (the interval straddles 0) waits for a person in price_model_retrain
+    # (Airflow human-in-the-loop task) instead of keeping the champion. Read when the DAG is parsed.
+    promotion_approval: bool = False
+    promotion_approval_timeout_hours: float = Field(default=24.0, gt=0)
+    # Predict endpoint (tasks/serving.py): re-check the champion alias at most this often; largest batch.
+    serving_alias_ttl_s: float = Field(default=10.0, ge=0)
+    serving_max_batch: int = Field(default=1000, ge=1)
+    # Feature drift (tasks/drift.py): PSI above drift_threshold flags a feature. drift_action: "none" only
+    # reports; "block_promotion" lets the promote step refuse a model trained on drifted data;
+    # "trigger_retrain" makes sales_ingest's validate task compare the last drift_recent_days days of
+    # validated sales with the champion's training data and emit an event on the `sales_drift` asset when a
+    # feature is flagged (read when the DAG is parsed).
+    drift_threshold: float = Field(default=0.2, gt=0)
+    drift_action: Literal["none", "block_promotion", "trigger_retrain"] = "none"
+    drift_recent_days: int = Field(default=56, ge=1, le=3650)
+    # Failure notifications (tasks/notify.py): every failed task logs a summary; with an address (or a
+    # comma-separated list) set, an SmtpNotifier also mails it (SMTP connection `smtp_default`). Read when
+    # the DAG is parsed.
+    notify_email: str | None = None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

@@ -1,0 +1,54 @@
+"""
+### champion_rollback
+
+Moves the `champion` alias of the house-price model back to an earlier champion, from the Airflow
+UI: *Trigger* opens a form with two required Params, `version` (the model version to make live
+again) and `reason` (why; it is recorded). The single task **rollback** checks that the version
+exists, is not already live and was a champion before, appends a `rollback` event to the promotion
+ledger (`<lake>/ledger/`: when, by which run and user, from which version to which, the metrics and
+data window of the version going live) and moves the alias. Serving and `listings_score` pick the
+new champion up without a restart. A retried task finds its ledger event and does not add another.
+The same from a shell: `python -m tasks.cli rollback --version N --reason "..."`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="champion_rollback",
+    schedule=None,
+    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "version": Param(type="integer", minimum=1, title="version",
+                         description="Model version to make the champion again (an earlier champion)."),
+        "reason": Param(type="string", minLength=3, title="reason",
+                        description="Why the champion is rolled back; recorded in the promotion ledger."),
+    },
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30), "owner": "ml-team"},
+    tags=["homeworth", "operations"],
+    doc_md=__doc__,
+)
+def champion_rollback():
+    @task
+    def rollback(dag_run=None, params=None) -> dict:
+        from tasks.promote import rollback as do_rollback
+        from tasks.settings import get_settings
+
+        at = dag_run.logical_date or dag_run.run_after  # the run's time, not the clock's
+        actor = {"type": "dag_run", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
+                 "run_type": str(dag_run.run_type), "task": "rollback",
+                 "triggered_by": getattr(dag_run, "triggering_user_name", None)}
+        return do_rollback(get_settings(), params["version"], params["reason"], actor, at,
+                           key=f"{dag_run.dag_id}/{dag_run.run_id}/rollback")
+
+    rollback()
+
+
+champion_rollback()
