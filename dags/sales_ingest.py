@@ -10,6 +10,20 @@ the `from_date` / `to_date` Params of a manual bulk run) it:
    go to `validated`, failing rows to `quarantine` with every reason; a failed batch-level expectation
    fails the task with the file, column and values. Emits an event on the `validated_sales` asset.
 
+**Data Docs**: every validation (failed ones too) writes an HTML report per day,
+`<lake>/_validation/ds=<day>/data_docs.html` (every expectation, its severity, success, unexpected count
+and sample values, the day's files and rows), beside its `result.json`. The validate task logs the page
+to open and returns it as `data_docs` in its XCom; the task's **Data Docs** extra link opens it through
+the `homeworth_datadocs` plugin.
+
+**Failures**: a task that fails for good logs a summary (days, failed expectations, rows, the error's
+first lines, the Data Docs page); with `HOMEWORTH_NOTIFY_EMAIL` set it is also mailed (SmtpNotifier).
+
+**Drift**: with `HOMEWORTH_DRIFT_ACTION=trigger_retrain`, validate also compares the last
+`drift_recent_days` days of validated sales with the champion's training data (PSI per feature) and,
+when a feature drifts, emits an event on the `sales_drift` asset (through the `sales_drift_detected`
+alias), which `price_model_retrain` can be scheduled on.
+
 Re-running a day replaces exactly that day's partitions. Backfill with
 `airflow backfill create --dag-id sales_ingest --from-date 2015-04-01 --to-date 2015-05-27`.
 """
@@ -19,11 +33,44 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, dag, task
 
+from tasks.notify import failure_callbacks
 from tasks.params import IngestParams, airflow_params
+from tasks.settings import get_settings
 
 VALIDATED_SALES = Asset(name="validated_sales", uri="homeworth://lake/validated")
+# Feature drift of the newest validated sales against the champion's training data. Events arrive
+# through the alias only when a feature is flagged (drift_action="trigger_retrain"); schedule
+# price_model_retrain on AssetOrTimeSchedule(timetable=<its cron>, assets=SALES_DRIFT) to retrain then.
+SALES_DRIFT = Asset(name="sales_drift", uri="homeworth://lake/drift")
+SALES_DRIFT_ALIAS = AssetAlias(name="sales_drift_detected")
+# Read when the DAG is parsed, like the failure e-mail (see tasks/settings.py).
+TRIGGER_RETRAIN = get_settings().drift_action == "trigger_retrain"
+DATA_DOCS_XCOM = "data_docs"  # the XCom key of the Data Docs page (pushed on success and on failure)
+
+
+class DataDocsLink(BaseOperatorLink):
+    """The validate task's "Data Docs" button: the page of its last validation, served by
+    plugins/homeworth_datadocs.py at ``<api base_url>/homeworth-datadocs/``."""
+
+    name = "Data Docs"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        path = BaseXCom.get_value(ti_key=ti_key, key=DATA_DOCS_XCOM)
+        if not path:
+            return ""
+        from airflow.sdk.configuration import conf
+
+        from tasks.settings import get_settings
+
+        root = get_settings().lake_uri.rstrip("/") + "/_validation/"
+        if not str(path).startswith(root):
+            return str(path)
+        base = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+        return f"{base}/homeworth-datadocs/{str(path)[len(root):]}"
 
 
 @dag(
@@ -33,7 +80,8 @@ VALIDATED_SALES = Asset(name="validated_sales", uri="homeworth://lake/validated"
     catchup=False,
     max_active_runs=2,
     params=airflow_params(IngestParams),
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-team"},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "owner": "data-team",
+                  "on_failure_callback": failure_callbacks()},
     tags=["homeworth", "ingest"],
     doc_md=__doc__,
 )
@@ -49,22 +97,48 @@ def sales_ingest():
         result = ingest_interval(get_spec(), get_settings().landing_uri, get_settings().lake_uri, start, end)
         return {k: v for k, v in result.items() if k != "partitions"}
 
-    @task(outlets=[VALIDATED_SALES])
-    def validate(ingested: dict, outlet_events=None) -> dict:
+    @task(outlets=[VALIDATED_SALES, *([SALES_DRIFT_ALIAS] if TRIGGER_RETRAIN else [])])
+    def validate(ingested: dict, outlet_events=None, run_id=None, ti=None) -> dict:
+        import logging
         from datetime import date
 
         from tasks.settings import get_settings
         from tasks.spec import get_spec
-        from tasks.validate import validate_interval
+        from tasks.validate import ValidationFailed, validate_interval
 
+        log = logging.getLogger("homeworth.sales_ingest")
+        settings, spec = get_settings(), get_spec()
         start, end = date.fromisoformat(ingested["start"]), date.fromisoformat(ingested["end"])
-        result = validate_interval(get_spec(), get_settings().lake_uri, start, end)
+        try:
+            result = validate_interval(spec, settings.lake_uri, start, end, run_id=run_id)
+        except ValidationFailed as exc:
+            if exc.details.get("data_docs"):
+                ti.xcom_push(key=DATA_DOCS_XCOM, value=exc.details["data_docs"])
+            raise
+        ti.xcom_push(key=DATA_DOCS_XCOM, value=result["data_docs"])
+        print(f"Data Docs: {result['data_docs']}")
         summary = {k: result[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined")}
-        outlet_events[VALIDATED_SALES].extra = summary
+        summary["failing_expectations"] = {e["expectation"]: e["unexpected_count"] for e in result["expectations"]
+                                           if not e["success"]}
+        outlet_events[VALIDATED_SALES].extra = dict(summary)
+        summary["data_docs"] = result["data_docs"]
+        if TRIGGER_RETRAIN:
+            from tasks.drift import drift_vs_champion, event_extra
+
+            try:
+                drift = drift_vs_champion(spec, settings, end)
+            except Exception as exc:  # a drift check must not fail ingestion
+                log.exception("drift check failed")
+                drift = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "flagged": [], "drifted": False}
+            summary["drift"] = {k: drift.get(k) for k in ("status", "reason", "max_psi", "max_feature", "flagged")}
+            log.info("drift vs champion: %s", summary["drift"])
+            if drift.get("drifted"):
+                outlet_events[SALES_DRIFT_ALIAS].add(SALES_DRIFT, extra=event_extra(drift))
         return summary
 
     # main flow
-    validate(ingest())
+    validated = validate(ingest())
+    validated.operator.operator_extra_links = (DataDocsLink(),)
 
 
 sales_ingest()

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks import storage
+from tasks import datadocs, storage
 from tasks.ingest import COERCE_ERRORS, DS, SOURCE_FILE, SOURCE_ROW, days_in_interval, raw_schema
 from tasks.spec import DatasetSpec
 
@@ -29,7 +29,16 @@ BOOKKEEPING = [DS, SOURCE_FILE, SOURCE_ROW, COERCE_ERRORS]
 
 
 class ValidationFailed(ValueError):
-    """A batch-level expectation failed: the day is not written."""
+    """A batch-level expectation failed: the day is not written.
+
+    ``details`` (when raised by :func:`validate_interval`) holds what a failure notification quotes:
+    ``interval``, ``rows_read``, ``files`` ([file, rows]), ``failed`` (expectation, severity, evidence)
+    and ``data_docs`` (the report of the failed validation).
+    """
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details: dict = details or {}
 
 
 def build_suite(spec: DatasetSpec):
@@ -187,11 +196,101 @@ def _batch_evidence(result: dict, checked: pl.DataFrame) -> str:
     return f"sample {_fmt(sample)}" if sample else f"result {result!r}"[:300]
 
 
-def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, params: dict | None = None) -> dict:
+def _evaluation(r, checked: pl.DataFrame) -> dict:
+    """One GX expectation result as Data Docs shows it (``idx``/``values``: its unexpected rows, if row-wise)."""
+    cfg = r.expectation_config
+    error = _exception_message(r)
+    idx = r.result.get("unexpected_index_list") if error is None else None
+    observed = None
+    if idx is None and error is None:
+        if not r.success:
+            observed = _batch_evidence(r.result, checked)
+        elif "observed_value" in r.result:
+            observed = f"observed {_fmt(r.result['observed_value'])}"
+    return {"expectation": _describe(cfg), "type": cfg.type, "severity": (cfg.meta or {}).get("severity", "batch"),
+            "success": bool(r.success) and error is None, "unexpected_count": int(r.result.get("unexpected_count") or 0),
+            "error": error, "observed": observed, "idx": idx, "values": r.result.get("unexpected_list") or []}
+
+
+def _per_day(rows: pl.DataFrame, value_of) -> dict[str, tuple[int, list[dict]]]:
+    """{day: (count, sample)} of flagged rows (columns ds, _source_file, _source_row, _k: index for value_of)."""
+    if rows.height == 0:
+        return {}
+    counts = {d.isoformat(): n for d, n in rows.group_by(DS).len().iter_rows()}
+    samples: dict[str, list[dict]] = defaultdict(list)
+    for d, file, row, k in rows.group_by(DS, maintain_order=True).head(datadocs.SAMPLE_SIZE).select(
+            DS, SOURCE_FILE, SOURCE_ROW, "_k").iter_rows():
+        samples[d.isoformat()].append({"value": value_of(k), "file": file, "row": row})
+    return {d: (n, samples[d]) for d, n in counts.items()}
+
+
+def _day_docs(spec: DatasetSpec, raw: pl.DataFrame, checked: pl.DataFrame, dups: pl.DataFrame, evals: list[dict],
+              result: Any, days: list[date], start: date, end: date, *, partitions: dict | None,
+              failures: list[str], run_id: str | None) -> dict[str, dict]:
+    """The Data Docs of each day of the interval (see tasks/datadocs.py), from one interval-wide GX result."""
+    import great_expectations as gx
+
+    keys = spec.id_columns + ([spec.event_time] if spec.event_time else [])
+    coerce = raw.filter(pl.col(COERCE_ERRORS).is_not_null()).with_columns(pl.col(COERCE_ERRORS).alias("_k"))
+    dup = dups.join(raw.select(ROW_ID, DS, SOURCE_FILE, SOURCE_ROW), on=ROW_ID).rename({"reason": "_k"})
+    entries = [  # checks made before GX, shown as row-level expectations
+        ({"expectation": "coercion (ingest): every value converts to its column's type", "type": "coercion",
+          "severity": "row"}, _per_day(coerce, lambda k: k)),
+        ({"expectation": f"expect_compound_columns_to_be_unique({', '.join(keys)}): repeats set aside before GX, "
+                         "the first occurrence kept", "type": "duplicate", "severity": "row"}, _per_day(dup, lambda k: k)),
+    ]
+    located = checked.select(DS, SOURCE_FILE, SOURCE_ROW)
+    for e in evals:
+        info = {k: e[k] for k in ("expectation", "type", "severity")}
+        if e["idx"] is None:
+            entries.append(({**info, "success": e["success"], "unexpected_count": e["unexpected_count"],
+                             "error": e["error"], "observed": e["observed"]}, None))
+        else:
+            values = e["values"]
+            rows = located[e["idx"]].with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_k"))
+            entries.append((info, _per_day(rows, lambda k, v=values: _fmt(v[k]) if k < len(v) else "null")))
+    read = {d.isoformat(): n for d, n in raw.group_by(DS).len().iter_rows()}
+    files: dict[str, list[dict]] = defaultdict(list)
+    for d, f, n in raw.group_by(DS, SOURCE_FILE).len().sort(DS, SOURCE_FILE).iter_rows():
+        files[d.isoformat()].append({"file": f, "rows": n})
+    last = max(start, end - timedelta(days=1))
+    gx_info = {"version": gx.__version__, "success": bool(result.success),
+               "statistics": {k: v for k, v in (result.statistics or {}).items()}}
+    docs = {}
+    for day in days:
+        d = day.isoformat()
+        exps = []
+        for info, by_day in entries:
+            if by_day is None:
+                exps.append({**info, "scope": "interval", "sample": []})
+            else:
+                n, sample = by_day.get(d, (0, []))
+                exps.append({**info, "scope": "day", "success": n == 0, "unexpected_count": n, "sample": sample,
+                             "error": None, "observed": None})
+        part = (partitions or {}).get(d)
+        status = "failed" if failures else ("quarantined" if part and part["quarantined"] else "passed")
+        docs[d] = {
+            "dataset": spec.name, "suite": getattr(result, "suite_name", None) or spec.name, "day": d,
+            "status": status, "run_id": run_id,
+            "interval": {"start": start.isoformat(), "end": end.isoformat(), "last": last.isoformat(), "days": len(days)},
+            "rows": {"read": read.get(d, 0), "accepted": part["accepted"] if part else None,
+                     "quarantined": part["quarantined"] if part else None},
+            "files": files.get(d, []), "expectations": exps, "failures": failures, "gx": gx_info,
+            "partitions": {"validated": part["validated_uri"], "quarantine": part["quarantine_uri"]} if part else {},
+        }
+    return docs
+
+
+def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, params: dict | None = None, *,
+                      run_id: str | None = None) -> dict:
     """Validate the raw partitions of [start, end) and (re)write validated and quarantine per day.
 
     ``params`` overrides the suite's runtime parameters (see :func:`expectation_parameters`), e.g.
-    ``{"max_rows_per_day": 500}``. A failed batch-level expectation raises ValidationFailed and writes nothing.
+    ``{"max_rows_per_day": 500}``. A failed batch-level expectation raises ValidationFailed and writes nothing
+    but the Data Docs of the failed validation. Every validation writes Data Docs per day
+    (``<lake>/_validation/ds=<day>/data_docs.html`` and ``result.json``, see tasks/datadocs.py); the
+    result's ``data_docs`` is the page to open (the day's page for one day, the interval's index otherwise).
+    ``run_id`` (the Airflow run) is shown in the Data Docs.
     """
     days = days_in_interval(start, end)
     raw = _read_raw(spec, lake_uri, days).with_row_index(ROW_ID)
@@ -207,16 +306,18 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     row_ids = checked[ROW_ID].to_list()
     # GX runs on an empty batch too, so that a lower bound on the row count can fail it.
     result = run_gx(spec, checked, start, end, params)
-    batch_failures, summary = [], []
+    batch_failures, failed, summary, evals = [], [], [], []
     for r in result.results:
+        e = _evaluation(r, checked)
+        evals.append(e)
         cfg = r.expectation_config
-        severity = (cfg.meta or {}).get("severity", "batch")
-        unexpected = r.result.get("unexpected_count") or 0
-        summary.append({"expectation": _describe(cfg), "severity": severity, "success": bool(r.success),
-                        "unexpected_count": int(unexpected)})
-        error = _exception_message(r)
+        severity = e["severity"]
+        summary.append({"expectation": e["expectation"], "severity": severity, "success": bool(r.success),
+                        "unexpected_count": e["unexpected_count"]})
+        error = e["error"]
         if error is not None:
             batch_failures.append(f"{_describe(cfg)} could not be evaluated: {error}")
+            failed.append({"expectation": e["expectation"], "severity": severity, "evidence": f"could not be evaluated: {error}"})
             continue
         if r.success:
             continue
@@ -226,14 +327,24 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
                 value = values[i] if i < len(values) else None
                 reasons[row_ids[idx]].append(f"{_describe(cfg)}: got {_fmt(value)}")
         else:
-            batch_failures.append(f"{_describe(cfg)} failed: {_batch_evidence(r.result, checked)}")
+            evidence = _batch_evidence(r.result, checked)
+            batch_failures.append(f"{_describe(cfg)} failed: {evidence}")
+            failed.append({"expectation": e["expectation"], "severity": severity, "evidence": evidence})
     if batch_failures:
         per_file = raw.group_by(SOURCE_FILE, maintain_order=True).len().sort(SOURCE_FILE).rows()
         files = ", ".join(f"{f} ({n} rows)" for f, n in per_file[:5]) + (" ..." if len(per_file) > 5 else "")
-        raise ValidationFailed(
+        message = (
             f"batch {start}..{max(start, end - timedelta(days=1))} ({raw.height} rows from files: {files or 'none'}) "
             + f"failed {len(batch_failures)} batch-level expectation(s):\n  - " + "\n  - ".join(batch_failures)
         )
+        docs = datadocs.write_docs(lake_uri, start.isoformat(), end.isoformat(), _day_docs(
+            spec, raw, checked, dups, evals, result, days, start, end, partitions=None,
+            failures=batch_failures, run_id=run_id))
+        log.error("Data Docs of the failed validation: %s", docs["data_docs"])
+        raise ValidationFailed(message + f"\nData Docs: {docs['data_docs']}", details={
+            "interval": [start.isoformat(), max(start, end - timedelta(days=1)).isoformat()],
+            "rows_read": raw.height, "files": [[f, n] for f, n in per_file], "failed": failed,
+            "data_docs": docs["data_docs"]})
 
     reason_df = pl.DataFrame(
         {ROW_ID: list(reasons.keys()), REASONS: list(reasons.values())},
@@ -245,6 +356,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     out = {"start": start.isoformat(), "end": end.isoformat(), "rows_read": raw.height,
            "rows_accepted": validated.height, "rows_quarantined": quarantine.height,
            "expectations": summary, "partitions": {}}
+    written = {}
     for day in days:
         v = validated.filter(pl.col(DS) == day)
         q = quarantine.filter(pl.col(DS) == day)
@@ -254,12 +366,17 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
             "validated": storage.write_parquet_atomic(v, v_uri), "accepted": v.height,
             "quarantine": storage.write_parquet_atomic(q, q_uri), "quarantined": q.height,
         }
+        written[day.isoformat()] = {**out["partitions"][day.isoformat()], "validated_uri": v_uri, "quarantine_uri": q_uri}
     failing = [s for s in summary if not s["success"]]
     if failing or quarantine.height:
         log.warning("%d of %d rows quarantined; failing expectations: %s", quarantine.height, raw.height,
                     [f"{s['expectation']} x{s['unexpected_count']}" for s in failing])
+    out.update(datadocs.write_docs(lake_uri, start.isoformat(), end.isoformat(), _day_docs(
+        spec, raw, checked, dups, evals, result, days, start, end, partitions=written, failures=[], run_id=run_id)))
+    log.info("Data Docs: %s", out["data_docs"])
     storage.write_json_atomic(
         storage.join(lake_uri, "_validation", f"{start.isoformat()}_{end.isoformat()}.json"),
-        {k: out[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined", "expectations")},
+        {k: out[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined", "expectations",
+                             "data_docs", "data_docs_index")},
     )
     return out
