@@ -10,7 +10,9 @@ Nightly retraining of the house-price model, and manual runs with the typed Para
    `seed`; logged to MLflow with lineage tags and registered as a new model version.
 3. **evaluate**: the new model and the current `champion` on the same test rows (mdape, ppe10, rmse_ln,
    rmse, mae); an HTML report is written and logged.
-4. **promote**: absolute bars, then relative improvement over the champion (or `force_promotion`);
+4. **check_drift**: per-feature PSI between the training split and the newest (test) rows, logged to
+   MLflow; with `HOMEWORTH_DRIFT_ACTION=block_promotion` a drifted feature blocks promotion.
+5. **promote**: absolute bars, then relative improvement over the champion (or `force_promotion`);
    the decision and reason become MLflow tags and the `champion` alias moves in one call. Backfill runs
    evaluate but never promote.
 
@@ -30,11 +32,31 @@ from airflow.sdk import dag, task
 from tasks.params import RetrainParams, airflow_params
 
 
+NIGHTLY = "0 3 * * *"
+
+
+def _schedule():
+    """Nightly; with HOMEWORTH_DRIFT_ACTION=trigger_retrain also on sales_ingest's `sales_drift` events."""
+    from airflow.sdk import Asset, AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    from tasks.settings import get_settings
+
+    if get_settings().drift_action != "trigger_retrain":
+        return NIGHTLY
+    return AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(NIGHTLY, timezone="UTC"),
+                               assets=Asset(name="sales_drift", uri="homeworth://lake/drift"))
+
+
+def _as_of(dag_run, data_interval_end):
+    """End of the training window: the data interval's end, or when the run was due (asset-triggered runs)."""
+    return (data_interval_end or dag_run.run_after).date()
+
+
 def _lineage(dag_run, data_interval_end, params):
     from tasks.params import RetrainParams
     from tasks.retrain import Lineage, training_window
 
-    start, end = training_window(data_interval_end.date(), RetrainParams(**params).window_days)
+    start, end = training_window(_as_of(dag_run, data_interval_end), RetrainParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),
                    window_start=start.isoformat(), window_end=end.isoformat())
 
@@ -77,7 +99,7 @@ def _approval(evaluation):
 
 @dag(
     dag_id="price_model_retrain",
-    schedule="0 3 * * *",
+    schedule=_schedule(),
     start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -88,12 +110,13 @@ def _approval(evaluation):
 )
 def price_model_retrain():
     @task
-    def build_features(data_interval_end=None, params=None) -> dict:
+    def build_features(dag_run=None, data_interval_end=None, params=None) -> dict:
         from tasks.retrain import features_step
         from tasks.settings import get_settings
         from tasks.spec import get_spec
 
-        return features_step(get_spec(), get_settings(), data_interval_end.date(), RetrainParams(**params))
+        as_of = _as_of(dag_run, data_interval_end)
+        return features_step(get_spec(), get_settings(), as_of, RetrainParams(**params))
 
     @task(execution_timeout=timedelta(hours=6))
     def train(features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
@@ -111,23 +134,33 @@ def price_model_retrain():
 
         return evaluate_step(get_spec(), get_settings(), features, trained)
 
+    @task
+    def check_drift(features: dict, trained: dict) -> dict:
+        from tasks.drift import drift_step
+        from tasks.settings import get_settings
+        from tasks.spec import get_spec
+
+        return drift_step(get_spec(), get_settings(), features, trained)
+
     @task(trigger_rule="none_failed_min_one_success")
-    def promote(evaluation: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
+    def promote(evaluation: dict, drift: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
         from tasks.promote import promote_step
         from tasks.settings import get_settings
 
         lineage = _lineage(dag_run, data_interval_end, params)
         approval = ti.xcom_pull(task_ids="approval") if "approval" in ti.task.dag.task_dict else None
         return promote_step(get_settings(), evaluation, RetrainParams(**params), lineage, approval=approval,
-                            event_time=data_interval_end, triggered_by=dag_run.triggering_user_name)
+                            event_time=data_interval_end, triggered_by=dag_run.triggering_user_name, drift=drift)
 
     # main flow
     features = build_features()
-    evaluation = evaluate(features, train(features))
+    trained = train(features)
+    evaluation = evaluate(features, trained)
+    drift = check_drift(features, trained)
     if _approval_enabled():
-        _approval(evaluation) >> promote(evaluation)
+        _approval(evaluation) >> promote(evaluation, drift)
     else:
-        promote(evaluation)
+        promote(evaluation, drift)
 
 
 price_model_retrain()

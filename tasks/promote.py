@@ -204,12 +204,14 @@ def _chosen(approval: dict | None) -> tuple[str | None, str | None]:
 
 def promote_step(settings: Settings, evaluation: dict, params: RetrainParams, lineage: Lineage,
                  approval: dict | None = None, event_time: datetime | date | str | None = None,
-                 triggered_by: str | None = None) -> dict:
+                 triggered_by: str | None = None, drift: dict | None = None) -> dict:
     """Decide, record the decision as MLflow tags, and move the alias (with a ledger event) on a "yes".
 
     ``approval`` is the human-in-the-loop answer for an inconclusive result (``chosen_options``,
     ``responded_by_user``); ``event_time`` the run's logical/interval time for the ledger (default:
-    the end of the run's data window); ``triggered_by`` the user who triggered the run, if any.
+    the end of the run's data window); ``triggered_by`` the user who triggered the run, if any;
+    ``drift`` the drift check of the run (``tasks.drift.drift_step``), which blocks promotion when the
+    ``drift_action`` setting says so and a feature drifted.
     """
     c = tracking.client(settings)
     version = str(evaluation["model_version"])
@@ -231,8 +233,15 @@ def promote_step(settings: Settings, evaluation: dict, params: RetrainParams, li
     ok, reason, outcome = verdict.promote, verdict.reason, verdict.outcome
     evaluated_against = evaluation.get("champion_version")
     chosen, user = _chosen(approval)
+    drift_blocked, drift_reason = (False, "")
+    if drift is not None:
+        from tasks.drift import drift_blocks_promotion
+
+        drift_blocked, drift_reason = drift_blocks_promotion(drift)
     if lineage.run_type == "backfill":
         ok, reason = False, f"backfill runs evaluate but never promote ({reason})"
+    elif drift_blocked and ok:
+        ok, reason = False, f"{drift_reason} ({reason})"
     elif previous not in (evaluated_against, version) and outcome != "reject":
         ok, reason = False, (f"the champion moved from v{evaluated_against or 'none'} to v{previous} after this model "
                              f"was evaluated; re-run to compare with the new champion ({reason})")

@@ -61,10 +61,11 @@ def test_retrain_structure_and_params(dagbag):
     from tasks.params import RetrainParams
 
     dag = dagbag.dags["price_model_retrain"]
-    assert {t.task_id for t in dag.tasks} == {"build_features", "train", "evaluate", "promote"}
+    assert {t.task_id for t in dag.tasks} == {"build_features", "train", "evaluate", "check_drift", "promote"}
     assert dag.get_task("train").upstream_task_ids == {"build_features"}
     assert dag.get_task("evaluate").upstream_task_ids == {"build_features", "train"}
-    assert dag.get_task("promote").upstream_task_ids == {"evaluate"}
+    assert dag.get_task("check_drift").upstream_task_ids == {"build_features", "train"}
+    assert dag.get_task("promote").upstream_task_ids == {"evaluate", "check_drift"}
     defaults = RetrainParams().model_dump()
     assert set(dag.params.keys()) == set(defaults)
     for name, value in defaults.items():
@@ -73,3 +74,20 @@ def test_retrain_structure_and_params(dagbag):
         assert param.description, f"param {name} needs a description for the trigger form"
     assert dag.params.get_param("window_days").schema["minimum"] == 30
     assert dag.params.get_param("model_family").schema["enum"] == ["mlp_plr", "mlp"]
+
+
+def test_retrain_listens_to_drift_events_only_when_configured(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetOrTimeSchedule  # noqa: F401  (the type the timetable wraps)
+
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("HOMEWORTH_DRIFT_ACTION", "trigger_retrain")
+    get_settings.cache_clear()
+    try:
+        dag = DagBag(dag_folder=str(REPO / "dags")).dags["price_model_retrain"]
+        assert "sales_drift" in repr(dag.timetable)
+    finally:
+        get_settings.cache_clear()
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["price_model_retrain"]
+    assert "sales_drift" not in repr(dag.timetable)
