@@ -88,6 +88,7 @@ def test_retrain_listens_to_drift_events_only_when_configured(monkeypatch):
         dag = DagBag(dag_folder=str(REPO / "dags")).dags["price_model_retrain"]
         assert "sales_drift" in repr(dag.timetable)
     finally:
+        monkeypatch.delenv("HOMEWORTH_DRIFT_ACTION")
         get_settings.cache_clear()
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["price_model_retrain"]
     assert "sales_drift" not in repr(dag.timetable)

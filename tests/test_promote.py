@@ -257,7 +257,7 @@ def test_approval_wiring_is_off_by_default_and_waits_for_a_person_when_on(monkey
 
     path = str(Path(__file__).resolve().parent.parent / "dags" / "price_model_retrain.py")
     off = DagBag(dag_folder=path).dags["price_model_retrain"]
-    assert {t.task_id for t in off.tasks} == {"build_features", "train", "evaluate", "promote"}
+    assert {t.task_id for t in off.tasks} == {"build_features", "train", "evaluate", "check_drift", "promote"}
     monkeypatch.setenv("HOMEWORTH_PROMOTION_APPROVAL", "true")
     get_settings.cache_clear()
     try:
@@ -265,11 +265,11 @@ def test_approval_wiring_is_off_by_default_and_waits_for_a_person_when_on(monkey
     finally:
         monkeypatch.delenv("HOMEWORTH_PROMOTION_APPROVAL")
         get_settings.cache_clear()
-    assert {t.task_id for t in on.tasks} == {"build_features", "train", "evaluate", "assess", "approval", "promote"}
+    assert {t.task_id for t in on.tasks} == {"build_features", "train", "evaluate", "check_drift", "assess", "approval", "promote"}
     approval = on.get_task("approval")
     assert type(approval).__name__ == "HITLOperator" and approval.options == [APPROVE, KEEP]
     assert approval.defaults == [KEEP] and approval.response_timeout.total_seconds() == 24 * 3600
     assert on.get_task("assess").upstream_task_ids == {"evaluate"}
-    assert on.get_task("promote").upstream_task_ids == {"evaluate", "assess", "approval"}
+    assert on.get_task("promote").upstream_task_ids == {"evaluate", "check_drift", "assess", "approval"}
     assert on.get_task("promote").trigger_rule == "none_failed_min_one_success"
     assert all(t.retries >= 1 for t in on.tasks)
