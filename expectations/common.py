@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 ROW = {"severity": "row"}
 BATCH = {"severity": "batch"}
+# Batch-level checks against the reference window; tasks.validate leaves them out when there is none.
+DISTRIBUTION = {"severity": "batch", "check": "distribution"}
 
 # Runtime parameters every suite may use through {"$PARAMETER": name}; set by tasks.validate.
 INTERVAL_START = "interval_start"  # first day of the run's data interval (datetime)
@@ -26,8 +28,32 @@ MAX_ROWS = "max_rows"  # bounds below times the number of days in the interval
 # dict, a caller through validate_interval(..., params={...}).
 MIN_ROWS_PER_DAY = "min_rows_per_day"
 MAX_ROWS_PER_DAY = "max_rows_per_day"
-# Permissive: a day without sales (a holiday) is normal, and no upper bound.
-DEFAULT_PARAMETERS: dict = {MIN_ROWS_PER_DAY: 0, MAX_ROWS_PER_DAY: None}
+# Checks against a reference window: the validated partitions of the REFERENCE_DAYS days before the
+# interval (tasks.validate.reference_window). None/absent reference: the checks are unbounded.
+REFERENCE_DAYS = "reference_days"
+# Upper volume bound: this many times the reference's average rows per day (a duplicated or runaway feed).
+MAX_ROWS_VS_REFERENCE = "max_rows_vs_reference"
+# Distribution of the target: median and quartiles within (1 -/+ tolerance) of the reference's, checked
+# when the batch has at least DISTRIBUTION_MIN_ROWS rows (a day of five sales says little about a market).
+DISTRIBUTION_TOLERANCE = "distribution_tolerance"
+DISTRIBUTION_MIN_ROWS = "distribution_min_rows"
+TARGET_MEDIAN_MIN, TARGET_MEDIAN_MAX, TARGET_QUARTILES = "target_median_min", "target_median_max", "target_quartiles"
+# Permissive on volume (a day without sales, a holiday, is normal); the reference bounds measured on the
+# King County data: daily volume at most 2.3x the trailing 28-day average, daily median and quartiles
+# of price within 0.76..1.39 of the trailing ones on days with >= 30 sales.
+DEFAULT_PARAMETERS: dict = {MIN_ROWS_PER_DAY: 0, MAX_ROWS_PER_DAY: None, REFERENCE_DAYS: 28,
+                            MAX_ROWS_VS_REFERENCE: 5.0, DISTRIBUTION_TOLERANCE: 0.5, DISTRIBUTION_MIN_ROWS: 30}
+
+
+def distribution_expectations(target: str) -> list:
+    """Batch-level: the target's median and quartiles against the reference window (see parameters)."""
+    return [
+        gx.expectations.ExpectColumnMedianToBeBetween(
+            column=target, min_value={"$PARAMETER": TARGET_MEDIAN_MIN}, max_value={"$PARAMETER": TARGET_MEDIAN_MAX},
+            meta=DISTRIBUTION),
+        gx.expectations.ExpectColumnQuantileValuesToBeBetween(
+            column=target, quantile_ranges={"$PARAMETER": TARGET_QUARTILES}, meta=DISTRIBUTION),
+    ]
 
 
 def row_count_bounds() -> gx.expectations.Expectation:
@@ -43,6 +69,7 @@ def spec_expectations(spec: "DatasetSpec", bookkeeping: list[str]) -> list:
     out: list = [
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, meta=BATCH),
         row_count_bounds(),
+        *distribution_expectations(spec.target),
     ]
     for name in spec.required_columns:
         out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta=ROW))

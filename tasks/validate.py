@@ -10,6 +10,7 @@ naming the expectation, the column and a sample of the bad values, and writes no
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
@@ -111,43 +112,90 @@ def _exception_message(r) -> str | None:
     return None
 
 
-def expectation_parameters(spec: DatasetSpec, start: date, end: date, params: dict | None = None) -> dict:
+def reference_window(spec: DatasetSpec, lake_uri: str, start: date, days: int) -> dict | None:
+    """Volume and target distribution of the validated partitions of the ``days`` days before ``start``.
+
+    None when fewer than half of those days have a partition (the start of a history, a bulk load).
+    """
+    if not days:
+        return None
+    uris = [u for d in days_in_interval(start - timedelta(days=days), start)
+            if storage.exists(u := storage.partition_uri(lake_uri, "validated", d))]
+    if len(uris) < max(days // 2, 1):
+        return None
+    ref = pl.scan_parquet(uris).select(
+        pl.len().alias("rows"), pl.col(spec.target).median().alias("median"),
+        pl.col(spec.target).quantile(0.25).alias("q25"), pl.col(spec.target).quantile(0.75).alias("q75"),
+    ).collect().row(0, named=True)
+    if not ref["rows"]:
+        return None
+    return {"days": days, "partitions": len(uris), "rows_per_day": ref["rows"] / days,
+            "median": ref["median"], "q25": ref["q25"], "q75": ref["q75"]}
+
+
+def expectation_parameters(spec: DatasetSpec, start: date, end: date, params: dict | None = None,
+                           reference: dict | None = None, batch_rows: int = 0) -> dict:
     """The runtime values of the suite's ``$PARAMETER``s for the interval [start, end).
 
     Defaults come from ``expectations.common.DEFAULT_PARAMETERS``, then the suite module's ``PARAMETERS``,
-    then ``params``. Per-day row-count bounds are scaled by the number of days into the batch's bounds.
+    then ``params``. Per-day row-count bounds are scaled by the number of days into the batch's bounds;
+    with a ``reference`` window (:func:`reference_window`) the upper volume bound and the target's
+    median and quartiles are set relative to it.
     """
     from expectations.common import (
-        DEFAULT_PARAMETERS, INTERVAL_LAST, INTERVAL_START, MAX_ROWS, MAX_ROWS_PER_DAY, MIN_ROWS, MIN_ROWS_PER_DAY,
+        DEFAULT_PARAMETERS, DISTRIBUTION_MIN_ROWS, DISTRIBUTION_TOLERANCE, INTERVAL_LAST, INTERVAL_START, MAX_ROWS,
+        MAX_ROWS_PER_DAY, MAX_ROWS_VS_REFERENCE, MIN_ROWS, MIN_ROWS_PER_DAY, REFERENCE_DAYS, TARGET_MEDIAN_MAX,
+        TARGET_MEDIAN_MIN, TARGET_QUARTILES,
     )
 
     module = spec.expectations_module_obj()
     merged = {**DEFAULT_PARAMETERS, **(getattr(module, "PARAMETERS", None) or {}), **(params or {})}
     n_days = len(days_in_interval(start, end))
     lo, hi = merged.pop(MIN_ROWS_PER_DAY, None), merged.pop(MAX_ROWS_PER_DAY, None)
+    factor, tol = merged.pop(MAX_ROWS_VS_REFERENCE, None), merged.pop(DISTRIBUTION_TOLERANCE, None)
+    min_dist_rows = merged.pop(DISTRIBUTION_MIN_ROWS, 0) or 0
+    merged.pop(REFERENCE_DAYS, None)
+    if hi is None and reference and factor:
+        hi = math.ceil(factor * max(reference["rows_per_day"], 1.0))
     merged.setdefault(MIN_ROWS, None if lo is None else lo * n_days)
     merged.setdefault(MAX_ROWS, None if hi is None else hi * n_days)
+    judged = reference is not None and tol is not None and batch_rows >= min_dist_rows
+    merged.setdefault(TARGET_MEDIAN_MIN, reference["median"] * (1 - tol) if judged else None)
+    merged.setdefault(TARGET_MEDIAN_MAX, reference["median"] * (1 + tol) if judged else None)
+    merged.setdefault(TARGET_QUARTILES, {
+        "quantiles": [0.25, 0.75],
+        "value_ranges": [[reference["q25"] * (1 - tol), reference["q25"] * (1 + tol)],
+                         [reference["q75"] * (1 - tol), reference["q75"] * (1 + tol)]] if judged else [[None, None]] * 2,
+    })
     last = max(start, end - timedelta(days=1))
     merged[INTERVAL_START] = datetime.combine(start, time())
     merged[INTERVAL_LAST] = datetime.combine(last, time())
     return merged
 
 
-def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date, params: dict | None = None) -> Any:
+def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date, params: dict | None = None,
+           reference: dict | None = None) -> Any:
     """Validate ``df`` (with a ``_row_id`` column) against the suite; returns the GX result."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    from expectations.common import TARGET_MEDIAN_MIN
+
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suite = ctx.suites.add(build_suite(spec))
+    exp_params = expectation_parameters(spec, start, end, params, reference=reference, batch_rows=df.height)
+    suite = build_suite(spec)
+    if exp_params.get(TARGET_MEDIAN_MIN) is None:
+        # No reference window, or too few rows to judge a distribution: those checks are not run.
+        suite.expectations = [e for e in suite.expectations if (e.meta or {}).get("check") != "distribution"]
+    suite = ctx.suites.add(suite)
     batch_def = (
         ctx.data_sources.add_pandas("homeworth").add_dataframe_asset(spec.name).add_batch_definition_whole_dataframe("interval")
     )
     pdf = _view(spec, df).drop(ROW_ID).to_pandas()
     batch = batch_def.get_batch(batch_parameters={"dataframe": pdf})
-    return batch.validate(suite, expectation_parameters=expectation_parameters(spec, start, end, params),
+    return batch.validate(suite, expectation_parameters=exp_params,
                           result_format={"result_format": "COMPLETE"})
 
 
@@ -305,7 +353,12 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     checked = raw.filter(~pl.col(ROW_ID).is_in(dups[ROW_ID].implode()))
     row_ids = checked[ROW_ID].to_list()
     # GX runs on an empty batch too, so that a lower bound on the row count can fail it.
-    result = run_gx(spec, checked, start, end, params)
+    from expectations.common import DEFAULT_PARAMETERS, REFERENCE_DAYS
+
+    ref_days = {**DEFAULT_PARAMETERS, **(getattr(spec.expectations_module_obj(), "PARAMETERS", None) or {}),
+                **(params or {})}.get(REFERENCE_DAYS)
+    reference = reference_window(spec, lake_uri, start, ref_days or 0)
+    result = run_gx(spec, checked, start, end, params, reference=reference)
     batch_failures, failed, summary, evals = [], [], [], []
     for r in result.results:
         e = _evaluation(r, checked)
