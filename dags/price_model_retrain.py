@@ -7,9 +7,13 @@ Nightly retraining of the house-price model, and manual runs with the typed Para
    before the run's interval end); time split with the newest days as test; the fitted preprocessing
    is saved as a versioned artifact that scoring reuses.
 2. **train**: Lightning (`accelerator="auto"`), early stopping on `val/rmse_ln`, deterministic under
-   `seed`; logged to MLflow with lineage tags and registered as a new model version.
+   `seed`; logged to MLflow with lineage tags and registered as a new model version. The model
+   configuration is the newest `price_model_tune` result for the dataset when there is one and
+   `use_tuned_config` is on; a `model_family`, `max_epochs` or `seed` other than its default
+   overrides it; otherwise the family's defaults (`tasks/tune.py`, `docs/model.md`).
 3. **evaluate**: the new model and the current `champion` on the same test rows (mdape, ppe10, rmse_ln,
-   rmse, mae); an HTML report is written and logged.
+   rmse, mae), beside gradient boosting trained on the same features and split; an HTML report is
+   written and logged.
 4. **check_drift**: per-feature PSI between the training split and the newest (test) rows, logged to
    MLflow; with `HOMEWORTH_DRIFT_ACTION=block_promotion` a drifted feature blocks promotion.
 5. **promote**: absolute bars, then relative improvement over the champion (or `force_promotion`);

@@ -1,10 +1,14 @@
 """Features: validated partitions of a training window -> one feature table + a fitted preprocessing.
 
-``build_features`` scans the window's validated partitions lazily, derives the dataset's features,
-assigns the train / val / test split and streams the result to
-``<lake>/features/window=<start>_<end>/part-0.parquet``. The preprocessing (clip bounds, means and
-standard deviations, categorical vocabularies, target scaling) is fitted on the training split only
-and saved as a content-addressed JSON artifact that scoring reuses unchanged.
+``build_features`` scans the window's validated partitions lazily and computes the features in two
+stages: the history-aware comparable-sales features (``tasks/comps.py``; each sale's statistics of
+EARLIER sales nearby, read from the validated history up to the window's end, including the
+``lookback_days`` before the window's start), then the dataset's row-level ``derive``. It assigns the
+train / val / test split and writes the result to ``<lake>/features/window=<start>_<end>/part-0.parquet``.
+The preprocessing (clip bounds, means and standard deviations, categorical vocabularies, target
+scaling, and the comps configuration) is fitted on the training split only and saved as a
+content-addressed JSON artifact that scoring reuses unchanged: ``Preprocessing.features(rows,
+history)`` recomputes the same columns for new rows from the lake's validated history.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks import storage
+from tasks.comps import CompsConfig, comps
 from tasks.ingest import DS, days_in_interval
 from tasks.spec import DatasetSpec
 
@@ -42,6 +47,12 @@ class FeatureSet:
     derive: Callable[[pl.LazyFrame], pl.LazyFrame]
     module: str | None
     unclipped: tuple[str, ...] = ()
+    # History-aware comparable-sales features (the module's ``COMPS``); their columns are model inputs
+    # too, after ``numeric``, whenever the feature table carries them.
+    comps: CompsConfig | None = None
+
+    def comp_columns(self) -> list[str]:
+        return self.comps.columns() if self.comps is not None else []
 
 
 def feature_set(spec: DatasetSpec) -> FeatureSet:
@@ -49,7 +60,7 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
     if module is None:
         return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), "identity", lambda lf: lf, None)
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
-                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())))
+                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), getattr(module, "COMPS", None))
 
 
 def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
@@ -60,6 +71,15 @@ def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
         if storage.exists(uri):
             out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.file_sha256(uri)})
     return out
+
+
+def with_comps(rows: pl.LazyFrame, history: pl.LazyFrame | pl.DataFrame | None, cfg: CompsConfig | None) -> pl.LazyFrame:
+    """The comparable-sales stage: ``rows`` with ``cfg``'s columns computed from ``history`` (none: unchanged)."""
+    if cfg is None:
+        return rows
+    if history is None:
+        raise ValueError("these features need the history of validated sales (comparable sales): pass history")
+    return comps(history, rows, cfg).lazy()
 
 
 def assign_split(lf: pl.LazyFrame, spec: DatasetSpec, window_end: date) -> pl.LazyFrame:
@@ -105,14 +125,24 @@ class Preprocessing(BaseModel):
     target_mean: float
     target_std: float
     fitted_on: dict  # window and row counts, for lineage
+    # The comparable-sales stage these features were built with (None: row-level features only).
+    comps: CompsConfig | None = None
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        # Without comps the JSON (and so the hash) is what it was before comps existed.
+        return hashlib.sha256(self.model_dump_json(exclude={"comps"} if self.comps is None else None).encode()).hexdigest()
 
     def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if self.features_module is None:
             return lf
         return importlib.import_module(self.features_module).derive(lf)
+
+    def features(self, rows: pl.LazyFrame | pl.DataFrame, history: pl.LazyFrame | pl.DataFrame | None = None) -> pl.LazyFrame:
+        """Every input column for validated ``rows``: comparable sales from ``history`` (if used), then ``derive``.
+
+        ``history`` is validated sales (the spec's columns); only those dated before each row count.
+        """
+        return self.derive(with_comps(rows.lazy(), history, self.comps))
 
     def numeric_matrix(self, df: pl.DataFrame) -> np.ndarray:
         exprs = [
@@ -142,7 +172,19 @@ class Preprocessing(BaseModel):
 
 
 def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict) -> Preprocessing:
-    """Fit clip bounds, scaling and vocabularies on the training split, in two streaming passes."""
+    """Fit clip bounds, scaling and vocabularies on the training split, in two streaming passes.
+
+    The comps columns of ``fset`` are inputs when the feature table has them (all or none).
+    """
+    names = pl.scan_parquet(features_uri).collect_schema().names()
+    present = [c for c in fset.comp_columns() if c in names]
+    if present and len(present) != len(fset.comp_columns()):
+        missing = sorted(set(fset.comp_columns()) - set(present))
+        raise ValueError(f"{features_uri}: comparable-sales columns missing: {missing}")
+    comps_cfg = fset.comps if present else None
+    unclipped = (*fset.unclipped, *(comps_cfg.unclipped() if comps_cfg else ()))
+    fset = FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
+                      fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg)
     train = pl.scan_parquet(features_uri).filter(pl.col(SPLIT) == "train")
     q = train.select(
         *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in fset.numeric],
@@ -161,7 +203,8 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
         std = stats[f"{c}__std"]
         clip = c not in fset.unclipped
         numeric.append(NumericStat(name=c, lo=q[f"{c}__lo"] if clip else None, hi=q[f"{c}__hi"] if clip else None,
-                                   mean=stats[f"{c}__mean"],
+                                   # a column without a value in training (a comp with no history yet) is all 0
+                                   mean=stats[f"{c}__mean"] if stats[f"{c}__mean"] is not None else 0.0,
                                    std=std if std and math.isfinite(std) and std > 0 else 1.0))
     vocabs = []
     for c in fset.categorical:
@@ -170,7 +213,7 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
     return Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
         categorical=vocabs, target=spec.target, target_transform=fset.target_transform,
-        target_mean=stats["__y_mean"], target_std=stats["__y_std"] or 1.0, fitted_on=fitted_on,
+        target_mean=stats["__y_mean"], target_std=stats["__y_std"] or 1.0, fitted_on=fitted_on, comps=comps_cfg,
     )
 
 
@@ -179,18 +222,27 @@ def features_uri(lake_uri: str, window_start: date, window_end: date) -> str:
 
 
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date) -> dict:
-    """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata."""
+    """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata.
+
+    Comparable-sales features read the validated history from ``lookback_days`` before the window's
+    start to its end; each row sees only the sales dated before it.
+    """
     parts = window_partitions(lake_uri, window_start, window_end)
     if not parts:
         raise ValueError(f"no validated partitions in {lake_uri} for {window_start}..{window_end}: ingest first")
     fset = feature_set(spec)
     # All spec columns travel with the features: a champion whose feature code differs can re-derive.
     keep = [*spec.columns, DS]
+    rows = pl.scan_parquet([p["uri"] for p in parts])
+    history_parts: list[dict] = []
+    if fset.comps is not None:
+        history_parts = window_partitions(lake_uri, window_start - timedelta(days=fset.comps.lookback_days()), window_start)
+        history = pl.scan_parquet([p["uri"] for p in history_parts + parts])
+        rows = with_comps(rows, history, fset.comps)
     lf = (
-        pl.scan_parquet([p["uri"] for p in parts])
-        .pipe(fset.derive)
+        rows.pipe(fset.derive)
         .pipe(assign_split, spec, window_end)
-        .select(*dict.fromkeys([*keep, *fset.numeric, *fset.categorical, SPLIT]))
+        .select(*dict.fromkeys([*keep, *fset.numeric, *fset.comp_columns(), *fset.categorical, SPLIT]))
     )
     out_uri = features_uri(lake_uri, window_start, window_end)
     local = storage.local_path(out_uri)
@@ -212,7 +264,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())
-    manifest = {"features_uri": out_uri, "preprocessing_uri": prep_uri, "partitions": parts, **fitted_on}
+    manifest = {"features_uri": out_uri, "preprocessing_uri": prep_uri, "partitions": parts,
+                "history_partitions": history_parts, **fitted_on}
     storage.write_json_atomic(storage.join(out_uri.rsplit("/", 1)[0], "manifest.json"), manifest)
     return {
         "features_uri": out_uri,
@@ -224,6 +277,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         "rows": fitted_on["rows"],
         "partitions": len(parts),
         "partitions_sha256": hashlib.sha256(json.dumps([(p["day"], p["sha256"]) for p in parts]).encode()).hexdigest(),
+        "history_partitions": len(history_parts),
     }
 
 

@@ -26,7 +26,9 @@ from tasks.features import Preprocessing
 class ModelConfig(BaseModel):
     """Architecture and optimisation settings; logged as MLflow params and saved with the weights."""
 
-    family: Literal["mlp", "mlp_plr"] = "mlp_plr"  # mlp_plr: periodic embeddings of numeric features
+    # mlp: plain MLP; mlp_plr: periodic embeddings of numeric features; tabm: mlp_plr's embeddings and a
+    # parameter-efficient ensemble of ``k`` members sharing the MLP's weights (rank-1 adapters per member).
+    family: Literal["mlp", "mlp_plr", "tabm"] = "mlp_plr"
     hidden: list[int] = Field(default=[256, 256])  # widths of the hidden layers
     dropout: float = 0.1
     cat_embedding_dim: int = 16  # embedding width of each categorical feature
@@ -39,6 +41,30 @@ class ModelConfig(BaseModel):
     max_epochs: int = 60
     patience: int = 8  # early stopping on val/rmse_ln
     seed: int = 42
+    k: int = Field(default=16, ge=1, le=64)  # tabm: ensemble members (BatchEnsemble adapters per member)
+    # Training loss on standardized ln(price): mse, or huber (quadratic within huber_delta standard
+    # deviations, linear beyond: a few wild sales weigh less). Validation always reports rmse_ln.
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(default=0.5, gt=0)
+    # Wall-clock cap on training (the best epoch so far is kept); None: epochs and early stopping only.
+    # Runs that hit it are no longer deterministic under the seed (how far they got depends on the machine).
+    max_time_s: int | None = Field(default=None, ge=1)
+
+
+# The default configuration of each family (what a retrain uses without a tuning result). The tabm
+# default was picked by validation rmse_ln among tuning trials on King County (docs/model.md).
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
+             "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
+             "huber_delta": 0.3, "max_time_s": 210},
+    "mlp_plr": {"family": "mlp_plr"},
+    "mlp": {"family": "mlp"},
+}
+
+
+def default_config(family: str, **overrides) -> ModelConfig:
+    """The family's default configuration, with ``overrides`` (e.g. max_epochs, seed) applied."""
+    return ModelConfig(**{**FAMILY_DEFAULTS[family], **overrides})
 
 
 class PeriodicEmbedding(nn.Module):
@@ -58,27 +84,91 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(z).flatten(1)
 
 
+class BatchEnsembleLinear(nn.Module):
+    """``k`` linear layers sharing one weight matrix: member i computes ((x * r_i) W) * s_i + b_i.
+
+    BatchEnsemble (Wen et al., 2020) as TabM uses it (Gorishniy et al., 2024, yandex-research/tabm):
+    the rank-1 adapters r, s and the biases are the only per-member parameters. ``r_init`` is
+    "random-signs" for the first layer (the members start different) and "ones" after it.
+    """
+
+    def __init__(self, d_in: int, d_out: int, k: int, r_init: Literal["ones", "random-signs"] = "ones"):
+        super().__init__()
+        bound = 1 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(d_in, d_out).uniform_(-bound, bound))
+        self.r = nn.Parameter(torch.ones(k, d_in))
+        if r_init == "random-signs":
+            with torch.no_grad():
+                self.r.copy_(torch.randint(0, 2, (k, d_in)).float() * 2 - 1)
+        self.s = nn.Parameter(torch.ones(k, d_out))
+        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound).repeat(k, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, k, d_in) -> (B, k, d_out)
+        return (x * self.r) @ self.weight * self.s + self.bias
+
+
+class LinearEnsemble(nn.Module):
+    """``k`` independent linear layers (the members' own output heads)."""
+
+    def __init__(self, d_in: int, d_out: int, k: int):
+        super().__init__()
+        bound = 1 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(k, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, k, d_in) -> (B, k, d_out)
+        return torch.einsum("bki,kio->bko", x, self.weight) + self.bias
+
+
 class TabularNet(nn.Module):
+    """Embeddings of the inputs, then an MLP (``mlp``, ``mlp_plr``) or a TabM ensemble (``tabm``).
+
+    ``forward`` returns one prediction per row (the mean of the members for ``tabm``);
+    ``forward_members`` returns every member's, shape (B, k), which training fits one by one.
+    """
+
     def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig):
         super().__init__()
+        self.family = cfg.family
         self.embeddings = nn.ModuleList([nn.Embedding(c + 1, cfg.cat_embedding_dim) for c in cardinalities])
-        if cfg.family == "mlp_plr":
+        if cfg.family in ("mlp_plr", "tabm"):
             self.numeric = PeriodicEmbedding(n_numeric, cfg.n_frequencies, cfg.frequency_scale, cfg.num_embedding_dim)
             d_num = n_numeric * cfg.num_embedding_dim
         else:
             self.numeric = nn.Identity()
             d_num = n_numeric
-        layers: list[nn.Module] = []
         d = d_num + len(cardinalities) * cfg.cat_embedding_dim
-        for width in cfg.hidden:
-            layers += [nn.Linear(d, width), nn.ReLU(), nn.Dropout(cfg.dropout)]
-            d = width
-        layers.append(nn.Linear(d, 1))
-        self.mlp = nn.Sequential(*layers)
+        if cfg.family == "tabm":
+            self.k = cfg.k
+            blocks: list[nn.Module] = []
+            for i, width in enumerate(cfg.hidden):
+                blocks += [BatchEnsembleLinear(d, width, cfg.k, "random-signs" if i == 0 else "ones"), nn.ReLU(),
+                           nn.Dropout(cfg.dropout)]
+                d = width
+            self.backbone = nn.Sequential(*blocks)
+            self.head = LinearEnsemble(d, 1, cfg.k)
+        else:
+            self.k = 1
+            layers: list[nn.Module] = []
+            for width in cfg.hidden:
+                layers += [nn.Linear(d, width), nn.ReLU(), nn.Dropout(cfg.dropout)]
+                d = width
+            layers.append(nn.Linear(d, 1))
+            self.mlp = nn.Sequential(*layers)
+
+    def _inputs(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        parts = [self.numeric(x_num)] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        return torch.cat(parts, dim=1)
+
+    def forward_members(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        x = self._inputs(x_num, x_cat)
+        if self.family != "tabm":
+            return self.mlp(x)  # (B, 1)
+        x = x.unsqueeze(1).expand(-1, self.k, -1)
+        return self.head(self.backbone(x)).squeeze(-1)  # (B, k)
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
-        parts = [self.numeric(x_num)] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+        return self.forward_members(x_num, x_cat).mean(dim=1)
 
 
 class PriceModule(L.LightningModule):
@@ -93,10 +183,18 @@ class PriceModule(L.LightningModule):
 
     def _step(self, batch, stage: str):
         x_num, x_cat, y = batch
-        loss = nn.functional.mse_loss(self(x_num, x_cat), y)
+        members = self.net.forward_members(x_num, x_cat)  # (B, k): every member is fitted on its own
+        ensemble_mse = nn.functional.mse_loss(members.mean(dim=1), y)
+        if stage != "train":
+            loss = ensemble_mse
+        elif self.cfg.loss == "huber":
+            loss = nn.functional.huber_loss(members, y[:, None].expand_as(members), delta=self.cfg.huber_delta)
+        else:
+            loss = nn.functional.mse_loss(members, y[:, None].expand_as(members))
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=not on_step)
-        self.log(f"{stage}/rmse_ln", loss.sqrt() * self.target_std, on_step=False, on_epoch=True, batch_size=len(y))
+        # The target is standardized ln(price): rmse in ln units is the ensemble's rmse scaled back.
+        self.log(f"{stage}/rmse_ln", ensemble_mse.sqrt() * self.target_std, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def training_step(self, batch, _):
@@ -183,13 +281,20 @@ def save_bundle(directory: Path, net: TabularNet, cfg: ModelConfig, prep: Prepro
 
 
 class ModelBundle:
-    """A trained model ready to score validated rows: derive, preprocess, forward, decode."""
+    """A trained model ready to score validated rows: features (comps, derive), preprocess, forward, decode.
 
-    def __init__(self, net: TabularNet, cfg: ModelConfig, prep: Preprocessing):
-        self.net, self.cfg, self.prep = net.eval(), cfg, prep
+    A model whose preprocessing uses comparable sales needs the history of validated sales to score
+    new rows: ``predict(df, history=...)`` takes it (a frame of validated sales, or a
+    ``tasks.comps.LakeHistory``); without one it uses ``self.history``, else the validated
+    partitions of the settings' lake (re-read only when they change). Only sales dated before each
+    row are used.
+    """
+
+    def __init__(self, net: TabularNet, cfg: ModelConfig, prep: Preprocessing, history=None):
+        self.net, self.cfg, self.prep, self.history = net.eval(), cfg, prep, history
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ModelBundle":
+    def load(cls, directory: str | Path, history=None) -> "ModelBundle":
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -197,7 +302,26 @@ class ModelBundle:
         prep = Preprocessing.model_validate_json((directory / PREPROCESSING).read_text())
         net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
         net.load_state_dict(load_file(str(directory / WEIGHTS)))
-        return cls(net, cfg, prep)
+        return cls(net, cfg, prep, history)
+
+    def history_frame(self, history=None) -> pl.DataFrame | pl.LazyFrame | None:
+        """The comps history to use: the argument, ``self.history``, or the settings' lake."""
+        if self.prep.comps is None:
+            return None
+        h = history if history is not None else self.history
+        if h is None:
+            from tasks.comps import lake_history
+            from tasks.settings import get_settings
+
+            h = lake_history(get_settings().lake_uri, self.prep.comps)
+        return h.frame() if hasattr(h, "frame") else h
+
+    def features(self, df: pl.DataFrame, history=None) -> pl.DataFrame:
+        """Every input column for validated rows: comparable sales (if the model uses them), then derive."""
+        h = self.history_frame(history)
+        if h is not None and not isinstance(h, pl.LazyFrame) and h.height == 0:
+            h = pl.DataFrame(schema=df.select(self.prep.comps.input_columns(with_target=True)).schema)
+        return self.prep.features(df, h).collect()
 
     def predict_features(self, df: pl.DataFrame) -> np.ndarray:
         """Prices for rows that already carry the derived features."""
@@ -209,9 +333,9 @@ class ModelBundle:
         z = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         return self.prep.decode_target(z)
 
-    def predict(self, df: pl.DataFrame) -> np.ndarray:
-        """Prices for validated rows (the spec's columns, typed)."""
-        return self.predict_features(self.prep.derive(df.lazy()).collect())
+    def predict(self, df: pl.DataFrame, history=None) -> np.ndarray:
+        """Prices for validated rows (the spec's columns, typed); ``history``: see the class doc."""
+        return self.predict_features(self.features(df, history))
 
     def describe(self) -> dict:
         return json.loads(self.cfg.model_dump_json())

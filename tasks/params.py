@@ -20,13 +20,33 @@ class RetrainParams(BaseModel):
     max_epochs: int = Field(default=60, ge=1, le=1000, description="Upper bound on training epochs (early stopping "
                             "on validation RMSE of ln(price) usually stops sooner).")
     seed: int = Field(default=42, ge=0, description="Seed for weight initialisation and batch shuffling.")
-    model_family: Literal["mlp_plr", "mlp"] = Field(
-        default="mlp_plr", description="mlp_plr: MLP with periodic embeddings of numeric features; mlp: plain MLP.")
+    model_family: Literal["tabm", "mlp_plr", "mlp"] = Field(
+        default="tabm", description="tabm: an ensemble of MLPs sharing most weights (TabM, BatchEnsemble adapters) "
+        "over periodic embeddings; mlp_plr: MLP with periodic embeddings of numeric features; mlp: plain MLP. "
+        "A value other than the default overrides the tuned configuration.")
+    use_tuned_config: bool = Field(
+        default=True, description="Start from the best configuration price_model_tune recorded for this dataset, "
+        "if any; model family, max epochs and seed override it when set to a value other than their default.")
     min_relative_improvement: float = Field(
         default=0.01, ge=0, le=1, description="Promote only if test mdape improves on the champion's by this fraction.")
     max_mdape: float = Field(default=0.15, gt=0, le=1, description="Absolute bar: test median APE at most this.")
     min_ppe10: float = Field(default=0.40, ge=0, le=1, description="Absolute bar: test share within 10% at least this.")
     force_promotion: bool = Field(default=False, description="Promote even if the gate says no (the reason is recorded).")
+
+
+class TuneParams(BaseModel):
+    """Parameters of ``price_model_tune`` (shown in the Airflow UI trigger form)."""
+
+    window_days: int = Field(default=730, ge=30, le=36500,
+                             description="Training window: days of validated sales before the run's interval end.")
+    n_trials: int = Field(default=8, ge=1, le=64, description="Configurations to train (trial 0 is the current "
+                          "default configuration; the others are drawn from the search space).")
+    seed: int = Field(default=0, ge=0, description="Seed of the sampler: the same seed draws the same trials.")
+    max_epochs: int = Field(default=60, ge=1, le=1000, description="Upper bound on each trial's training epochs.")
+    max_time_s: int = Field(default=210, ge=1, le=86400, description="Wall-clock cap on each trial's training, "
+                            "seconds; the best configuration keeps it, so a retrain with it stays as short.")
+    families: list[Literal["tabm", "mlp_plr", "mlp"]] = Field(
+        default=["tabm", "mlp_plr"], min_length=1, description="Model families the sampler draws from.")
 
 
 class IngestParams(BaseModel):

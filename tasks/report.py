@@ -101,6 +101,13 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _gbm_note(models: list[str]) -> str:
+    if not any("gradient boosting" in m for m in models):
+        return ""
+    return (" Gradient boosting (HistGradientBoostingRegressor on ln(price)) was trained in this run on the same"
+            " features and train/validation split as the new model: the yardstick the deep model has to beat.")
+
+
 def render(title: str, metrics: dict[str, dict[str, float]], pred: pl.DataFrame, actual: str,
            time_col: str | None, facts: dict[str, str]) -> str:
     """The report's HTML. ``pred`` has the actual price and one ``pred_<model>`` column per model."""
@@ -112,5 +119,5 @@ def render(title: str, metrics: dict[str, dict[str, float]], pred: pl.DataFrame,
 td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}th{{background:#f4f4f4}}.best{{font-weight:bold;color:#064}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 <p>All models scored on the same {pred.height:,} test rows. mdape: median absolute percentage error; ppe10: share
-within &plusmn;10%; rmse_ln: RMSE of ln(price).</p>
+within &plusmn;10%; rmse_ln: RMSE of ln(price).{_gbm_note(models)}</p>
 {metrics_table(metrics)}<table>{fact_rows}</table>{figures}</body></html>"""

@@ -56,7 +56,7 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
     from pytorch_lightning.loggers import MLFlowLogger
 
     from tasks.features import load_preprocessing
-    from tasks.model import ModelConfig, save_bundle
+    from tasks.model import save_bundle
     from tasks.train import train
 
     c = tracking.client(settings)
@@ -67,11 +67,14 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
         return {"mlflow_run_id": done.info.run_id, "model_version": done.data.tags["model_version"],
                 "val_rmse_ln": done.data.metrics.get("best/val_rmse_ln"), "reused": True}
 
-    cfg = ModelConfig(family=params.model_family, max_epochs=params.max_epochs, seed=params.seed)
     prep = load_preprocessing(features["preprocessing_uri"])
+    cfg, config_source, tuning_run = model_config(settings, prep.dataset, params)
     tags = {**lineage.tags(), tracking.TAG_TASK: "train", "data.partitions": str(features["partitions"]),
             "data.partitions_sha256": features["partitions_sha256"], "data.features_sha256": features["features_sha256"],
-            "preprocessing.sha256": features["preprocessing_sha256"], "dataset": prep.dataset}
+            "preprocessing.sha256": features["preprocessing_sha256"], "dataset": prep.dataset,
+            "model.family": cfg.family, "model.config_source": config_source}
+    if tuning_run:
+        tags["tuning.run_id"] = tuning_run
     run = c.create_run(exp, run_name=f"{lineage.dag_id}__{lineage.run_id}", tags=tags)
     run_id = run.info.run_id
     try:
@@ -100,4 +103,18 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
         raise
     return {"mlflow_run_id": run_id, "model_version": str(mv.version), "val_rmse_ln": result.metrics["val_rmse_ln"],
             "epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
-            "reused": False}
+            "model_family": cfg.family, "config_source": config_source, "reused": False}
+
+
+def model_config(settings: Settings, dataset: str, params: RetrainParams):
+    """(ModelConfig, "tuned" | "defaults", tuning run id or None): the tuned configuration by default.
+
+    Precedence (see ``tasks/tune.py``): Params changed from their defaults > the newest tuning result
+    of the dataset (when ``use_tuned_config``) > the family's defaults.
+    """
+    from tasks.tune import best_config, resolve_config
+
+    found = best_config(settings, dataset) if params.use_tuned_config else None
+    cfg, source = resolve_config(params, found[0] if found else None)
+    log.info("model configuration from %s: %s", source, cfg.model_dump())
+    return cfg, source, (found[1] if found and source == "tuned" else None)

@@ -11,6 +11,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import polars as pl
 import pytorch_lightning as L
@@ -82,6 +83,7 @@ def train(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_train_batches=limit_train_batches,
+        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -95,3 +97,58 @@ def train(
              best.best, best.best_epoch)
     return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
                        seconds=seconds, rows={s: len(f) for s, f in frames.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient boosting on the same features and split (the deep model's yardstick in evaluate_step)
+
+# HistGradientBoostingRegressor on ln(price): early stopping on the validation split (the same one
+# the deep model stops on); the rest are sklearn's usual settings with a smaller learning rate.
+GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 3000, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+              "l2_regularization": 0.0, "n_iter_no_change": 100}
+
+
+@dataclass
+class GbmResult:
+    model: object
+    columns: list[str]
+    metrics: dict[str, float]
+    seconds: float
+
+    def predict(self, prep: Preprocessing, df: pl.DataFrame):
+        """Prices for rows that carry the features (as ``ModelBundle.predict_features``)."""
+        return prep.decode_target(self.model.predict(gbm_matrix(prep, df)))
+
+
+def gbm_matrix(prep: Preprocessing, df: pl.DataFrame):
+    """The deep model's inputs, for trees: the numeric columns as they are (nulls as NaN, trees need
+    no scaling), then the categorical columns as vocabulary codes (0: unseen), declared categorical."""
+    import numpy as np
+
+    num = df.select([pl.col(s.name).cast(pl.Float64).fill_nan(None) for s in prep.numeric]).to_numpy()
+    num = np.asarray(num, dtype=np.float64)
+    cat = prep.categorical_matrix(df).astype(np.float64)
+    return np.column_stack([num, cat]) if cat.size else num
+
+
+def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None) -> GbmResult:
+    """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    frames = load_splits(features_uri)
+    n_num = len(prep.numeric)
+    # HistGradientBoosting takes categories with fewer than 255 codes; larger vocabularies stay as codes.
+    cats = [n_num + i for i, v in enumerate(prep.categorical) if len(v.values) < 254] or None
+    model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {})}, categorical_features=cats,
+                                          early_stopping=True, random_state=seed)
+    y = {s: prep.encode_target(frames[s][prep.target].to_numpy()) for s in ("train", "val")}
+    t0 = time.perf_counter()
+    model.fit(gbm_matrix(prep, frames["train"]), y["train"], X_val=gbm_matrix(prep, frames["val"]), y_val=y["val"])
+    seconds = time.perf_counter() - t0
+    val_z = model.predict(gbm_matrix(prep, frames["val"]))
+    val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
+    log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
+    return GbmResult(model=model, columns=[s.name for s in prep.numeric] + [v.name for v in prep.categorical],
+                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(model.n_iter_), "train_seconds": seconds},
+                     seconds=seconds)

@@ -73,7 +73,7 @@ def test_retrain_structure_and_params(dagbag):
         assert param.value == value, name
         assert param.description, f"param {name} needs a description for the trigger form"
     assert dag.params.get_param("window_days").schema["minimum"] == 30
-    assert dag.params.get_param("model_family").schema["enum"] == ["mlp_plr", "mlp"]
+    assert dag.params.get_param("model_family").schema["enum"] == ["tabm", "mlp_plr", "mlp"]
 
 
 def test_retrain_listens_to_drift_events_only_when_configured(monkeypatch):

@@ -91,7 +91,7 @@ def test_retrain_params_mirror_the_pydantic_defaults_and_bounds():
     assert {k: p.value for k, p in params.items()} == defaults
     wd = params["window_days"].schema
     assert (wd["type"], wd["minimum"], wd["maximum"]) == ("integer", 30, 36500)
-    assert params["model_family"].schema["enum"] == ["mlp_plr", "mlp"]
+    assert params["model_family"].schema["enum"] == ["tabm", "mlp_plr", "mlp"]
     assert params["max_mdape"].schema["exclusiveMinimum"] == 0
     assert params["force_promotion"].schema["type"] == "boolean"
     assert params["window_days"].schema["title"] == "window days"

@@ -131,7 +131,11 @@ def build_summary(settings, replayed: dict, backfill_runs: int, results: list[di
         "landing_days": replayed["files_written"] + replayed["files_existing"],
         "backfill_runs": backfill_runs,
         "test_rows": evaluation["test_rows"],
+        # new, champion (if any) and "gbm": gradient boosting trained in the same run on the same features
         "test_metrics": evaluation["metrics"],
+        "model_family": trained.get("model_family"),
+        "config_source": trained.get("config_source"),
+        "gbm_train_seconds": round((evaluation.get("gbm") or {}).get("train_seconds") or 0, 1) or None,
         "model_version": promotion["model_version"],
         "champion_version": promotion["champion_version"],
         "previous_champion": promotion["previous_champion"],

@@ -1,10 +1,18 @@
-"""Features of a King County sale, computed from that sale's own row (point-in-time by construction)."""
+"""Features of a King County sale: its own row (``derive``) and comparable earlier sales (``COMPS``).
+
+``derive`` sees one row at a time (point in time by construction); ``COMPS`` configures the
+history-aware stage (``tasks/comps.py``): statistics of the sales dated before this one in the same
+zipcode, the same 0.01-degree cell and among the nearest by latitude and longitude, a county-wide
+market index, and the same house's previous sale.
+"""
 
 from __future__ import annotations
 
 from datetime import date
 
 import polars as pl
+
+from tasks.comps import CompsConfig
 
 # Day zero of the "market time" feature; the model extrapolates a trend from it.
 EPOCH = date(2014, 1, 1)
@@ -19,6 +27,10 @@ CATEGORICAL = ["zipcode"]
 # Market time must extrapolate past the training window, so it is scaled but never clipped.
 UNCLIPPED = ["sale_day"]
 TARGET_TRANSFORM = "log"
+# Comparable sales: price per square foot of living space, by zipcode, 0.01-degree cell and the k
+# nearest by latitude and longitude (candidates within +-2 cells, sold within the last 365 days).
+COMPS = CompsConfig(time="date", target="price", size="sqft_living", lat="lat", long="long", groups=["zipcode"],
+                    id="id")
 
 
 def derive(lf: pl.LazyFrame) -> pl.LazyFrame:

@@ -1,0 +1,149 @@
+"""Deep model vs gradient boosting on the King County time split, outside Airflow; writes docs/model.md's table.
+
+    python -m benchmarks.model_quality                         # default family (tabm), fresh private state
+    python -m benchmarks.model_quality --families tabm,mlp_plr,mlp --write-docs
+    python -m benchmarks.model_quality --home .state --use-tuned  # an existing state, its tuning result
+
+It runs the retrain's own steps in-process, in a private ``HOMEWORTH_HOME`` (a temporary folder unless
+``--home`` is given): the bundled sales are replayed, ingested and validated (skipped when the lake
+already has validated partitions), then for each family ``features_step`` -> ``train_step`` ->
+``evaluate_step`` of ``tasks/retrain.py`` and ``tasks/evaluate.py`` exactly as the DAG's tasks call
+them (MLflow run, registered version, evaluation report). ``evaluate_step`` trains gradient boosting
+on the same features and split; its metrics are the ``gbm`` rows. The retrain window ends on
+``--as-of`` (2015-05-28: test = sales on or after 2015-03-01, validation = January-February 2015).
+Times are wall-clock seconds on this machine; ``cpu_s`` is the process CPU time of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- model_quality:begin -->", "<!-- model_quality:end -->"
+
+
+def _timed(fn, *args):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, round(time.perf_counter() - w, 1), round(time.process_time() - c, 1)
+
+
+def ensure_lake(spec, settings) -> dict:
+    """Replay, ingest and validate the bundled sales unless the lake already has validated partitions."""
+    from tasks import storage
+
+    if storage.list_dir(storage.join(settings.lake_uri, "validated")):
+        return {"reused_lake": True}
+    from tasks.ingest import ingest_interval
+    from tasks.replay import replay
+    from tasks.validate import validate_interval
+
+    replayed = replay(spec, settings.landing_uri)
+    first, last = date.fromisoformat(replayed["first_day"]), date.fromisoformat(replayed["last_day"])
+    end = date.fromordinal(last.toordinal() + 1)
+    ingest_interval(spec, settings.landing_uri, settings.lake_uri, first, end)
+    result = validate_interval(spec, settings.lake_uri, first, end)
+    return {"reused_lake": False, "rows_accepted": result["rows_accepted"]}
+
+
+def run(families: list[str], as_of: date, use_tuned: bool, seed: int) -> dict:
+    from tasks.evaluate import evaluate_step
+    from tasks.params import RetrainParams
+    from tasks.retrain import Lineage, features_step, train_step, training_window
+    from tasks.settings import get_settings
+    from tasks.spec import get_spec
+
+    settings, spec = get_settings(), get_spec()
+    lake = ensure_lake(spec, settings)
+    results = []
+    features = None
+    for family in families:
+        params = RetrainParams(model_family=family, use_tuned_config=use_tuned, seed=seed)
+        start, end = training_window(as_of, params.window_days)
+        lineage = Lineage(dag_id="benchmark_model_quality", run_id=f"{family}_{int(time.time())}",
+                          window_start=start.isoformat(), window_end=end.isoformat())
+        t_features = c_features = 0.0
+        if features is None:
+            features, t_features, c_features = _timed(features_step, spec, settings, as_of, params)
+        trained, t_train, c_train = _timed(train_step, settings, features, params, lineage)
+        evaluation, t_eval, c_eval = _timed(evaluate_step, spec, settings, features, trained)
+        results.append({"family": family, "config_source": trained.get("config_source"),
+                        "features_s": t_features, "features_cpu_s": c_features,
+                        "train_step_s": t_train, "train_step_cpu_s": c_train, "train_s": trained.get("train_seconds"),
+                        "epochs": trained.get("epochs"), "best_epoch": trained.get("best_epoch"),
+                        "val_rmse_ln": trained.get("val_rmse_ln"), "evaluate_s": t_eval, "evaluate_cpu_s": c_eval,
+                        "metrics": evaluation["metrics"], "gbm": evaluation.get("gbm"),
+                        "test_rows": evaluation["test_rows"], "report": evaluation["report_uri"]})
+    return {"as_of": as_of.isoformat(), "rows": features["rows"], "lake": lake, "results": results,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+
+
+def table(out: dict) -> str:
+    rows = ["| model | test mdape | test ppe10 | test rmse_ln | val rmse_ln | training s (wall) | full retrain s |",
+            "|---|---|---|---|---|---|---|"]
+    gbm_done = False
+    for r in out["results"]:
+        m = r["metrics"]["new"]
+        full = r["features_s"] + r["train_step_s"] + r["evaluate_s"]
+        rows.append(f"| {r['family']} ({r['config_source']} config, {r['epochs']} epochs) | {m['mdape']:.2%} | "
+                    f"{m['ppe10']:.1%} | {m['rmse_ln']:.4f} | {r['val_rmse_ln']:.4f} | {r['train_s']:.0f} | {full:.0f} |")
+        if r.get("gbm") and "gbm" in r["metrics"] and not gbm_done:
+            g, gi = r["metrics"]["gbm"], r["gbm"]
+            rows.append(f"| gradient boosting (HistGradientBoosting, same features, {gi['n_iter']:.0f} trees) | "
+                        f"{g['mdape']:.2%} | {g['ppe10']:.1%} | {g['rmse_ln']:.4f} | {gi['val_rmse_ln']:.4f} | "
+                        f"{gi['train_seconds']:.0f} | - |")
+            gbm_done = True
+    rows_by_split = "/".join(str(out["rows"][s]) for s in ("train", "val", "test"))
+    return "\n".join([
+        f"King County, retrain as of {out['as_of']} (rows train/val/test {rows_by_split}; test = sales on or "
+        f"after 2015-03-01); {out['machine']}. \"full retrain\" = features + train step (MLflow, registry) + "
+        "evaluate step (which also trains the gradient boosting).", "", *rows])
+
+
+def write_docs(text: str, path: Path) -> None:
+    doc = path.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{path}: markers {BEGIN} / {END} not found")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", default="tabm", help="comma-separated model families (first: the default model)")
+    p.add_argument("--as-of", type=date.fromisoformat, default=date(2015, 5, 28), help="the retrain's interval end")
+    p.add_argument("--home", default=None, help="HOMEWORTH_HOME to use (default: a fresh temporary folder)")
+    p.add_argument("--use-tuned", action="store_true", help="use the home's tuning result if it has one")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--write-docs", action="store_true", help="replace the table in docs/model.md")
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    args = p.parse_args(argv)
+
+    os.environ["HOMEWORTH_HOME"] = args.home or tempfile.mkdtemp(prefix="homeworth-quality-")
+    for k in [k for k in os.environ if k.startswith("HOMEWORTH_") and k not in ("HOMEWORTH_HOME", "HOMEWORTH_TORCH_THREADS")]:
+        del os.environ[k]
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    out = run([f.strip() for f in args.families.split(",") if f.strip()], args.as_of, args.use_tuned, args.seed)
+    text = table(out)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    if args.write_docs:
+        write_docs(text, ROOT / "docs" / "model.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""
+### price_model_tune
+
+Hyperparameter search for the house-price model; its result becomes `price_model_retrain`'s
+default configuration. Manual runs (no schedule; set `schedule="@weekly"` to re-tune weekly).
+
+1. **build_features**: once, exactly as the retrain does (the `window_days` before the run's
+   interval end; comparable sales; time split).
+2. **plan_trials**: `n_trials` configurations from a seeded sampler over the search space documented
+   in `tasks/tune.py` (trial 0 is the current default configuration).
+3. **run_trial**: one mapped task per trial (dynamic task mapping), each training on the same
+   features and logging a run in the MLflow experiment `<experiment>-tuning`.
+4. **record_best**: the trial with the lowest validation `rmse_ln` (test rows are never looked at)
+   is recorded as a run tagged `homeworth.kind=tuning-result` with the JSON tag
+   `homeworth.best_config`. `price_model_retrain` starts from the newest one for its dataset unless
+   its Params say otherwise (`use_tuned_config`, or a non-default family, max epochs or seed).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+from tasks.params import TuneParams, airflow_params
+
+
+def _lineage(dag_run, as_of, params):
+    from tasks.retrain import Lineage, training_window
+
+    start, end = training_window(as_of.date(), TuneParams(**params).window_days)
+    return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),
+                   window_start=start.isoformat(), window_end=end.isoformat())
+
+
+def _as_of(data_interval_end, dag_run):
+    """The run's interval end; a manual run of an unscheduled DAG may have none: when it was triggered."""
+    return data_interval_end or dag_run.logical_date or dag_run.run_after
+
+
+@dag(
+    dag_id="price_model_tune",
+    schedule=None,
+    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=airflow_params(TuneParams),
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "owner": "ml-team"},
+    tags=["homeworth", "training", "tuning"],
+    doc_md=__doc__,
+)
+def price_model_tune():
+    @task
+    def build_features(data_interval_end=None, dag_run=None, params=None) -> dict:
+        from tasks.retrain import features_step
+        from tasks.settings import get_settings
+        from tasks.spec import get_spec
+
+        as_of = _as_of(data_interval_end, dag_run)
+        return features_step(get_spec(), get_settings(), as_of.date(), TuneParams(**params))
+
+    @task
+    def plan_trials(params=None) -> list[dict]:
+        from tasks.tune import sample_trials
+
+        p = TuneParams(**params)
+        return sample_trials(p.n_trials, p.seed, list(p.families), p.max_epochs, p.max_time_s)
+
+    @task(execution_timeout=timedelta(hours=2))
+    def run_trial(trial: dict, features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+        from tasks.settings import get_settings
+        from tasks.tune import run_trial as run
+
+        lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
+        return run(get_settings(), features, trial, lineage)
+
+    @task
+    def record_best(results: list[dict], features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+        from tasks.settings import get_settings
+        from tasks.spec import get_spec
+        from tasks.tune import record_best as record
+
+        lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
+        return record(get_settings(), get_spec().name, features, list(results), lineage)
+
+    features = build_features()
+    results = run_trial.partial(features=features).expand(trial=plan_trials())
+    record_best(results, features)
+
+
+price_model_tune()

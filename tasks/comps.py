@@ -1,0 +1,330 @@
+"""Comparable-sales features: for each row, statistics of EARLIER sales (point in time by construction).
+
+A house's own row says what it is; what it is worth depends on what similar houses nearby sold for
+recently. ``comps(history, rows, cfg)`` computes that from a history of validated sales:
+
+- **market index** ``<p>mkt_<w>``: the county-wide mean of ln(price / size) over the trailing ``w``
+  days, the day itself excluded;
+- **group windows** ``<p><group>_<w>d_med`` / ``_n`` (e.g. per zipcode): median market-adjusted
+  ln(price / size) and count of the group's sales in the trailing ``w`` days, and
+  ``<p><group>_days_since``, days since the group's last earlier sale;
+- **grid cell windows** ``<p>cell_<w>d_med`` / ``_n``: the same per small lat/long cell;
+- **k nearest earlier sales** by distance ``<p>knn<k>_*``: median market-adjusted ln(price / size),
+  mean distance (km), mean age (days), mean ln(size) of the comps, and an estimate of the row's
+  ln(price) (``_est`` = that median + today's market index + the row's ln(size)); ``<p>knn_n`` is how
+  many were found (at most the largest k, within ``knn_max_age_days`` and ``knn_radius_cells``);
+- **the same item's previous sale** ``<p>prev_*`` (when the spec has an id): its market-adjusted
+  ln(price), days since, and the implied estimate at today's market.
+
+"Market-adjusted" is ln(price / size) of a past sale minus the market index on that sale's day
+(window ``adjust_window_days``), so a comp sold 11 months ago counts as it would be priced today
+once the row's own market index is added back.
+
+**Point-in-time rule.** A history sale contributes to a row's features only when its date is
+strictly before the row's date (a sale never sees itself, nor anything sold the same day or later);
+the market index of a day uses only sales of earlier days, so adjusting a past sale by it looks no
+further ahead than that sale's own day. The same function computes the features for training
+(history = the validated lake up to the window's end) and for scoring a house today (history = the
+validated lake, whatever its end: only sales before the row's date count). ``tests/test_comps.py``
+proves it by changing the prices of the row itself and of every later sale.
+
+**Scale.** Everything is a Polars lazy plan without Python loops over rows: the market index is a
+daily group_by plus rolling sums over days (memory: one row per day); group and cell windows are
+rolling medians over each group's rows sorted by date (cost ~ rows x sales in a window); the k
+nearest are an equi-join on neighbouring grid cells, filtered by date and ranked by distance (memory
+~ rows x candidates per neighbourhood, so :func:`comps` processes rows in date-ordered chunks of
+``chunk_rows``); the previous sale is a ``join_asof``. See ``docs/model.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+KM_PER_DEGREE = 111.195
+Q = "_q"  # row index of the rows being featurised
+
+
+class CompsConfig(BaseModel):
+    """Which columns the comparable-sales features read and how far they look; saved in the preprocessing."""
+
+    time: str  # event-time column (a date)
+    target: str  # the sale price
+    size: str  # the size the price is normalised by (price per square foot)
+    lat: str
+    long: str
+    groups: list[str] = Field(default_factory=list)  # categorical areas with trailing windows (e.g. zipcode)
+    id: str | None = None  # the item's id: its own previous sale, when there is one
+    prefix: str = "comp_"
+    market_windows_days: list[int] = Field(default=[30, 90])
+    adjust_window_days: int = Field(default=90, gt=0)  # market index that adjusts past sales to "today"
+    group_windows_days: list[int] = Field(default=[90, 365])
+    cell_deg: float = Field(default=0.01, gt=0)  # grid cell size (degrees) of the cell windows
+    cell_windows_days: list[int] = Field(default=[365])
+    knn_k: list[int] = Field(default=[8, 24])
+    knn_max_age_days: int = Field(default=365, gt=0)
+    knn_cell_deg: float = Field(default=0.01, gt=0)  # candidates: this grid, +-knn_radius_cells around the row
+    knn_radius_cells: int = Field(default=2, ge=0)
+    chunk_rows: int = Field(default=200_000, gt=0)  # rows featurised per pass (bounds the k-nearest join)
+
+    def lookback_days(self) -> int:
+        """How many days of history before the first row any feature can reach."""
+        return max([*self.market_windows_days, *self.group_windows_days, *self.cell_windows_days,
+                    self.knn_max_age_days]) + self.adjust_window_days
+
+    def columns(self) -> list[str]:
+        """The feature columns :func:`comps` adds, in order."""
+        p = self.prefix
+        cols = [f"{p}mkt_{w}" for w in self.market_windows_days]
+        for g in self.groups:
+            cols += [f"{p}{g}_{w}d_{s}" for w in self.group_windows_days for s in ("med", "n")]
+            cols.append(f"{p}{g}_days_since")
+        cols += [f"{p}cell_{w}d_{s}" for w in self.cell_windows_days for s in ("med", "n")]
+        for k in self.knn_k:
+            cols += [f"{p}knn{k}_{s}" for s in ("med", "est", "dist_km", "age_days", "size")]
+        if self.knn_k:
+            cols.append(f"{p}knn_n")
+        if self.id:
+            cols += [f"{p}prev_adj", f"{p}prev_est", f"{p}prev_days"]
+        return cols
+
+    def unclipped(self) -> list[str]:
+        """Columns that must extrapolate past the training window (the market moves): never clipped."""
+        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days]
+
+    def input_columns(self, with_target: bool) -> list[str]:
+        cols = [self.time, self.size, self.lat, self.long, *self.groups, *([self.id] if self.id else [])]
+        return [*cols, self.target] if with_target else cols
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces
+
+
+def _history_values(history: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    price, size = pl.col(cfg.target).cast(pl.Float64), pl.col(cfg.size).cast(pl.Float64)
+    return (
+        history.select(*dict.fromkeys(cfg.input_columns(with_target=True)))
+        .filter((price > 0) & (size > 0) & pl.col(cfg.time).is_not_null() & pl.col(cfg.lat).is_not_null()
+                & pl.col(cfg.long).is_not_null())
+        .with_columns((price / size).log().alias("_lnppsf"), price.log().alias("_lnp"), size.log().alias("_lns"))
+    )
+
+
+def _market(hist: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """One row per day: trailing means of ln(price / size) over sales of EARLIER days."""
+    t = cfg.time
+    daily = hist.group_by(t).agg(pl.col("_lnppsf").sum().alias("_s"), pl.len().cast(pl.Float64).alias("_n"))
+    grid = days.unique().join(daily, on=t, how="left").with_columns(pl.col("_s", "_n").fill_null(0.0)).sort(t)
+    out = []
+    for w in sorted({*cfg.market_windows_days, cfg.adjust_window_days}):
+        s = pl.col("_s").rolling_sum_by(t, window_size=f"{w}d", closed="left")
+        n = pl.col("_n").rolling_sum_by(t, window_size=f"{w}d", closed="left")
+        out.append(pl.when(n > 0).then(s / n).otherwise(None).alias(f"_mkt{w}"))
+    return grid.with_columns(out).drop("_s", "_n")
+
+
+def _windows(hist: pl.LazyFrame, rows: pl.LazyFrame, keys: list[str], windows: list[int], name: str,
+             cfg: CompsConfig) -> pl.LazyFrame:
+    """Per group: rolling median and count of market-adjusted values of earlier days' sales."""
+    t, p = cfg.time, cfg.prefix
+    q = rows.select(Q, t, *keys).with_columns(pl.lit(None, pl.Float64).alias("_adj"))
+    # Only the groups the rows are in (scoring a few houses reads a few groups' history).
+    h = (hist.select(pl.lit(None, pl.UInt32).alias(Q), t, *keys, "_adj")
+         .join(q.select(keys).unique(), on=keys, how="semi"))
+    u = pl.concat([h, q], how="vertical_relaxed").sort([*keys, t])
+    aggs = []
+    for w in windows:
+        aggs.append(pl.col("_adj").rolling_median_by(t, window_size=f"{w}d", closed="left").over(keys)
+                    .alias(f"{p}{name}_{w}d_med"))
+        aggs.append(pl.col("_adj").is_not_null().cast(pl.Int32).rolling_sum_by(t, window_size=f"{w}d", closed="left")
+                    .over(keys).fill_null(0).alias(f"{p}{name}_{w}d_n"))
+    return u.with_columns(aggs).filter(pl.col(Q).is_not_null()).drop(t, *keys, "_adj")
+
+
+def _days_since(hist: pl.LazyFrame, rows: pl.LazyFrame, key: str, cfg: CompsConfig) -> pl.LazyFrame:
+    t = cfg.time
+    q = rows.select(Q, key, t).sort(t)
+    last = hist.join(q.select(key).unique(), on=key, how="semi").select(key, pl.col(t).alias("_tl")).unique().sort("_tl")
+    return (q.join_asof(last, left_on=t, right_on="_tl", by=key, strategy="backward", allow_exact_matches=False, check_sortedness=False)
+            .select(Q, (pl.col(t) - pl.col("_tl")).dt.total_days().cast(pl.Float64).alias(f"{cfg.prefix}{key}_days_since")))
+
+
+def _cells(lat: pl.Expr, long: pl.Expr, deg: float) -> list[pl.Expr]:
+    return [(lat / deg).floor().cast(pl.Int32).alias("_ci"), (long / deg).floor().cast(pl.Int32).alias("_cj")]
+
+
+def _knn(hist: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """The k nearest sales of earlier days (within the neighbouring grid cells and the maximum age)."""
+    t, p, r, kmax = cfg.time, cfg.prefix, cfg.knn_radius_cells, max(cfg.knn_k)
+    offsets = pl.LazyFrame({"_di": [i for i in range(-r, r + 1) for _ in range(-r, r + 1)],
+                            "_dj": [j for _ in range(-r, r + 1) for j in range(-r, r + 1)]},
+                           schema={"_di": pl.Int32, "_dj": pl.Int32})
+    q = (rows.select(Q, pl.col(t).alias("_tq"), pl.col(cfg.lat).alias("_latq"), pl.col(cfg.long).alias("_lonq"),
+                     *_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.knn_cell_deg))
+         .join(offsets, how="cross")
+         .with_columns(pl.col("_ci") + pl.col("_di"), pl.col("_cj") + pl.col("_dj")).drop("_di", "_dj"))
+    h = hist.select(t, cfg.lat, cfg.long, "_adj", "_lns", *_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.knn_cell_deg))
+    dy = pl.col(cfg.lat) - pl.col("_latq")
+    dx = (pl.col(cfg.long) - pl.col("_lonq")) * (pl.col("_latq") * (3.141592653589793 / 180)).cos()
+    cand = (
+        q.join(h, on=["_ci", "_cj"], how="inner")
+        .filter((pl.col(t) < pl.col("_tq")) & (pl.col(t) >= pl.col("_tq") - timedelta(days=cfg.knn_max_age_days)))
+        .with_columns((KM_PER_DEGREE * (dx * dx + dy * dy).sqrt()).alias("_dist"),
+                      (pl.col("_tq") - pl.col(t)).dt.total_days().cast(pl.Float64).alias("_age"))
+        .select(Q, "_dist", "_age", "_adj", "_lns")
+        # ties in distance are broken by recency, then by value: the choice never depends on row order
+        .sort([Q, "_dist", "_age", "_adj", "_lns"])
+        .with_columns(pl.int_range(pl.len()).over(Q).alias("_rank"))
+        .filter(pl.col("_rank") < kmax)
+    )
+    aggs = []
+    for k in cfg.knn_k:
+        top = pl.col("_rank") < k
+        aggs += [pl.col("_adj").filter(top).median().alias(f"{p}knn{k}_med"),
+                 pl.col("_dist").filter(top).mean().alias(f"{p}knn{k}_dist_km"),
+                 pl.col("_age").filter(top).mean().alias(f"{p}knn{k}_age_days"),
+                 pl.col("_lns").filter(top).mean().alias(f"{p}knn{k}_size")]
+    return cand.group_by(Q).agg(*aggs, pl.len().alias(f"{p}knn_n"))
+
+
+def _previous(hist: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    t, p = cfg.time, cfg.prefix
+    q = rows.select(Q, cfg.id, t).sort(t)
+    h = (hist.join(q.select(cfg.id).unique(), on=cfg.id, how="semi")
+         .select(cfg.id, pl.col(t).alias("_tp"), (pl.col("_lnp") - pl.col("_mkt_adj")).alias(f"{p}prev_adj"))
+         .sort("_tp"))
+    return (q.join_asof(h, left_on=t, right_on="_tp", by=cfg.id, strategy="backward", allow_exact_matches=False, check_sortedness=False)
+            .select(Q, f"{p}prev_adj", (pl.col(t) - pl.col("_tp")).dt.total_days().cast(pl.Float64).alias(f"{p}prev_days")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def comps_lazy(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """``rows`` (any columns, at least :meth:`CompsConfig.input_columns`) with the comp columns added.
+
+    Row order is kept. A row's features use only the history sales dated strictly before it.
+    """
+    t, p = cfg.time, cfg.prefix
+    rows = rows.with_row_index(Q)
+    keys = rows.select(Q, *dict.fromkeys(cfg.input_columns(with_target=False)))
+    raw = _history_values(history, cfg)
+    market = _market(raw, pl.concat([raw.select(t), keys.select(t)]), cfg)
+    adj = f"_mkt{cfg.adjust_window_days}"
+    # Each past sale with its market index of that day; sales before any index exists have no _adj.
+    raw = (raw.join(market.select(t, pl.col(adj).alias("_mkt_adj")), on=t, how="left")
+           .with_columns((pl.col("_lnppsf") - pl.col("_mkt_adj")).alias("_adj")))
+    hist = raw.filter(pl.col("_adj").is_not_null())
+    out = rows.join(market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days],
+                                  pl.col(adj).alias("_mkt_row")), on=t, how="left", maintain_order="left")
+    pieces: list[pl.LazyFrame] = []
+    for g in cfg.groups:
+        pieces.append(_windows(hist, keys, [g], cfg.group_windows_days, g, cfg))
+        pieces.append(_days_since(raw, keys, g, cfg))
+    if cfg.cell_windows_days:
+        cell = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg)
+        pieces.append(_windows(hist.with_columns(cell), keys.with_columns(cell), ["_ci", "_cj"],
+                               cfg.cell_windows_days, "cell", cfg))
+    if cfg.knn_k:
+        pieces.append(_knn(hist, keys, cfg))
+    if cfg.id:
+        pieces.append(_previous(raw, keys, cfg))
+    for piece in pieces:
+        out = out.join(piece, on=Q, how="left", maintain_order="left")
+    lns = pl.col(cfg.size).cast(pl.Float64).log()
+    derived = [(pl.col(f"{p}knn{k}_med") + pl.col("_mkt_row") + lns).alias(f"{p}knn{k}_est") for k in cfg.knn_k]
+    if cfg.knn_k:
+        derived.append(pl.col(f"{p}knn_n").fill_null(0))
+    if cfg.id:
+        derived.append((pl.col(f"{p}prev_adj") + pl.col("_mkt_row")).alias(f"{p}prev_est"))
+    out = out.with_columns(derived).sort(Q)
+    original = [c for c in rows.collect_schema().names() if c != Q and c not in cfg.columns()]
+    return out.select(*original, *cfg.columns())
+
+
+def comps(history: pl.LazyFrame | pl.DataFrame, rows: pl.LazyFrame | pl.DataFrame, cfg: CompsConfig) -> pl.DataFrame:
+    """:func:`comps_lazy`, collected, in date-ordered chunks of ``cfg.chunk_rows`` rows (bounded memory).
+
+    Each chunk reads only the history it can reach: from ``lookback_days`` before its first date up
+    to (not including) its last date.
+    """
+    history = history.lazy()
+    rows = rows.lazy().with_row_index("_order")
+    ordered = rows.sort(cfg.time, "_order").collect()
+    out = []
+    for start in range(0, max(ordered.height, 1), cfg.chunk_rows):
+        chunk = ordered.slice(start, cfg.chunk_rows)
+        h = history
+        if chunk.height and chunk[cfg.time].null_count() < chunk.height:
+            lo = chunk[cfg.time].min() - timedelta(days=cfg.lookback_days())
+            h = history.filter((pl.col(cfg.time) >= lo) & (pl.col(cfg.time) < chunk[cfg.time].max()))
+        out.append(comps_lazy(h, chunk.lazy(), cfg).collect())
+    return pl.concat(out).sort("_order").drop("_order")
+
+
+# ---------------------------------------------------------------------------------------------
+# History for scoring: the lake's validated partitions
+
+
+class LakeHistory:
+    """The validated sales of a lake as comps history, re-read only when its partitions change.
+
+    Scoring a house today needs the sales before today: :meth:`frame` returns them all (``comps``
+    keeps, per row, only the ones dated before it). The partitions' names, sizes and modification
+    times are checked on every call (one listing), so a re-validated day is picked up.
+    """
+
+    def __init__(self, lake_uri: str, columns: list[str]):
+        self.lake_uri, self.columns = lake_uri, columns
+        self._key: tuple | None = None
+        self._df: pl.DataFrame | None = None
+        self._lock = threading.Lock()
+
+    def _partitions(self) -> tuple[list[str], tuple]:
+        import pyarrow.fs as pafs
+
+        from tasks import storage
+
+        fs, root = storage.resolve(storage.join(self.lake_uri, "validated"))
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            return [], ()
+        infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                 if i.type == pafs.FileType.File and i.base_name == storage.PART_FILE and "/ds=" in i.path
+                 and not any(part.startswith((".", "_")) for part in i.path.split("/")[-2:])]
+        infos.sort(key=lambda i: i.path)
+        base = storage.join(self.lake_uri, "validated")
+        uris = [storage.join(base, i.path[len(root):]) for i in infos]
+        return uris, tuple((i.path, i.size, i.mtime_ns) for i in infos)
+
+    def frame(self) -> pl.DataFrame:
+        uris, key = self._partitions()
+        with self._lock:
+            if self._df is None or key != self._key:
+                if uris:
+                    self._df = pl.scan_parquet(uris).select(self.columns).collect()
+                else:
+                    self._df = pl.DataFrame()
+                self._key = key
+                log.info("comps history: %d validated sales from %d partitions of %s", self._df.height, len(uris),
+                         self.lake_uri)
+            return self._df
+
+
+_LAKES: dict[tuple, LakeHistory] = {}
+
+
+def lake_history(lake_uri: str, cfg: CompsConfig) -> LakeHistory:
+    """A process-wide :class:`LakeHistory` per lake and column set (scoring and the endpoint share it)."""
+    cols = list(dict.fromkeys(cfg.input_columns(with_target=True)))
+    key = (lake_uri, tuple(cols))
+    if key not in _LAKES:
+        _LAKES[key] = LakeHistory(lake_uri, cols)
+    return _LAKES[key]

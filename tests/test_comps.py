@@ -1,0 +1,279 @@
+"""Comparable-sales features (tasks/comps.py): point-in-time correctness, a brute-force oracle, scoring parity.
+
+The core property: a sale's comp features are a function of the sales dated strictly before it.
+``test_no_feature_sees_its_own_or_a_later_sale`` changes the prices (and sizes and places) of every
+sale from a pivot day on, and the sale's own price, and checks that no feature of any sale up to
+that day moves, while features of later sales do (so the check has power), for every comp column.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tasks.comps import KM_PER_DEGREE, CompsConfig, LakeHistory, comps
+
+REPO = Path(__file__).resolve().parent.parent
+START = date(2015, 1, 1)
+CFG = CompsConfig(time="date", target="price", size="sqft", lat="lat", long="long", groups=["zip"], id="id",
+                  market_windows_days=[7, 30], adjust_window_days=14, group_windows_days=[10, 30],
+                  cell_deg=0.01, cell_windows_days=[30], knn_k=[4, 40], knn_max_age_days=40, knn_cell_deg=0.01,
+                  knn_radius_cells=1)
+
+
+def sales(n: int = 320, days: int = 90, seed: int = 0) -> pl.DataFrame:
+    """Synthetic sales in a 3 x 3 km area: 3 zipcodes, some houses sold twice (on different days)."""
+    rng = np.random.default_rng(seed)
+    day = np.sort(rng.integers(0, days, size=n))
+    ids = [f"h{i:04d}" for i in range(n)]
+    for i in range(0, n - 40, 23):  # a repeat sale: the same id again, at least 20 days later
+        j = int(np.searchsorted(day, day[i] + 20))
+        if j < n:
+            ids[j] = ids[i]
+    lat = 47.50 + rng.uniform(0, 0.03, n)
+    lon = -122.30 + rng.uniform(0, 0.03, n)
+    sqft = rng.uniform(800, 3500, n).round()
+    price = np.exp(5.5 + 0.002 * day + np.log(sqft) + 3 * (lat - 47.5) + rng.normal(0, 0.15, n)).round()
+    return pl.DataFrame({
+        "id": ids, "date": [START + timedelta(days=int(d)) for d in day], "price": price, "sqft": sqft,
+        "lat": lat, "long": lon, "zip": rng.choice(["98001", "98002", "98003"], n),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# Point in time
+
+
+def _changed(a: pl.DataFrame, b: pl.DataFrame, col: str) -> np.ndarray:
+    x, y = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
+    same = (np.isnan(x) & np.isnan(y)) | (np.abs(x - y) <= 1e-12 * np.maximum(1, np.abs(x)))
+    return ~same
+
+
+def test_no_feature_sees_its_own_or_a_later_sale():
+    df = sales()
+    base = comps(df, df, CFG)
+    reached: set[str] = set()
+    for pivot_day in (10, 35, 60):
+        pivot = START + timedelta(days=pivot_day)
+        rng = np.random.default_rng(pivot_day)
+        later = (df["date"] >= pivot).to_numpy()
+        # Every sale from the pivot day on (those of the pivot day are the "own" sales of the rows
+        # dated on it) gets another price; later sales also move, change size, and a third of them
+        # disappear from the history (their existence must not count either).
+        factor = np.where(later, np.exp(rng.normal(0, 0.5, df.height)), 1.0)
+        shift = np.where(later, rng.normal(0, 0.002, df.height), 0.0)
+        keep = ~later | (rng.uniform(size=df.height) > 0.33)
+        perturbed = df.with_columns(pl.col("price") * factor, pl.col("sqft") * np.where(later, 1.3, 1.0),
+                                    pl.col("lat") + shift, pl.col("long") - shift).filter(pl.Series(keep))
+        # The rows keep their own attributes but every row's own price changes too.
+        rows = df.with_columns(pl.col("price") * np.exp(rng.normal(0, 0.5, df.height)))
+        after = comps(perturbed, rows, CFG)
+        up_to_pivot = (df["date"] <= pivot).to_numpy()
+        for col in CFG.columns():
+            moved = _changed(base, after, col)
+            assert not moved[up_to_pivot].any(), f"{col} of a sale on or before {pivot} depends on a later sale"
+            if moved[~up_to_pivot].any():
+                reached.add(col)
+    # The check has power: every feature of some later sale did move.
+    assert reached == set(CFG.columns()), f"the perturbations never reached {set(CFG.columns()) - reached}"
+
+
+def test_a_sale_never_counts_itself_or_its_own_day():
+    df = sales(n=60)
+    one_day = df.filter(pl.col("date") == df["date"][30])
+    alone = comps(one_day, one_day, CFG)  # history = only the sales of that day
+    for col in CFG.columns():
+        values = alone[col].cast(pl.Float64)
+        assert values.is_null().all() or (values.fill_null(0) == 0).all(), col
+
+
+def test_every_comp_column_is_populated_somewhere():
+    out = comps(sales(), sales(), CFG)
+    assert out.columns[-len(CFG.columns()):] == CFG.columns()
+    for col in CFG.columns():
+        assert out[col].drop_nulls().len() > 0, col
+
+
+def test_row_order_and_columns_are_kept():
+    df = sales(n=120)
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=3).with_columns(pl.lit(1).alias("extra"))
+    out = comps(df, shuffled, CFG)
+    assert out.select(shuffled.columns).equals(shuffled)
+    again = comps(df, df, CFG)
+    keyed = out.drop("extra").sort("id", "date")
+    assert_frame_equal(keyed, again.sort("id", "date"))
+
+
+def test_chunking_gives_the_same_features():
+    df = sales()
+    whole = comps(df, df, CFG)
+    chunked = comps(df, df, CFG.model_copy(update={"chunk_rows": 37}))
+    assert_frame_equal(whole, chunked)
+
+
+# ---------------------------------------------------------------------------------------------
+# A brute-force oracle
+
+
+def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
+    rows = df.to_dicts()
+    for r in rows:
+        r["lnppsf"] = math.log(r["price"] / r["sqft"])
+
+    def mkt(w: int, day: date) -> float | None:
+        vals = [h["lnppsf"] for h in rows if day - timedelta(days=w) <= h["date"] < day]
+        return sum(vals) / len(vals) if vals else None
+
+    for h in rows:
+        m = mkt(cfg.adjust_window_days, h["date"])
+        h["adj"] = None if m is None else h["lnppsf"] - m
+    out = []
+    for r in rows:
+        d, f = r["date"], {}
+        earlier = [h for h in rows if h["date"] < d]
+        for w in cfg.market_windows_days:
+            f[f"comp_mkt_{w}"] = mkt(w, d)
+        m_row = mkt(cfg.adjust_window_days, d)
+        for w in cfg.group_windows_days:
+            vals = [h["adj"] for h in earlier if h["zip"] == r["zip"] and h["date"] >= d - timedelta(days=w)
+                    and h["adj"] is not None]
+            f[f"comp_zip_{w}d_med"] = statistics.median(vals) if vals else None
+            f[f"comp_zip_{w}d_n"] = len(vals)
+        same_zip = [h["date"] for h in earlier if h["zip"] == r["zip"]]
+        f["comp_zip_days_since"] = (d - max(same_zip)).days if same_zip else None
+        cell = (math.floor(r["lat"] / cfg.cell_deg), math.floor(r["long"] / cfg.cell_deg))
+        for w in cfg.cell_windows_days:
+            vals = [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w)
+                    and (math.floor(h["lat"] / cfg.cell_deg), math.floor(h["long"] / cfg.cell_deg)) == cell]
+            f[f"comp_cell_{w}d_med"] = statistics.median(vals) if vals else None
+            f[f"comp_cell_{w}d_n"] = len(vals)
+        g, rad = cfg.knn_cell_deg, cfg.knn_radius_cells
+        ci, cj = math.floor(r["lat"] / g), math.floor(r["long"] / g)
+        cands = []
+        for h in earlier:
+            if h["adj"] is None or h["date"] < d - timedelta(days=cfg.knn_max_age_days):
+                continue
+            if abs(math.floor(h["lat"] / g) - ci) > rad or abs(math.floor(h["long"] / g) - cj) > rad:
+                continue
+            dy = h["lat"] - r["lat"]
+            dx = (h["long"] - r["long"]) * math.cos(r["lat"] * (math.pi / 180))
+            dist = KM_PER_DEGREE * math.sqrt(dx * dx + dy * dy)
+            cands.append((dist, float((d - h["date"]).days), h["adj"], math.log(h["sqft"])))
+        cands.sort()
+        for k in cfg.knn_k:
+            top = cands[:k]
+            med = statistics.median([c[2] for c in top]) if top else None
+            f[f"comp_knn{k}_med"] = med
+            f[f"comp_knn{k}_est"] = None if med is None or m_row is None else med + m_row + math.log(r["sqft"])
+            f[f"comp_knn{k}_dist_km"] = statistics.fmean([c[0] for c in top]) if top else None
+            f[f"comp_knn{k}_age_days"] = statistics.fmean([c[1] for c in top]) if top else None
+            f[f"comp_knn{k}_size"] = statistics.fmean([c[3] for c in top]) if top else None
+        f["comp_knn_n"] = min(len(cands), max(cfg.knn_k))
+        prev = [h for h in earlier if h["id"] == r["id"]]
+        if prev:
+            p = max(prev, key=lambda h: h["date"])
+            mp = mkt(cfg.adjust_window_days, p["date"])
+            f["comp_prev_adj"] = None if mp is None else math.log(p["price"]) - mp
+            f["comp_prev_est"] = None if mp is None or m_row is None else f["comp_prev_adj"] + m_row
+            f["comp_prev_days"] = float((d - p["date"]).days)
+        else:
+            f["comp_prev_adj"] = f["comp_prev_est"] = f["comp_prev_days"] = None
+        out.append(f)
+    return out
+
+
+def test_features_match_a_brute_force_oracle():
+    df = sales(n=200, days=70, seed=4)
+    cfg = CFG.model_copy(update={"prefix": "comp_"})
+    got = comps(df, df, cfg).select(cfg.columns()).to_dicts()
+    want = _oracle(df, cfg)
+    assert set(want[0]) == set(cfg.columns())
+    for i, (g, w) in enumerate(zip(got, want)):
+        for col in cfg.columns():
+            if w[col] is None:
+                assert g[col] is None, (i, col, g[col])
+            else:
+                assert g[col] is not None and g[col] == pytest.approx(w[col], rel=1e-9, abs=1e-9), (i, col, g[col], w[col])
+
+
+# ---------------------------------------------------------------------------------------------
+# The lake: build_features, and scoring from the lake's history (train/serve parity)
+
+
+def write_validated_lake(lake: Path, spec, every: int = 8) -> pl.DataFrame:
+    """Every ``every``-th bundled King County sale as validated day partitions of ``lake``."""
+    from tasks import storage
+    from tasks.ingest import DS, POLARS_TYPES
+
+    raw = pl.read_csv(REPO / "data" / "kc_house_data.csv.gz", infer_schema=False).gather_every(every)
+    df = raw.select([
+        (pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date" else pl.col(c).cast(POLARS_TYPES[cs.type]))
+        .alias(c) for c, cs in spec.columns.items()
+    ]).with_columns(pl.col("date").alias(DS))
+    for (day,), part in df.group_by(DS):
+        storage.write_parquet_atomic(part, storage.partition_uri(str(lake), "validated", day))
+    return df
+
+
+@pytest.fixture(scope="module")
+def small_lake(tmp_path_factory, spec):
+    from tasks.features import build_features
+
+    lake = tmp_path_factory.mktemp("comps-lake") / "lake"
+    sold = write_validated_lake(lake, spec)
+    features = build_features(spec, str(lake), date(2013, 5, 28), date(2015, 5, 28))
+    return lake, sold, features
+
+
+def test_build_features_records_comps_in_the_preprocessing(small_lake):
+    from tasks.datasets import king_county as kc
+    from tasks.features import load_preprocessing
+
+    _, _, features = small_lake
+    prep = load_preprocessing(features["preprocessing_uri"])
+    assert prep.comps == kc.COMPS
+    names = [s.name for s in prep.numeric]
+    assert names[: len(kc.NUMERIC)] == kc.NUMERIC and names[len(kc.NUMERIC):] == kc.COMPS.columns()
+    unclipped = {s.name for s in prep.numeric if s.lo is None}
+    assert set(kc.COMPS.unclipped()) <= unclipped
+
+
+def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
+    from tasks.features import SPLIT, load_preprocessing
+    from tasks.model import ModelBundle, ModelConfig, TabularNet
+
+    lake, sold, features = small_lake
+    stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")
+    prep = load_preprocessing(features["preprocessing_uri"])
+    rows = stored.select(list(spec.columns)).with_columns(pl.lit(None, pl.Float64).alias(spec.target))
+    history = LakeHistory(str(lake), prep.comps.input_columns(with_target=True))
+    recomputed = prep.features(rows, history.frame()).collect()
+    cols = [s.name for s in prep.numeric]
+    assert_frame_equal(recomputed.select(cols), stored.select(cols))
+
+    cfg = ModelConfig(family="tabm", hidden=[8], k=2, num_embedding_dim=2, n_frequencies=2)
+    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    bundle = ModelBundle(net, cfg, prep, history=history)
+    np.testing.assert_allclose(bundle.predict(rows), bundle.predict_features(stored), rtol=1e-6)
+
+
+def test_lake_history_rereads_only_when_partitions_change(small_lake, tmp_path):
+    import shutil
+
+    lake, sold, _ = small_lake
+    copy = tmp_path / "lake"
+    shutil.copytree(lake / "validated", copy / "validated")
+    h = LakeHistory(str(copy), ["date", "price"])
+    first = h.frame()
+    assert first.height == sold.height and h.frame() is first
+    day = sorted(p.name for p in (copy / "validated").iterdir())[-1]
+    shutil.rmtree(copy / "validated" / day)
+    assert h.frame().height < sold.height

@@ -1,0 +1,117 @@
+"""Every model family trains (one short epoch on a tiny frame), TabM's ensemble, the losses, the GBM yardstick."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tasks.features import SPLIT, NumericStat, Preprocessing, Vocabulary
+from tasks.model import (
+    FAMILY_DEFAULTS, BatchEnsembleLinear, ModelBundle, ModelConfig, PriceModule, TabularNet, default_config, save_bundle,
+)
+from tasks.train import gbm_matrix, train, train_gbm
+
+ROWS = {"train": 160, "val": 60, "test": 40}
+PREP = Preprocessing(
+    dataset="synthetic", spec_sha256="0" * 64, features_module=None,
+    numeric=[NumericStat(name=f"x{i}", lo=-3.0, hi=3.0, mean=0.0, std=1.0) for i in range(3)],
+    categorical=[Vocabulary(name="zone", values=["a", "b", "c"])],
+    target="price", target_transform="log", target_mean=12.0, target_std=0.5, fitted_on={},
+)
+
+
+def frame(n: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    x[rng.uniform(size=n) < 0.1, 2] = np.nan  # missing values (a comp without history)
+    zone = rng.choice(["a", "b", "c", "d"], size=n)
+    price = np.exp(12.0 + 0.3 * x[:, 0] - 0.2 * x[:, 1] + np.where(zone == "a", 0.2, 0.0) + rng.normal(0, 0.05, n))
+    return pl.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "zone": zone, "price": price})
+
+
+@pytest.fixture(scope="module")
+def features_uri(tmp_path_factory) -> str:
+    df = frame(sum(ROWS.values())).with_columns(pl.Series(SPLIT, [s for s, n in ROWS.items() for _ in range(n)]))
+    path = tmp_path_factory.mktemp("families") / "part-0.parquet"
+    df.write_parquet(path)
+    return str(path)
+
+
+def small(family: str, **kw) -> ModelConfig:
+    return ModelConfig(**{"family": family, "hidden": [16, 16], "cat_embedding_dim": 4, "n_frequencies": 4,
+                          "num_embedding_dim": 4, "batch_size": 64, "max_epochs": 1, "k": 4, **kw})
+
+
+@pytest.mark.parametrize("family", ["mlp", "mlp_plr", "tabm"])
+def test_one_epoch_of_each_family_trains_and_round_trips(family, features_uri, tmp_path):
+    cfg = small(family)
+    result = train(cfg, features_uri, PREP, accelerator="cpu")
+    assert result.epochs_run == 1 and np.isfinite(result.metrics["val_rmse_ln"])
+    x_num, x_cat = torch.randn(5, 3), torch.tensor([[1], [2], [3], [0], [1]])
+    members = result.net.forward_members(x_num, x_cat)
+    assert members.shape == (5, 4 if family == "tabm" else 1)
+    torch.testing.assert_close(result.net(x_num, x_cat), members.mean(dim=1))
+    save_bundle(tmp_path / "model", result.net, cfg, PREP)
+    df = frame(30, seed=2)
+    before = ModelBundle(result.net, cfg, PREP).predict(df)
+    after = ModelBundle.load(tmp_path / "model").predict(df)
+    assert after.shape == (30,) and np.all(after > 0)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_tabm_members_share_the_weights_and_start_different():
+    torch.manual_seed(0)
+    layer = BatchEnsembleLinear(10, 7, k=8, r_init="random-signs")
+    shared = layer.weight.numel()
+    per_member = layer.r.numel() + layer.s.numel() + layer.bias.numel()
+    assert shared == 70 and per_member == 8 * (10 + 7 + 7)
+    assert set(layer.r.detach().unique().tolist()) == {-1.0, 1.0}
+    net = TabularNet(3, [3], small("tabm", k=8, hidden=[32, 32]))
+    out = net.forward_members(torch.randn(6, 3), torch.ones(6, 1, dtype=torch.long))
+    assert out.shape == (6, 8) and out.std(dim=1).min() > 0  # the members disagree from the start
+    # One shared MLP with k rank-1 adapters: far fewer parameters than k separate MLPs.
+    n_tabm = sum(p.numel() for p in net.parameters())
+    n_mlp = sum(p.numel() for p in TabularNet(3, [3], small("mlp_plr", hidden=[32, 32])).parameters())
+    assert n_tabm < 2 * n_mlp
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_training_fits_every_member_and_validation_scores_their_mean(loss):
+    cfg = small("tabm", loss=loss, huber_delta=0.3)
+    net = TabularNet(3, [3], cfg)
+    module = PriceModule(net, cfg, target_std=0.5)
+    logged = {}
+    module.log = lambda name, value, **_: logged.__setitem__(name, float(value.detach()))
+    net.eval()  # no dropout: the step sees the same outputs as this test
+    batch = (torch.randn(9, 3), torch.ones(9, 1, dtype=torch.long), torch.randn(9))
+    members = net.forward_members(batch[0], batch[1])
+    target = batch[2][:, None].expand_as(members)
+    expected = (torch.nn.functional.huber_loss(members, target, delta=0.3) if loss == "huber"
+                else torch.nn.functional.mse_loss(members, target))
+    torch.testing.assert_close(module.training_step(batch, 0), expected)
+    module.validation_step(batch, 0)
+    mean_mse = torch.nn.functional.mse_loss(members.mean(dim=1), batch[2])
+    assert logged["val/rmse_ln"] == pytest.approx(float(mean_mse.sqrt()) * 0.5, rel=1e-5)
+
+
+def test_family_defaults_are_valid_and_overridable():
+    assert set(FAMILY_DEFAULTS) == {"tabm", "mlp_plr", "mlp"}
+    for family in FAMILY_DEFAULTS:
+        cfg = default_config(family, max_epochs=3, seed=9)
+        assert cfg.family == family and cfg.max_epochs == 3 and cfg.seed == 9
+    assert default_config("tabm").max_time_s, "the default model's training time is bounded"
+
+
+def test_gbm_trains_on_the_same_features_with_missing_values(features_uri):
+    result = train_gbm(features_uri, PREP)
+    test = pl.read_parquet(features_uri).filter(pl.col(SPLIT) == "test")
+    x = gbm_matrix(PREP, test)
+    assert x.shape == (40, 4) and np.isnan(x[:, 2]).any()  # trees see NaN, not an imputed value
+    assert set(np.unique(x[:, 3])) <= {0.0, 1.0, 2.0, 3.0}  # vocabulary codes, 0 for the unseen zone "d"
+    pred = result.predict(PREP, test)
+    assert pred.shape == (40,) and np.all(np.isfinite(pred)) and np.all(pred > 0)
+    assert np.isfinite(result.metrics["val_rmse_ln"]) and result.metrics["n_iter"] >= 1
+    # Same seed, same model.
+    np.testing.assert_array_equal(train_gbm(features_uri, PREP).predict(PREP, test), pred)
