@@ -72,6 +72,10 @@ class CompsConfig(BaseModel):
     knn_cell_deg: float = Field(default=0.01, gt=0)  # candidates: this grid, +-knn_radius_cells around the row
     knn_radius_cells: int = Field(default=2, ge=0)
     chunk_rows: int = Field(default=200_000, gt=0)  # rows featurised per pass (bounds the k-nearest join)
+    # Leave the market index unclipped so a model may extrapolate it past the training range. Off: the
+    # periodic embeddings and trees cannot extrapolate (an out-of-range value maps to an arbitrary
+    # embedding / the last leaf), and validation preferred clipping (docs/model.md).
+    extrapolate_market: bool = False
 
     def lookback_days(self) -> int:
         """How many days of history before the first row any feature can reach."""
@@ -95,8 +99,8 @@ class CompsConfig(BaseModel):
         return cols
 
     def unclipped(self) -> list[str]:
-        """Columns that must extrapolate past the training window (the market moves): never clipped."""
-        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days]
+        """Columns the preprocessing never clips: the market index with ``extrapolate_market``, else none."""
+        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days] if self.extrapolate_market else []
 
     def input_columns(self, with_target: bool) -> list[str]:
         cols = [self.time, self.size, self.lat, self.long, *self.groups, *([self.id] if self.id else [])]

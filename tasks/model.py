@@ -49,14 +49,18 @@ class ModelConfig(BaseModel):
     # Wall-clock cap on training (the best epoch so far is kept); None: epochs and early stopping only.
     # Runs that hit it are no longer deterministic under the seed (how far they got depends on the machine).
     max_time_s: int | None = Field(default=None, ge=1)
+    # Clamp every numeric input to the range it had in training (learned at fit time, saved with the
+    # weights), as trees do and as quantile-normalised inputs are: periodic embeddings map an
+    # out-of-range value (market time after the training window) to an arbitrary point.
+    clamp_inputs: bool = False
 
 
 # The default configuration of each family (what a retrain uses without a tuning result). The tabm
 # default was picked by validation rmse_ln among tuning trials on King County (docs/model.md).
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
-             "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
-             "huber_delta": 0.3, "max_time_s": 210},
+    "tabm": {"family": "tabm", "k": 8, "hidden": [128, 128], "dropout": 0.1, "num_embedding_dim": 16,
+             "n_frequencies": 16, "frequency_scale": 0.208, "lr": 3.59e-3, "weight_decay": 1.77e-5, "batch_size": 256,
+             "loss": "huber", "huber_delta": 0.5, "max_time_s": 240},
     "mlp_plr": {"family": "mlp_plr"},
     "mlp": {"family": "mlp"},
 }
@@ -130,6 +134,9 @@ class TabularNet(nn.Module):
     def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig):
         super().__init__()
         self.family = cfg.family
+        if cfg.clamp_inputs:  # set by tasks.train.train from the training rows
+            self.register_buffer("num_lo", torch.full((n_numeric,), -torch.inf))
+            self.register_buffer("num_hi", torch.full((n_numeric,), torch.inf))
         self.embeddings = nn.ModuleList([nn.Embedding(c + 1, cfg.cat_embedding_dim) for c in cardinalities])
         if cfg.family in ("mlp_plr", "tabm"):
             self.numeric = PeriodicEmbedding(n_numeric, cfg.n_frequencies, cfg.frequency_scale, cfg.num_embedding_dim)
@@ -157,6 +164,8 @@ class TabularNet(nn.Module):
             self.mlp = nn.Sequential(*layers)
 
     def _inputs(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "num_lo"):
+            x_num = torch.minimum(torch.maximum(x_num, self.num_lo), self.num_hi)
         parts = [self.numeric(x_num)] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
         return torch.cat(parts, dim=1)
 

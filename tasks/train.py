@@ -69,6 +69,10 @@ def train(
     frames = load_splits(features_uri)
     dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
     net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    if cfg.clamp_inputs and len(frames["train"]):
+        x = torch.as_tensor(prep.numeric_matrix(frames["train"]))
+        net.num_lo.copy_(x.min(dim=0).values)
+        net.num_hi.copy_(x.max(dim=0).values)
     module = PriceModule(net, cfg, prep.target_std)
     best = BestWeights()
     trainer = L.Trainer(

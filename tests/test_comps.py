@@ -242,8 +242,9 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
     assert prep.comps == kc.COMPS
     names = [s.name for s in prep.numeric]
     assert names[: len(kc.NUMERIC)] == kc.NUMERIC and names[len(kc.NUMERIC):] == kc.COMPS.columns()
-    unclipped = {s.name for s in prep.numeric if s.lo is None}
-    assert set(kc.COMPS.unclipped()) <= unclipped
+    market = [s for s in prep.numeric if s.name.startswith("comp_mkt_")]
+    assert market and all(s.lo is not None for s in market), "the market index is clipped unless extrapolate_market"
+    assert kc.COMPS.model_copy(update={"extrapolate_market": True}).unclipped() == ["comp_mkt_30", "comp_mkt_90"]
 
 
 def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
