@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks import storage
-from tasks.comps import CompsConfig, comps
+from tasks.comps import MAX_KNN_PAIRS, CompsConfig, comps
 from tasks.ingest import DS, days_in_interval
 from tasks.spec import DatasetSpec
 
@@ -171,10 +171,66 @@ class Preprocessing(BaseModel):
         return np.exp(y) if self.target_transform == "log" else y
 
 
-def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict) -> Preprocessing:
-    """Fit clip bounds, scaling and vocabularies on the training split, in two streaming passes.
+# Up to this many training rows the clip quantiles are exact; above it they come from a sample.
+EXACT_QUANTILE_MAX_ROWS = 2_000_000
+# About this many training rows in the quantile sample.
+QUANTILE_SAMPLE_ROWS = 1_000_000
+# Columns per quantile pass (a pass holds its columns of the rows it ranks: rows x 8 bytes each).
+QUANTILE_COLUMNS_PER_PASS = 8
+
+
+def _clip_quantiles(features_uri: str, train: pl.LazyFrame, columns: list[str], n_train: int,
+                    exact_max_rows: int, sample_rows: int) -> tuple[dict, dict]:
+    """The clip quantiles of ``columns`` over the training rows, and how they were computed.
+
+    Exact when the training split has at most ``exact_max_rows`` rows (King County: always, so its
+    results are those of the in-memory computation). Above it, an exact quantile would hold every
+    training value of a column, so they are computed on a deterministic sample of about
+    ``sample_rows`` training rows: those whose hash of the numeric feature values
+    (``pl.struct(columns).hash(seed=0)``) is 0 modulo ``ceil(n_train / sample_rows)``. The hash is of
+    the row's content, so the sample does not depend on file order, chunking or threads; identical
+    rows are in or out together. The sample is sunk to a temporary Parquet file next to the features
+    in one streaming pass. Either way the quantiles are computed a few columns per pass, so a pass
+    holds ``rows x QUANTILE_COLUMNS_PER_PASS`` values.
+    """
+    import os
+    import tempfile
+
+    cast = [pl.col(c).cast(pl.Float64) for c in columns]
+    source, method, tmp = train, {"method": "exact", "rows": n_train}, None
+    if n_train > exact_max_rows and columns:
+        k = max(1, math.ceil(n_train / sample_rows))
+        fd, tmp = tempfile.mkstemp(suffix=".quantile-sample.parquet", dir=os.path.dirname(features_uri) or None)
+        os.close(fd)
+        (train.select(cast).filter(pl.struct(columns).hash(seed=0) % k == 0)
+         .sink_parquet(tmp, compression="lz4"))
+        source = pl.scan_parquet(tmp)
+        method = {"method": "hash_sample", "modulus": k,
+                  "rows": int(source.select(pl.len()).collect().item()), "of_rows": n_train}
+    try:
+        q: dict = {}
+        for i in range(0, len(columns), QUANTILE_COLUMNS_PER_PASS):
+            group = columns[i:i + QUANTILE_COLUMNS_PER_PASS]
+            q.update(source.select(
+                *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in group],
+                *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in group],
+            ).collect(engine="streaming").row(0, named=True))
+    finally:
+        if tmp is not None:
+            os.remove(tmp)
+    return q, method
+
+
+def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict,
+                      exact_quantile_max_rows: int = EXACT_QUANTILE_MAX_ROWS,
+                      quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS) -> Preprocessing:
+    """Fit clip bounds, scaling and vocabularies on the training split, in streaming passes.
 
     The comps columns of ``fset`` are inputs when the feature table has them (all or none).
+    Memory is bounded whatever the table's size: means, standard deviations and vocabularies are
+    streaming aggregations; the clip quantiles are exact up to ``exact_quantile_max_rows`` training
+    rows and computed on a deterministic hash sample of about ``quantile_sample_rows`` rows above
+    it (:func:`_clip_quantiles`).
     """
     names = pl.scan_parquet(features_uri).collect_schema().names()
     present = [c for c in fset.comp_columns() if c in names]
@@ -186,10 +242,10 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
     fset = FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
                       fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg)
     train = pl.scan_parquet(features_uri).filter(pl.col(SPLIT) == "train")
-    q = train.select(
-        *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in fset.numeric],
-        *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in fset.numeric],
-    ).collect(engine="streaming").row(0, named=True)
+    n_train = fitted_on.get("rows", {}).get("train")
+    if n_train is None:
+        n_train = int(train.select(pl.len()).collect(engine="streaming").item())
+    q, _ = _clip_quantiles(features_uri, train, fset.numeric, n_train, exact_quantile_max_rows, quantile_sample_rows)
     y = pl.col(spec.target).log() if fset.target_transform == "log" else pl.col(spec.target)
     for c in fset.unclipped:
         q[f"{c}__lo"] = q[f"{c}__hi"] = None
@@ -221,29 +277,127 @@ def features_uri(lake_uri: str, window_start: date, window_end: date) -> str:
     return storage.join(lake_uri, "features", f"window={window_start.isoformat()}_{window_end.isoformat()}", storage.PART_FILE)
 
 
-def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date) -> dict:
+def _partition_info(parts: list[dict], time_col: str | None) -> list[dict]:
+    """Each partition with its row count and the min / max of ``time_col``, from the Parquet footer.
+
+    Reads only metadata (the validated partitions are written with statistics); a file without
+    statistics for the column gets its range from a one-column scan.
+    """
+    import pyarrow.parquet as pq
+
+    out = []
+    for p in parts:
+        path = storage.local_path(p["uri"])
+        if path is not None:
+            md = pq.read_metadata(path)
+            rows, lo, hi, known = md.num_rows, None, None, time_col is not None
+            if time_col is not None:
+                names = [md.schema.column(i).name for i in range(md.num_columns)]
+                j = names.index(time_col) if time_col in names else None
+                for g in range(md.num_row_groups):
+                    st = md.row_group(g).column(j).statistics if j is not None else None
+                    if st is None or not st.has_min_max:
+                        if md.row_group(g).num_rows and (st is None or st.null_count != md.row_group(g).num_rows):
+                            known = False
+                        continue
+                    lo = st.min if lo is None else min(lo, st.min)
+                    hi = st.max if hi is None else max(hi, st.max)
+        else:
+            rows, known = None, False
+        if time_col is not None and not known:
+            r = pl.scan_parquet(p["uri"]).select(pl.len().alias("n"), pl.col(time_col).min().alias("lo"),
+                                                 pl.col(time_col).max().alias("hi")).collect().row(0, named=True)
+            rows, lo, hi = r["n"], r["lo"], r["hi"]
+        elif rows is None:
+            rows = pl.scan_parquet(p["uri"]).select(pl.len()).collect().item()
+        out.append({**p, "rows": int(rows), "tmin": lo, "tmax": hi})
+    return out
+
+
+def plan_chunks(parts: list[dict], chunk_rows: int) -> list[list[dict]]:
+    """Consecutive partitions (in day order) grouped into chunks of at most ``chunk_rows`` rows.
+
+    A partition is never split (a day larger than ``chunk_rows`` is a chunk of its own; ``comps``
+    then works through it in slices of ``chunk_rows``).
+    """
+    chunks: list[list[dict]] = []
+    cur: list[dict] = []
+    n = 0
+    for p in parts:
+        if cur and n + p["rows"] > chunk_rows:
+            chunks.append(cur)
+            cur, n = [], 0
+        cur.append(p)
+        n += p["rows"]
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _chunk_history(chunk: list[dict], candidates: list[dict], cfg: CompsConfig) -> list[str]:
+    """The history files a chunk can reach: those whose event times overlap
+    [first date - lookback_days, last date], plus the chunk's own (``comps`` filters rows exactly)."""
+    own = {p["uri"] for p in chunk}
+    lows = [p["tmin"] for p in chunk if p["tmin"] is not None]
+    highs = [p["tmax"] for p in chunk if p["tmax"] is not None]
+    if not lows:
+        return [p["uri"] for p in candidates]
+    lo, hi = min(lows) - timedelta(days=cfg.lookback_days()), max(highs)
+    return [p["uri"] for p in candidates
+            if p["uri"] in own or p["tmin"] is None or (p["tmax"] >= lo and p["tmin"] <= hi)]
+
+
+# Rows per Parquet row group of the feature table (the streaming loader reads one at a time).
+ROW_GROUP_ROWS = 65_536
+# Rows featurised per chunk when the features have no comparable-sales stage.
+PLAIN_CHUNK_ROWS = 500_000
+
+
+def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
+                   chunk_rows: int | None = None, max_knn_pairs: int | None = MAX_KNN_PAIRS) -> dict:
     """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata.
 
     Comparable-sales features read the validated history from ``lookback_days`` before the window's
     start to its end; each row sees only the sales dated before it.
+
+    **Out of core.** The window's partitions are processed in day order, in chunks of consecutive
+    partitions of at most ``chunk_rows`` rows (default: ``CompsConfig.chunk_rows``; row counts and
+    date ranges come from the Parquet footers). Each chunk reads its rows and only the history files
+    it can reach, runs comps (its k-nearest in slices of at most ``max_knn_pairs`` candidate pairs,
+    see ``tasks.comps.comps``), ``derive``, the split and the column selection, and is appended to one
+    Parquet file (``ParquetWriter``, zstd, row groups of 65,536 rows) written to ``<final>.tmp`` and
+    renamed. Rows keep the order of a single scan of the window (partition order, then file order),
+    and every row's values are those of a single-chunk run: a row's comps depend only on the
+    sales dated before it (``tests/test_outofcore.py``). Peak memory ~ one chunk plus the history it
+    reaches, whatever the window's size (docs/out-of-core.md).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     parts = window_partitions(lake_uri, window_start, window_end)
     if not parts:
         raise ValueError(f"no validated partitions in {lake_uri} for {window_start}..{window_end}: ingest first")
     fset = feature_set(spec)
     # All spec columns travel with the features: a champion whose feature code differs can re-derive.
     keep = [*spec.columns, DS]
-    rows = pl.scan_parquet([p["uri"] for p in parts])
+    columns = list(dict.fromkeys([*keep, *fset.numeric, *fset.comp_columns(), *fset.categorical, SPLIT]))
     history_parts: list[dict] = []
+    time_col = fset.comps.time if fset.comps is not None else None
+    info = _partition_info(parts, time_col)
+    candidates = info
     if fset.comps is not None:
         history_parts = window_partitions(lake_uri, window_start - timedelta(days=fset.comps.lookback_days()), window_start)
-        history = pl.scan_parquet([p["uri"] for p in history_parts + parts])
-        rows = with_comps(rows, history, fset.comps)
-    lf = (
-        rows.pipe(fset.derive)
-        .pipe(assign_split, spec, window_end)
-        .select(*dict.fromkeys([*keep, *fset.numeric, *fset.comp_columns(), *fset.categorical, SPLIT]))
-    )
+        candidates = _partition_info(history_parts, time_col) + info
+    if chunk_rows is None:
+        chunk_rows = fset.comps.chunk_rows if fset.comps is not None else PLAIN_CHUNK_ROWS
+
+    def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
+        rows = pl.scan_parquet([p["uri"] for p in chunk])
+        if fset.comps is not None:
+            history = pl.scan_parquet(_chunk_history(chunk, candidates, fset.comps))
+            rows = comps(history, rows, fset.comps, max_pairs=max_knn_pairs).lazy()
+        return rows.pipe(fset.derive).pipe(assign_split, spec, window_end).select(columns)
+
     out_uri = features_uri(lake_uri, window_start, window_end)
     local = storage.local_path(out_uri)
     if local is None:
@@ -251,9 +405,31 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    lf.sink_parquet(tmp, compression="zstd", row_group_size=65_536)
+    chunks = plan_chunks(info, chunk_rows)
+    counts: dict[str, int] = {}
+    writer: pq.ParquetWriter | None = None
+    schema: pa.Schema | None = None
+    try:
+        for i, chunk in enumerate(chunks):
+            df = chunk_frame(chunk).collect()
+            for split, n in df.group_by(SPLIT).len().iter_rows():
+                counts[split] = counts.get(split, 0) + int(n)
+            table = df.to_arrow()
+            del df
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            elif table.schema != schema:
+                table = table.cast(schema)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            log.info("features: chunk %d/%d, %d rows, %d partitions", i + 1, len(chunks), table.num_rows, len(chunk))
+            del table
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows at all: an empty table with the columns (the split check below raises)
+        chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp)
     fs.move(tmp, local)
-    counts = dict(pl.scan_parquet(local).group_by(SPLIT).len().collect().iter_rows())
     for split in SPLITS:
         if not counts.get(split):
             raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
@@ -264,7 +440,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())
-    manifest = {"features_uri": out_uri, "preprocessing_uri": prep_uri, "partitions": parts,
+    manifest = {"features_uri": out_uri, "preprocessing_uri": prep_uri,
+                "partitions": [{k: p[k] for k in ("day", "uri", "sha256")} for p in parts],
                 "history_partitions": history_parts, **fitted_on}
     storage.write_json_atomic(storage.join(out_uri.rsplit("/", 1)[0], "manifest.json"), manifest)
     return {

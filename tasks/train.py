@@ -49,9 +49,49 @@ class TrainResult:
     rows: dict[str, int] = field(default_factory=dict)
 
 
+# Above this many training rows, train() streams the feature table (tasks/loader.py) instead of
+# holding it in memory; at or below it, the in-memory path (results as before out-of-core training).
+IN_MEMORY_MAX_ROWS = 2_000_000
+
+
 def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str, pl.DataFrame]:
+    """The whole feature table in memory, one frame per split (the small-data path; see train())."""
     df = pl.read_parquet(features_uri, columns=columns)
     return {s: df.filter(pl.col(SPLIT) == s) for s in SPLITS}
+
+
+def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: TabularNet, in_memory_max_rows: int,
+          buffer_rows: int | None) -> tuple[L.LightningDataModule, dict[str, int]]:
+    """The DataModule and the rows per split: in memory up to ``in_memory_max_rows`` training rows, else streamed.
+
+    Also sets the clamp range of ``net`` (``cfg.clamp_inputs``) from the training rows.
+    """
+    from tasks.loader import BUFFER_ROWS, StreamingDataModule, numeric_range, split_counts
+
+    import pyarrow.parquet as pq
+
+    from tasks import storage
+
+    local = storage.local_path(features_uri)
+    # The whole table fits under the threshold (Parquet footer): no need to count the split.
+    small = local is not None and pq.read_metadata(local).num_rows <= in_memory_max_rows
+    counts = None if small else split_counts(features_uri)
+    if counts is not None and counts["train"] > in_memory_max_rows:
+        log.info("training split of %d rows > %d: streaming the feature table", counts["train"], in_memory_max_rows)
+        if cfg.clamp_inputs and counts["train"]:
+            lo, hi = numeric_range(features_uri, prep, "train")
+            net.num_lo.copy_(lo)
+            net.num_hi.copy_(hi)
+        dm = StreamingDataModule(features_uri, prep, cfg.batch_size, cfg.seed,
+                                 buffer_rows if buffer_rows is not None else BUFFER_ROWS, counts=counts)
+        return dm, counts
+    frames = load_splits(features_uri)
+    dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    if cfg.clamp_inputs and len(frames["train"]):
+        x = torch.as_tensor(prep.numeric_matrix(frames["train"]))
+        net.num_lo.copy_(x.min(dim=0).values)
+        net.num_hi.copy_(x.max(dim=0).values)
+    return dm, {s: len(f) for s, f in frames.items()}
 
 
 def train(
@@ -62,17 +102,21 @@ def train(
     accelerator: str = "auto",
     threads: int = 0,
     limit_train_batches: int | float | None = None,
+    in_memory_max_rows: int = IN_MEMORY_MAX_ROWS,
+    buffer_rows: int | None = None,
 ) -> TrainResult:
+    """Train ``cfg``'s network on the feature table's train split, early-stopping on val.
+
+    Up to ``in_memory_max_rows`` training rows the splits are loaded into memory
+    (``TabularDataModule``); above it they are streamed from the Parquet file in row groups through a
+    seeded shuffle buffer of ``buffer_rows`` rows (``tasks.loader.StreamingDataModule``), so memory
+    does not grow with the table.
+    """
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    frames = load_splits(features_uri)
-    dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
     net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
-    if cfg.clamp_inputs and len(frames["train"]):
-        x = torch.as_tensor(prep.numeric_matrix(frames["train"]))
-        net.num_lo.copy_(x.min(dim=0).values)
-        net.num_hi.copy_(x.max(dim=0).values)
+    dm, rows = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
     module = PriceModule(net, cfg, prep.target_std)
     best = BestWeights()
     trainer = L.Trainer(
@@ -96,11 +140,11 @@ def train(
         net.load_state_dict(best.state)
     net.cpu().eval()
     metrics = {"val_rmse_ln": best.best, "train_seconds": seconds,
-               "samples_per_second": len(frames["train"]) * (trainer.current_epoch or 1) / seconds}
+               "samples_per_second": rows["train"] * (trainer.current_epoch or 1) / seconds}
     log.info("trained %d epochs in %.1fs; best %s %.4f at epoch %d", trainer.current_epoch, seconds, MONITOR,
              best.best, best.best_epoch)
     return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
-                       seconds=seconds, rows={s: len(f) for s, f in frames.items()})
+                       seconds=seconds, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------
