@@ -49,7 +49,8 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
                 from tasks.comps import lake_history
 
                 old.history = lake_history(settings.lake_uri, old.prep.comps)
-            needed = {s.name for s in old.prep.numeric} | {v.name for v in old.prep.categorical}
+            needed = ({s.name for s in old.prep.numeric} | {v.name for v in old.prep.categorical}
+                      | {t.name for t in old.prep.target_offset})
             old_pred = old.predict_features(test) if needed <= set(test.columns) else old.predict(test.select(list(spec.columns)))
             pred = pred.with_columns(pl.Series("pred_champion", old_pred))
         gbm_info = _gbm(features, new.prep, test)

@@ -50,6 +50,9 @@ class FeatureSet:
     # History-aware comparable-sales features (the module's ``COMPS``); their columns are model inputs
     # too, after ``numeric``, whenever the feature table carries them.
     comps: CompsConfig | None = None
+    # Columns whose sum is the target's baseline (the module's ``TARGET_OFFSET``): the model fits the
+    # transformed target minus it, e.g. ln(price) - (market index + ln(size)) for King County.
+    target_offset: tuple[str, ...] = ()
 
     def comp_columns(self) -> list[str]:
         return self.comps.columns() if self.comps is not None else []
@@ -60,7 +63,8 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
     if module is None:
         return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), "identity", lambda lf: lf, None)
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
-                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), getattr(module, "COMPS", None))
+                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), getattr(module, "COMPS", None),
+                      tuple(getattr(module, "TARGET_OFFSET", ())))
 
 
 def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
@@ -107,6 +111,11 @@ class NumericStat(BaseModel):
     std: float
 
 
+class OffsetTerm(BaseModel):
+    name: str
+    fill: float  # used where the column is null or NaN (its training mean)
+
+
 class Vocabulary(BaseModel):
     name: str
     values: list[str]  # index 0 is reserved for values never seen in training
@@ -127,10 +136,14 @@ class Preprocessing(BaseModel):
     fitted_on: dict  # window and row counts, for lineage
     # The comparable-sales stage these features were built with (None: row-level features only).
     comps: CompsConfig | None = None
+    # The target's baseline: the model predicts (transformed target - sum of these columns), scaled by
+    # target_mean / target_std; empty: the transformed target itself.
+    target_offset: list[OffsetTerm] = []
 
     def sha256(self) -> str:
-        # Without comps the JSON (and so the hash) is what it was before comps existed.
-        return hashlib.sha256(self.model_dump_json(exclude={"comps"} if self.comps is None else None).encode()).hexdigest()
+        # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
+        exclude = {k for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset)) if empty}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
 
     def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if self.features_module is None:
@@ -162,13 +175,38 @@ class Preprocessing(BaseModel):
             return np.zeros((df.height, 0), dtype=np.int64)
         return df.select(exprs).to_numpy().astype(np.int64, copy=False)
 
-    def encode_target(self, price: np.ndarray) -> np.ndarray:
-        y = np.log(price) if self.target_transform == "log" else price
+    def offset(self, df: pl.DataFrame) -> np.ndarray:
+        """The target's baseline of each row (in transformed units; zeros without an offset)."""
+        if not self.target_offset:
+            return np.zeros(df.height)
+        expr = pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in self.target_offset])
+        return df.select(expr.alias("_offset")).to_series().to_numpy().astype(np.float64)
+
+    def encode_target(self, price: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """The network's target for prices (``offset``: :meth:`offset` of their rows; required with an offset)."""
+        y = np.log(price) if self.target_transform == "log" else np.asarray(price, dtype=np.float64)
+        if self.target_offset:
+            if offset is None:
+                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
+            y = y - offset
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
 
-    def decode_target(self, z: np.ndarray) -> np.ndarray:
+    def decode_target(self, z: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """Prices from the network's outputs (``offset`` as in :meth:`encode_target`)."""
         y = np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
+        if self.target_offset:
+            if offset is None:
+                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
+            y = y + offset
         return np.exp(y) if self.target_transform == "log" else y
+
+    def encode_rows(self, df: pl.DataFrame) -> np.ndarray:
+        """The network's target for feature rows that carry the target column."""
+        return self.encode_target(df[self.target].to_numpy(), self.offset(df))
+
+    def decode_rows(self, z: np.ndarray, df: pl.DataFrame) -> np.ndarray:
+        """Prices for the network's outputs ``z`` on feature rows ``df``."""
+        return self.decode_target(z, self.offset(df))
 
 
 # Up to this many training rows the clip quantiles are exact; above it they come from a sample.
@@ -239,14 +277,22 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
         raise ValueError(f"{features_uri}: comparable-sales columns missing: {missing}")
     comps_cfg = fset.comps if present else None
     unclipped = (*fset.unclipped, *(comps_cfg.unclipped() if comps_cfg else ()))
+    # The target offset applies when the table has every one of its columns (a comp column is absent without comps).
+    offset_cols = list(fset.target_offset) if fset.target_offset and set(fset.target_offset) <= set(names) else []
     fset = FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
-                      fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg)
+                      fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg, tuple(offset_cols))
     train = pl.scan_parquet(features_uri).filter(pl.col(SPLIT) == "train")
     n_train = fitted_on.get("rows", {}).get("train")
     if n_train is None:
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
     q, _ = _clip_quantiles(features_uri, train, fset.numeric, n_train, exact_quantile_max_rows, quantile_sample_rows)
     y = pl.col(spec.target).log() if fset.target_transform == "log" else pl.col(spec.target)
+    offset_terms: list[OffsetTerm] = []
+    if offset_cols:
+        fills = train.select([pl.col(c).cast(pl.Float64).fill_nan(None).mean().alias(c) for c in offset_cols]
+                             ).collect(engine="streaming").row(0, named=True)
+        offset_terms = [OffsetTerm(name=c, fill=fills[c] if fills[c] is not None else 0.0) for c in offset_cols]
+        y = y - pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in offset_terms])
     for c in fset.unclipped:
         q[f"{c}__lo"] = q[f"{c}__hi"] = None
     stats = train.select(
@@ -270,6 +316,7 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
         categorical=vocabs, target=spec.target, target_transform=fset.target_transform,
         target_mean=stats["__y_mean"], target_std=stats["__y_std"] or 1.0, fitted_on=fitted_on, comps=comps_cfg,
+        target_offset=offset_terms,
     )
 
 

@@ -7,7 +7,7 @@ training split has at most ``in_memory_max_rows`` rows; above that it uses :clas
   row group by row group with pyarrow (only the model's columns and the split column; row groups
   whose statistics exclude the split are skipped), keeps the split's rows, converts them with the
   :class:`~tasks.features.Preprocessing` (``numeric_matrix``, ``categorical_matrix``,
-  ``encode_target``) and yields mini-batches of tensors;
+  ``encode_rows``) and yields mini-batches of tensors;
 - shuffled (training): the row groups are read in an order permuted per epoch, and rows pass through
   a shuffle buffer of ``buffer_rows`` rows (default 262,144) that is permuted before its batches are
   cut; the generator is seeded with ``seed + epoch``, so an epoch's order is a function of the seed
@@ -100,7 +100,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
             if df.height:
                 yield (np.ascontiguousarray(self.prep.numeric_matrix(df), dtype=np.float32),
                        np.ascontiguousarray(self.prep.categorical_matrix(df), dtype=np.int64),
-                       self.prep.encode_target(df[self.prep.target].to_numpy()))
+                       self.prep.encode_rows(df))
 
     def _batches(self, arrays: tuple[np.ndarray, ...], upto: int) -> Iterator[tuple[torch.Tensor, ...]]:
         for i in range(0, upto, self.batch_size):

@@ -165,7 +165,7 @@ class GbmResult:
 
     def predict(self, prep: Preprocessing, df: pl.DataFrame):
         """Prices for rows that carry the features (as ``ModelBundle.predict_features``)."""
-        return prep.decode_target(self.model.predict(gbm_matrix(prep, df)))
+        return prep.decode_rows(self.model.predict(gbm_matrix(prep, df)), df)
 
 
 def gbm_matrix(prep: Preprocessing, df: pl.DataFrame):
@@ -190,7 +190,7 @@ def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dic
     cats = [n_num + i for i, v in enumerate(prep.categorical) if len(v.values) < 254] or None
     model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {})}, categorical_features=cats,
                                           early_stopping=True, random_state=seed)
-    y = {s: prep.encode_target(frames[s][prep.target].to_numpy()) for s in ("train", "val")}
+    y = {s: prep.encode_rows(frames[s]) for s in ("train", "val")}
     t0 = time.perf_counter()
     model.fit(gbm_matrix(prep, frames["train"]), y["train"], X_val=gbm_matrix(prep, frames["val"]), y_val=y["val"])
     seconds = time.perf_counter() - t0

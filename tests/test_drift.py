@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import date, timedelta
 from pathlib import Path
@@ -95,8 +96,14 @@ def test_too_few_current_rows_are_not_judged():
 
 
 def test_calendar_features_are_left_out(spec):
-    skipped = calendar_features(spec, feature_set(spec))
+    # King County's model inputs hold no calendar feature (market time is the target offset's); a feature
+    # set that has them, one declared unclipped, has them found by the probe
+    assert calendar_features(spec, feature_set(spec)) == {}
+    fset = dataclasses.replace(feature_set(spec), numeric=[*feature_set(spec).numeric, "sale_day", "month_sin", "month_cos"],
+                               unclipped=("sale_day",))
+    skipped = calendar_features(spec, fset)
     assert set(skipped) == {"sale_day", "month_sin", "month_cos"}  # age also depends on yr_built: kept
+    assert skipped["sale_day"].startswith("market-time")
 
 
 def test_drift_blocks_promotion_only_when_asked():
@@ -174,7 +181,7 @@ def test_drift_step_on_a_features_table_logs_metrics(spec, lake):
     out = drift_step(spec, settings, meta, {"mlflow_run_id": run_id})
     assert out["status"] == "ok" and out["current"]["selection"] == "split == 'test'"
     assert out["threshold"] == 0.2 and out["action"] == "none"
-    assert set(out["skipped_features"]) == {"sale_day", "month_sin", "month_cos"}
+    assert set(out["skipped_features"]) == set(calendar_features(spec, feature_set(spec)))
     assert set(out["psi"]) == set(feature_set(spec).numeric + feature_set(spec).categorical) - set(out["skipped_features"])
     assert out["flagged"] == [], out["psi"]  # the same market before and after: no drift
     metrics = tracking.client(settings).get_run(run_id).data.metrics

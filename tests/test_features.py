@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import date, timedelta
@@ -267,7 +268,9 @@ def test_build_features_splits_and_writes_a_manifest(spec, lake):
     assert prep.sha256() == meta["preprocessing_sha256"]
     assert prep.categorical[0].values == ["98001", "98002"]  # 98999 appears only in val/test
     assert prep.fitted_on["rows"] == meta["rows"]
-    assert next(s for s in prep.numeric if s.name == "sale_day").lo is None
+    # market time is no model input: the market level enters through the target offset
+    assert "sale_day" not in {s.name for s in prep.numeric}
+    assert [t.name for t in prep.target_offset] == (kc.TARGET_OFFSET if prep.comps else [])
 
 
 def test_build_features_is_reproducible(spec, lake):
@@ -335,3 +338,25 @@ def test_king_county_derive_by_hand(spec):
     assert (date(2014, 6, 15) - kc.EPOCH) == timedelta(days=165)
     assert_frame_equal(out.select(expected.columns).cast(pl.Float64), expected, abs_tol=1e-12)
     assert set(kc.NUMERIC) <= set(out.columns)
+
+
+def test_target_offset_is_fitted_on_train_and_round_trips(spec, features_file):
+    """With a target offset the model's target is ln(price) minus the offset columns' sum (null: train mean)."""
+    path, train = features_file
+    prep = fit_preprocessing(path, spec, dataclasses.replace(FSET, target_offset=("x", "k")), {})
+    assert [t.name for t in prep.target_offset] == ["x", "k"]
+    assert prep.target_offset[0].fill == pytest.approx(train["x"].mean())
+    resid = np.log(train[spec.target].to_numpy()) - train["x"].to_numpy() - train["k"].to_numpy()
+    assert prep.target_mean == pytest.approx(resid.mean()) and prep.target_std == pytest.approx(resid.std(ddof=1))
+
+    rows = pl.DataFrame({"x": [1.0, None, 3.0], "k": [3.0, 3.0, None], spec.target: [1e5, 2e5, 3e5]})
+    off = prep.offset(rows)
+    np.testing.assert_allclose(off, [4.0, train["x"].mean() + 3.0, 3.0 + train["k"].mean()])
+    z = prep.encode_rows(rows)
+    np.testing.assert_allclose(z, (np.log([1e5, 2e5, 3e5]) - off - prep.target_mean) / prep.target_std, rtol=1e-5)
+    np.testing.assert_allclose(prep.decode_rows(z, rows), [1e5, 2e5, 3e5], rtol=1e-4)  # z is float32
+    with pytest.raises(ValueError, match="target offset"):
+        prep.encode_target(np.array([1e5]))
+    # a table without an offset column: no offset (all or none), and the hash is the one without offsets
+    plain = fit_preprocessing(path, spec, dataclasses.replace(FSET, target_offset=("x", "missing")), {})
+    assert plain.target_offset == [] and plain.sha256() == fit_preprocessing(path, spec, FSET, {}).sha256()
