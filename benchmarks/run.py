@@ -283,9 +283,10 @@ def st_features(p: dict, clock: _Clock) -> dict:
     columns = len(pl.read_parquet_schema(local))
     rows = sum(out["rows"].values())
     split = "/".join(f"{out['rows'].get(s, 0):,}" for s in ("train", "val", "test"))
+    comps = "with comparable sales" if p.get("comps") else "row-level only (HOMEWORTH_COMPS=false)"
     return {"seconds": seconds, "rows": rows, "features_path": local, "preprocessing_uri": out["preprocessing_uri"],
             "columns": columns, "split_rows": out["rows"], "runs": runs,
-            "note": f"{columns} columns out; train/val/test {split}; {_runs(runs)}"}
+            "note": f"{comps}; {columns} columns out; train/val/test {split}; {_runs(runs)}"}
 
 
 def st_floor(p: dict, clock: _Clock) -> dict:
@@ -608,7 +609,7 @@ class Bench:
         prev = self.last_ok.get(stage)
         if stage == "validate_one_call" and ctx.get("validate_chunks") == 1:
             return "not run: the window is one validate chunk, so it equals the validate row"
-        if prev and prev["size"] < size:
+        if prev and prev["size"] < size and prev.get("comps") == ctx["params"]["comps"]:
             scale = size / prev["size"]
             if stage in IN_MEMORY and prev.get("peak_rss"):
                 base = prev.get("baseline_rss") or 0
@@ -631,7 +632,7 @@ class Bench:
             return None
         quiet = wait_quiet(self.args.quiet_wait)
         r = run_child(stage, ctx["params"], ctx["dir"] / "logs", f"{stage}", self.cap, self.args.stage_timeout,
-                      code_root=self.code_root)
+                      code_root=self.code_root, env={"HOMEWORTH_COMPS": "true" if ctx["params"]["comps"] else "false"})
         peak = r.result.get("peak_rss") or r.sampled_peak_rss
         if r.status != "ok":
             why = {"killed-memory": f"killed: RSS passed the {self.cap / GIB:g} GiB cap",
@@ -659,7 +660,7 @@ class Bench:
         rec = self.record(size, stage, "ok", rows=res.get("rows"), seconds=res.get("seconds"), peak_rss=peak,
                           baseline_rss=res.get("baseline_rss"), import_s=res.get("import_s"), wall=r.seconds_wall,
                           cpu_s=res.get("cpu_s"), other_cores=r.other_cores, quiet_before=quiet,
-                          note=res.get("note", ""), **extra)
+                          note=res.get("note", ""), comps=ctx["params"]["comps"], **extra)
         self.last_ok[stage] = rec
         return res
 
@@ -672,10 +673,11 @@ class Bench:
             "lake": str(d / "lake"), "size_dir": str(d), "threads": a.threads, "batch_size": a.batch_size,
             "train_batches": a.train_batches, "val_rows": a.val_rows, "score_rows": a.score_rows,
             "score_chunk_rows": a.score_chunk_rows, "validate_chunk_rows": a.validate_chunk_rows, "repeats": a.repeats,
-            "repeat_under_s": a.repeat_under,
+            "repeat_under_s": a.repeat_under, "comps": size <= a.comps_max_rows,
         }
         ctx = {"params": params, "dir": d, "ok": {}}
-        self.log(f"== {size_label(size)} rows ({size:,}) over {a.days} days in {d}")
+        self.log(f"== {size_label(size)} rows ({size:,}) over {a.days} days in {d}; comparable-sales features "
+                 f"{'on' if params['comps'] else 'off'}")
         t0 = time.perf_counter()
         for stage in RUN_ORDER:
             self.run_stage(size, stage, ctx)
@@ -839,7 +841,9 @@ class Bench:
             f"to under {a.repeat_under:g} s, and the best time is kept (the note says how many). Memory cap per "
             f"stage: {a.mem_cap_gib:g} GiB (a child is killed past it; a stage whose linear extrapolation passes it "
             f"is not started). Training: {a.train_batches} batches of {a.batch_size}, {a.threads} torch threads, "
-            f"default `ModelConfig` network. Scoring: up to {a.score_rows:,} rows. **Other load** is the mean number "
+            f"default `ModelConfig` network. Scoring: up to {a.score_rows:,} rows. **Comparable-sales features** "
+            f"(`tasks/comps.py`) at sizes up to {a.comps_max_rows:,} rows; above, row-level features only "
+            "(`HOMEWORTH_COMPS=false`, see the notes). **Other load** is the mean number "
             "of CPU cores other processes kept busy while the stage's child ran (this machine is shared: on 2 cores, "
             f"0.5 already slows a 2-thread stage noticeably); before each stage the harness waits up to "
             f"{a.quiet_wait:g} s for it to drop under 0.5.",
@@ -877,6 +881,10 @@ NOTES = [
     "- **features** is `build_features` end to end (window partitions and their sha256, lazy scan, derive,",
     "  split, `sink_parquet`, split counts, `fit_preprocessing`, manifest). The **floor** is the least any",
     "  feature job can do: stream the same validated rows from Parquet to Parquet.",
+    "- **comparable sales** are on only up to `--comps-max-rows`: their k-nearest search joins each sale with",
+    "  every earlier sale in the neighbouring grid cells of the last year, so its cost grows with rows x",
+    "  sales nearby, quadratically when a synthetic county of fixed area gets denser (docs/out-of-core.md).",
+    "  Above that size the features row is the row-level pipeline (derive, split, preprocessing fit).",
     "- **pandas** (`benchmarks/pandas_features.py`) reads every partition with `pd.read_parquet`, derives",
     "  the same columns, joins back a per-zipcode-and-month median price per sqft, z-scores the numeric",
     "  features and writes Parquet; it does a little more than the Polars job (a group-by and a join) and a",
@@ -918,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat-under", type=float, default=30.0,
                     help="... while its runs so far add up to less than this many seconds (default 30)")
     ap.add_argument("--skip", default="", help="comma-separated stages not to run")
+    ap.add_argument("--comps-max-rows", type=int, default=100_000,
+                    help="sizes up to this run the features with comparable sales (HOMEWORTH_COMPS); larger ones "
+                         "row-level features only (the k-nearest search costs rows x nearby earlier sales)")
     ap.add_argument("--code", default="worktree",
                     help="pipeline code to measure: 'worktree' (default) or a git ref whose committed tasks/ is used")
     # child mode (internal)

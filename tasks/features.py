@@ -62,8 +62,11 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
     module = spec.features_module_obj()
     if module is None:
         return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), "identity", lambda lf: lf, None)
+    from tasks.settings import get_settings
+
+    comps = getattr(module, "COMPS", None) if get_settings().comps else None
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
-                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), getattr(module, "COMPS", None),
+                      spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), comps,
                       tuple(getattr(module, "TARGET_OFFSET", ())))
 
 

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     dataset_spec: Path = REPO_ROOT / "datasets" / "king_county.yaml"
     # Torch threads for training and scoring; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
+    # Comparable-sales features (the dataset module's COMPS). Their k-nearest search costs rows x nearby
+    # earlier sales, so on synthetic histories of millions of rows per county the row-level features
+    # alone can be chosen (docs/benchmarks.md); a model records which it was trained with.
+    comps: bool = True
     # Promotion gate (tasks/promote.py): paired bootstrap of the metric differences on the same test rows.
     gate_resamples: int = Field(default=1000, ge=100, le=100_000)
     gate_confidence: float = Field(default=0.95, gt=0.5, lt=1)

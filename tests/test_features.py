@@ -360,3 +360,20 @@ def test_target_offset_is_fitted_on_train_and_round_trips(spec, features_file):
     # a table without an offset column: no offset (all or none), and the hash is the one without offsets
     plain = fit_preprocessing(path, spec, dataclasses.replace(FSET, target_offset=("x", "missing")), {})
     assert plain.target_offset == [] and plain.sha256() == fit_preprocessing(path, spec, FSET, {}).sha256()
+
+
+def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
+    """HOMEWORTH_COMPS=false: row-level features only; the target offset then has no column to use."""
+    from tasks.features import feature_set
+    from tasks.settings import get_settings
+
+    assert feature_set(spec).comps == kc.COMPS
+    monkeypatch.setenv("HOMEWORTH_COMPS", "false")
+    get_settings.cache_clear()
+    try:
+        fset = feature_set(spec)
+        assert fset.comps is None and fset.comp_columns() == []
+        assert fset.numeric == kc.NUMERIC and not set(fset.target_offset) <= set(fset.numeric)
+    finally:
+        monkeypatch.delenv("HOMEWORTH_COMPS")
+        get_settings.cache_clear()
