@@ -117,8 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "demo-summary.json"
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    print(comparison_table(summary))
     print(f"[demo] summary written to {out}; Airflow UI: `source env.sh && airflow standalone` (login admin/admin)")
     return 0
+
+
+def comparison_table(summary: dict) -> str:
+    """The nightly run's test metrics: the new model, the champion it was compared with, gradient boosting."""
+    names = {"new": f"new model (v{summary['model_version']}, {summary['model_family']})",
+             "champion": f"champion before the run (v{summary['previous_champion']})",
+             "gbm": "gradient boosting, same features and split"}
+    lines = [f"[demo] test sales: {summary['test_rows']}", "| model | mdape | ppe10 | rmse_ln |", "|---|---|---|---|"]
+    for key, label in names.items():
+        m = summary["test_metrics"].get(key)
+        if m:
+            lines.append(f"| {label} | {m['mdape']:.2%} | {m['ppe10']:.1%} | {m['rmse_ln']:.4f} |")
+    return "\n".join(lines)
 
 
 def build_summary(settings, replayed: dict, backfill_runs: int, results: list[dict]) -> dict:
