@@ -80,8 +80,9 @@ class ParquetBatches(torch.utils.data.IterableDataset):
         self.path, self.prep, self.split = _local(features_uri), prep, split
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.buffer_rows = max(buffer_rows, batch_size)
+        # the model's inputs, the target and its offset terms (Preprocessing.encode_rows), the split
         self.columns = list(dict.fromkeys([*(s.name for s in prep.numeric), *(v.name for v in prep.categorical),
-                                           prep.target, SPLIT]))
+                                           *(t.name for t in prep.target_offset), prep.target, SPLIT]))
         self.rows = rows if rows is not None else split_counts(features_uri)[split]
         self.epoch = 0  # advanced by each shuffled pass (as tasks.model.IndexBatches)
 

@@ -171,6 +171,12 @@ def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_f
     np.testing.assert_array_equal(x_num.numpy(), PREP.numeric_matrix(val))
     np.testing.assert_array_equal(x_cat.numpy(), PREP.categorical_matrix(val))
     np.testing.assert_array_equal(y.numpy(), PREP.encode_target(val["price"].to_numpy()))
+    # a target offset whose column is not an input is read too (Preprocessing.encode_rows)
+    from tasks.features import OffsetTerm
+
+    with_offset = PREP.model_copy(update={"numeric": PREP.numeric[:2], "target_offset": [OffsetTerm(name="x2", fill=0.0)]})
+    *_, y = next(iter(ParquetBatches(path, with_offset, "val", 10_000, shuffle=False)))
+    np.testing.assert_array_equal(y.numpy(), with_offset.encode_rows(val))
 
 
 def test_streaming_training_run(stream_file):
