@@ -459,8 +459,14 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     counts: dict[str, int] = {}
     writer: pq.ParquetWriter | None = None
     schema: pa.Schema | None = None
+    if fset.comps is None:
+        # Row-level features only: no row depends on another, so one streaming plan (Polars' engine, its
+        # multi-threaded writer) replaces the chunks; memory stays bounded by the engine's morsels.
+        chunks = [info]
+        chunk_frame(info).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
     try:
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(chunks if fset.comps is not None else []):
             df = chunk_frame(chunk).collect()
             for split, n in df.group_by(SPLIT).len().iter_rows():
                 counts[split] = counts.get(split, 0) + int(n)
@@ -477,7 +483,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     finally:
         if writer is not None:
             writer.close()
-    if writer is None:  # no rows at all: an empty table with the columns (the split check below raises)
+    if writer is None and fset.comps is not None:  # no rows at all: an empty table (the split check below raises)
         chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp)
     fs.move(tmp, local)
     for split in SPLITS:

@@ -284,6 +284,27 @@ def test_build_features_is_reproducible(spec, lake):
     assert second == first  # same features sha, preprocessing sha, partitions sha
 
 
+def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeypatch):
+    """HOMEWORTH_COMPS=false: one streaming plan instead of the chunks; same rows in the same order, no comps."""
+    from tasks.settings import get_settings
+
+    lake_uri = lake[0]
+    with_comps = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
+    monkeypatch.setenv("HOMEWORTH_COMPS", "false")
+    get_settings.cache_clear()
+    try:
+        meta = build_features(spec, lake_uri, START, WINDOW_END)
+    finally:
+        monkeypatch.delenv("HOMEWORTH_COMPS")
+        get_settings.cache_clear()
+    plain = pl.read_parquet(storage.local_path(meta["features_uri"]))
+    assert meta["rows"] == {"train": 6, "val": 4, "test": 4}
+    assert not [c for c in plain.columns if c.startswith(kc.COMPS.prefix)]
+    assert_frame_equal(plain, with_comps.select(plain.columns))
+    prep = load_preprocessing(meta["preprocessing_uri"])
+    assert prep.comps is None and prep.target_offset == []
+
+
 def test_build_features_without_partitions_raises(spec, tmp_path):
     with pytest.raises(ValueError, match="no validated partitions"):
         build_features(spec, str(tmp_path / "empty-lake"), START, WINDOW_END)
