@@ -127,6 +127,9 @@ class LocalAirflow:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
     def trigger(self, dag_id: str, logical_date: str | None = None, conf: dict | None = None,
                 interval: tuple[str, str] | None = None, run_id: str | None = None) -> str:
         body: dict = {"logical_date": logical_date, "conf": conf or {}}
@@ -139,15 +142,23 @@ class LocalAirflow:
     def backfill(self, dag_id: str, from_date: str, to_date: str, max_active_runs: int = 2) -> int:
         body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "reprocess_behavior": "completed",
                 "max_active_runs": max_active_runs}
-        for attempt in range(30):
-            try:
-                return self.request("POST", "/api/v2/backfills", body)["id"]
-            except AirflowError as exc:
-                # SQLite: creation fails with 503 while the scheduler holds the write lock; it is brief.
-                if "HTTP 503" not in str(exc) or attempt == 29:
-                    raise
-                time.sleep(1 + attempt % 3)
-        raise AssertionError("unreachable")
+        # The DAG is paused while the backfill is created: on SQLite a creation can fail with 503 (the
+        # scheduler holds the write lock) after some of its runs were committed, and Airflow then deletes
+        # them again; a scheduler that had picked one up crashed (ObjectDeletedError). The scheduler
+        # examines only runs of unpaused DAGs, so it never sees a half-made backfill.
+        self.pause(dag_id)
+        try:
+            for attempt in range(30):
+                try:
+                    return self.request("POST", "/api/v2/backfills", body)["id"]
+                except AirflowError as exc:
+                    # SQLite: creation fails with 503 while the scheduler holds the write lock; it is brief.
+                    if "HTTP 503" not in str(exc) or attempt == 29:
+                        raise
+                    time.sleep(1 + attempt % 3)
+            raise AssertionError("unreachable")
+        finally:
+            self.unpause(dag_id)
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
