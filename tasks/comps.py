@@ -75,7 +75,8 @@ class CompsConfig(BaseModel):
     chunk_rows: int = Field(default=200_000, gt=0)  # rows featurised per pass (bounds the k-nearest join)
     # Leave the market index unclipped so a model may extrapolate it past the training range. Off: the
     # periodic embeddings and trees cannot extrapolate (an out-of-range value maps to an arbitrary
-    # embedding / the last leaf), and validation preferred clipping (docs/model.md).
+    # embedding / the last leaf); King County's models take the market level through the target
+    # offset instead (TARGET_OFFSET, docs/model.md).
     extrapolate_market: bool = False
 
     def lookback_days(self) -> int:
