@@ -7,16 +7,20 @@ from the same fields, defaults and bounds the tasks validate with, so the two ca
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
+
+
+# Shared by the retrain and tuning forms.
+WindowDays = Annotated[int, Field(ge=30, le=36500,
+                                  description="Training window: days of validated sales before the run's interval end.")]
 
 
 class RetrainParams(BaseModel):
     """Parameters of ``price_model_retrain`` (shown in the Airflow UI trigger form)."""
 
-    window_days: int = Field(default=730, ge=30, le=36500,
-                             description="Training window: days of validated sales before the run's interval end.")
+    window_days: WindowDays = 730
     max_epochs: int = Field(default=60, ge=1, le=1000, description="Upper bound on training epochs (early stopping "
                             "on validation RMSE of ln(price) usually stops sooner).")
     seed: int = Field(default=42, ge=0, description="Seed for weight initialisation and batch shuffling.")
@@ -37,8 +41,7 @@ class RetrainParams(BaseModel):
 class TuneParams(BaseModel):
     """Parameters of ``price_model_tune`` (shown in the Airflow UI trigger form)."""
 
-    window_days: int = Field(default=730, ge=30, le=36500,
-                             description="Training window: days of validated sales before the run's interval end.")
+    window_days: WindowDays = 730
     n_trials: int = Field(default=8, ge=1, le=64, description="Configurations to train (trial 0 is the current "
                           "default configuration; the others are drawn from the search space).")
     seed: int = Field(default=0, ge=0, description="Seed of the sampler: the same seed draws the same trials.")
