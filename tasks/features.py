@@ -403,6 +403,37 @@ ROW_GROUP_ROWS = 65_536
 PLAIN_CHUNK_ROWS = 500_000
 
 
+def _write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], pl.LazyFrame], tmp: str) -> dict[str, int]:
+    """Collect each chunk's features and append them to one Parquet file at ``tmp``; rows per split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts: dict[str, int] = {}
+    writer: pq.ParquetWriter | None = None
+    schema: pa.Schema | None = None
+    try:
+        for i, chunk in enumerate(chunks):
+            df = chunk_frame(chunk).collect()
+            for split, n in df.group_by(SPLIT).len().iter_rows():
+                counts[split] = counts.get(split, 0) + int(n)
+            table = df.to_arrow()
+            del df
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            elif table.schema != schema:
+                table = table.cast(schema)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            log.info("features: chunk %d/%d, %d rows, %d partitions", i + 1, len(chunks), table.num_rows, len(chunk))
+            del table
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows at all: an empty table with the columns (the caller's split check raises)
+        chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp)
+    return counts
+
+
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
                    chunk_rows: int | None = None, max_knn_pairs: int | None = MAX_KNN_PAIRS) -> dict:
     """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata.
@@ -421,9 +452,6 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     sales dated before it (``tests/test_outofcore.py``). Peak memory ~ one chunk plus the history it
     reaches, whatever the window's size (docs/out-of-core.md).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     parts = window_partitions(lake_uri, window_start, window_end)
     if not parts:
         raise ValueError(f"no validated partitions in {lake_uri} for {window_start}..{window_end}: ingest first")
@@ -455,36 +483,13 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    chunks = plan_chunks(info, chunk_rows)
-    counts: dict[str, int] = {}
-    writer: pq.ParquetWriter | None = None
-    schema: pa.Schema | None = None
     if fset.comps is None:
         # Row-level features only: no row depends on another, so one streaming plan (Polars' engine, its
         # multi-threaded writer) replaces the chunks; memory stays bounded by the engine's morsels.
-        chunks = [info]
         chunk_frame(info).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
-    try:
-        for i, chunk in enumerate(chunks if fset.comps is not None else []):
-            df = chunk_frame(chunk).collect()
-            for split, n in df.group_by(SPLIT).len().iter_rows():
-                counts[split] = counts.get(split, 0) + int(n)
-            table = df.to_arrow()
-            del df
-            if writer is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-            elif table.schema != schema:
-                table = table.cast(schema)
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            log.info("features: chunk %d/%d, %d rows, %d partitions", i + 1, len(chunks), table.num_rows, len(chunk))
-            del table
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None and fset.comps is not None:  # no rows at all: an empty table (the split check below raises)
-        chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp)
+    else:
+        counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
     fs.move(tmp, local)
     for split in SPLITS:
         if not counts.get(split):
