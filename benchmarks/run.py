@@ -283,7 +283,8 @@ def st_features(p: dict, clock: _Clock) -> dict:
     columns = len(pl.read_parquet_schema(local))
     rows = sum(out["rows"].values())
     split = "/".join(f"{out['rows'].get(s, 0):,}" for s in ("train", "val", "test"))
-    comps = "with comparable sales" if p.get("comps") else "row-level only (HOMEWORTH_COMPS=false)"
+    comps = {"full": "with comparable sales", "market": "row-level + market index (HOMEWORTH_COMPS=market)",
+             "off": "row-level only (HOMEWORTH_COMPS=off)"}[p["comps"]]
     return {"seconds": seconds, "rows": rows, "features_path": local, "preprocessing_uri": out["preprocessing_uri"],
             "columns": columns, "split_rows": out["rows"], "runs": runs,
             "note": f"{comps}; {columns} columns out; train/val/test {split}; {_runs(runs)}"}
@@ -632,7 +633,7 @@ class Bench:
             return None
         quiet = wait_quiet(self.args.quiet_wait)
         r = run_child(stage, ctx["params"], ctx["dir"] / "logs", f"{stage}", self.cap, self.args.stage_timeout,
-                      code_root=self.code_root, env={"HOMEWORTH_COMPS": "true" if ctx["params"]["comps"] else "false"})
+                      code_root=self.code_root, env={"HOMEWORTH_COMPS": ctx["params"]["comps"]})
         peak = r.result.get("peak_rss") or r.sampled_peak_rss
         if r.status != "ok":
             why = {"killed-memory": f"killed: RSS passed the {self.cap / GIB:g} GiB cap",
@@ -673,11 +674,11 @@ class Bench:
             "lake": str(d / "lake"), "size_dir": str(d), "threads": a.threads, "batch_size": a.batch_size,
             "train_batches": a.train_batches, "val_rows": a.val_rows, "score_rows": a.score_rows,
             "score_chunk_rows": a.score_chunk_rows, "validate_chunk_rows": a.validate_chunk_rows, "repeats": a.repeats,
-            "repeat_under_s": a.repeat_under, "comps": size <= a.comps_max_rows,
+            "repeat_under_s": a.repeat_under, "comps": "full" if size <= a.comps_max_rows else a.comps_above,
         }
         ctx = {"params": params, "dir": d, "ok": {}}
         self.log(f"== {size_label(size)} rows ({size:,}) over {a.days} days in {d}; comparable-sales features "
-                 f"{'on' if params['comps'] else 'off'}")
+                 f"{params['comps']}")
         t0 = time.perf_counter()
         for stage in RUN_ORDER:
             self.run_stage(size, stage, ctx)
@@ -842,8 +843,8 @@ class Bench:
             f"stage: {a.mem_cap_gib:g} GiB (a child is killed past it; a stage whose linear extrapolation passes it "
             f"is not started). Training: {a.train_batches} batches of {a.batch_size}, {a.threads} torch threads, "
             f"default `ModelConfig` network. Scoring: up to {a.score_rows:,} rows. **Comparable-sales features** "
-            f"(`tasks/comps.py`) at sizes up to {a.comps_max_rows:,} rows; above, row-level features only "
-            "(`HOMEWORTH_COMPS=false`, see the notes). **Other load** is the mean number "
+            f"(`tasks/comps.py`) at sizes up to {a.comps_max_rows:,} rows; above, `HOMEWORTH_COMPS={a.comps_above}` "
+            "(see the notes). **Other load** is the mean number "
             "of CPU cores other processes kept busy while the stage's child ran (this machine is shared: on 2 cores, "
             f"0.5 already slows a 2-thread stage noticeably); before each stage the harness waits up to "
             f"{a.quiet_wait:g} s for it to drop under 0.5.",
@@ -884,7 +885,9 @@ NOTES = [
     "- **comparable sales** are on only up to `--comps-max-rows`: their k-nearest search joins each sale with",
     "  every earlier sale in the neighbouring grid cells of the last year, so its cost grows with rows x",
     "  sales nearby, quadratically when a synthetic county of fixed area gets denser (docs/out-of-core.md).",
-    "  Above that size the features row is the row-level pipeline (derive, split, preprocessing fit).",
+    "  Above that size the features row runs `HOMEWORTH_COMPS=market` (`--comps-above`): the row-level",
+    "  pipeline (derive, split, preprocessing fit) plus the county market index, one streaming aggregation",
+    "  of the history by day looked up by each row's day; `off` leaves the index out.",
     "- **pandas** (`benchmarks/pandas_features.py`) reads every partition with `pd.read_parquet`, derives",
     "  the same columns, joins back a per-zipcode-and-month median price per sqft, z-scores the numeric",
     "  features and writes Parquet; it does a little more than the Polars job (a group-by and a join) and a",
@@ -928,7 +931,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated stages not to run")
     ap.add_argument("--comps-max-rows", type=int, default=100_000,
                     help="sizes up to this run the features with comparable sales (HOMEWORTH_COMPS); larger ones "
-                         "row-level features only (the k-nearest search costs rows x nearby earlier sales)")
+                         "--comps-above (the k-nearest search costs rows x nearby earlier sales)")
+    ap.add_argument("--comps-above", choices=("market", "off"), default="market",
+                    help="HOMEWORTH_COMPS above --comps-max-rows: 'market' (default: the market index only, one "
+                         "grouped pass) or 'off' (row-level features only)")
     ap.add_argument("--code", default="worktree",
                     help="pipeline code to measure: 'worktree' (default) or a git ref whose committed tasks/ is used")
     # child mode (internal)

@@ -80,9 +80,17 @@ class CompsConfig(BaseModel):
     extrapolate_market: bool = False
 
     def lookback_days(self) -> int:
-        """How many days of history before the first row any feature can reach."""
-        return max([*self.market_windows_days, *self.group_windows_days, *self.cell_windows_days,
-                    self.knn_max_age_days]) + self.adjust_window_days
+        """How many days of history before the first row any configured feature can reach."""
+        reach = [*self.market_windows_days, *(self.group_windows_days if self.groups else []),
+                 *self.cell_windows_days, *([self.knn_max_age_days] if self.knn_k else [])]
+        return max(reach, default=0) + self.adjust_window_days
+
+    def market_only(self) -> "CompsConfig":
+        """This configuration with only the market index (no groups, cells, k nearest or previous sale)."""
+        return self.model_copy(update={"groups": [], "cell_windows_days": [], "knn_k": [], "id": None})
+
+    def is_market_only(self) -> bool:
+        return not (self.groups or self.cell_windows_days or self.knn_k or self.id)
 
     def columns(self) -> list[str]:
         """The feature columns :func:`comps` adds, in order."""
@@ -254,6 +262,21 @@ def comps_lazy(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> p
     out = out.with_columns(derived).sort(Q)
     original = [c for c in rows.collect_schema().names() if c != Q and c not in cfg.columns()]
     return out.select(*original, *cfg.columns())
+
+
+def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.DataFrame:
+    """The market index columns ``<p>mkt_<w>`` per day, for every day of ``days[cfg.time]`` and of the history.
+
+    The same values as :func:`comps` gives a row of that day (sales of earlier days only), from one
+    streaming aggregation of the history by day: memory is one row per day whatever the history's
+    size, so ``build_features`` joins it to any number of rows in a single streaming pass (the
+    features of a market-only configuration, :meth:`CompsConfig.market_only`).
+    """
+    t, p = cfg.time, cfg.prefix
+    raw = _history_values(history, cfg)
+    market = _market(raw, pl.concat([raw.select(t), days.select(t)]), cfg)
+    return (market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days])
+            .collect(engine="streaming").sort(t))
 
 
 def knn_candidates(history: pl.LazyFrame, ordered: pl.DataFrame, cfg: CompsConfig) -> np.ndarray:

@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks import storage
-from tasks.comps import MAX_KNN_PAIRS, CompsConfig, comps
+from tasks.comps import MAX_KNN_PAIRS, CompsConfig, comps, market_index
 from tasks.ingest import DS, days_in_interval
 from tasks.spec import DatasetSpec
 
@@ -64,7 +64,10 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
         return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), "identity", lambda lf: lf, None)
     from tasks.settings import get_settings
 
-    comps = getattr(module, "COMPS", None) if get_settings().comps else None
+    mode = get_settings().comps
+    comps = getattr(module, "COMPS", None) if mode != "off" else None
+    if comps is not None and mode == "market":
+        comps = comps.market_only()
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
                       spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), comps,
                       tuple(getattr(module, "TARGET_OFFSET", ())))
@@ -468,10 +471,20 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         candidates = _partition_info(history_parts, time_col) + info
     if chunk_rows is None:
         chunk_rows = fset.comps.chunk_rows if fset.comps is not None else PLAIN_CHUNK_ROWS
+    # A market-only configuration needs one row per day, not the rows around each row: one aggregation
+    # of the history, then a lookup by day inside the streaming plan below.
+    market = None
+    if fset.comps is not None and fset.comps.is_market_only():
+        market = market_index(pl.scan_parquet([p["uri"] for p in candidates]),
+                              pl.scan_parquet([p["uri"] for p in info]), fset.comps)
 
     def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
         rows = pl.scan_parquet([p["uri"] for p in chunk])
-        if fset.comps is not None:
+        if market is not None:
+            t = fset.comps.time
+            rows = rows.with_columns(pl.col(t).replace_strict(market[t], market[c], default=None, return_dtype=pl.Float64)
+                                     .alias(c) for c in fset.comps.columns())
+        elif fset.comps is not None:
             history = pl.scan_parquet(_chunk_history(chunk, candidates, fset.comps))
             rows = comps(history, rows, fset.comps, max_pairs=max_knn_pairs).lazy()
         return rows.pipe(fset.derive).pipe(assign_split, spec, window_end).select(columns)
@@ -483,9 +496,10 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    if fset.comps is None:
-        # Row-level features only: no row depends on another, so one streaming plan (Polars' engine, its
-        # multi-threaded writer) replaces the chunks; memory stays bounded by the engine's morsels.
+    if fset.comps is None or market is not None:
+        # Row-level features (and the market index looked up by day): no row depends on another, so one
+        # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
+        # bounded by the engine's morsels.
         chunk_frame(info).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
     else:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +39,12 @@ class Settings(BaseSettings):
     dataset_spec: Path = REPO_ROOT / "datasets" / "king_county.yaml"
     # Torch threads for training and scoring; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
-    # Comparable-sales features (the dataset module's COMPS). Their k-nearest search costs rows x nearby
-    # earlier sales, so on synthetic histories of millions of rows per county the row-level features
-    # alone can be chosen (docs/benchmarks.md); a model records which it was trained with.
-    comps: bool = True
+    # Comparable-sales features (the dataset module's COMPS): "full" (all of them), "market" (only the
+    # county market index: one grouped pass over the history, linear in rows, for histories of many
+    # millions of sales, docs/out-of-core.md) or "off" (row-level features only). The k-nearest search
+    # of "full" costs rows x nearby earlier sales. true/false are read as full/off. A model records
+    # which it was trained with (its preprocessing).
+    comps: Literal["full", "market", "off"] = "full"
     # Promotion gate (tasks/promote.py): paired bootstrap of the metric differences on the same test rows.
     gate_resamples: int = Field(default=1000, ge=100, le=100_000)
     gate_confidence: float = Field(default=0.95, gt=0.5, lt=1)
@@ -66,6 +68,14 @@ class Settings(BaseSettings):
     # comma-separated list) set, an SmtpNotifier also mails it (SMTP connection `smtp_default`). Read when
     # the DAG is parsed.
     notify_email: str | None = None
+
+    @field_validator("comps", mode="before")
+    @classmethod
+    def _comps_bool(cls, v: object) -> object:
+        flags = {"true": "full", "1": "full", "yes": "full", "on": "full", "false": "off", "0": "off", "no": "off"}
+        if isinstance(v, bool):
+            return "full" if v else "off"
+        return flags.get(v.strip().lower(), v.strip().lower()) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

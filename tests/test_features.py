@@ -305,6 +305,43 @@ def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeyp
     assert prep.comps is None and prep.target_offset == []
 
 
+def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake, monkeypatch):
+    """HOMEWORTH_COMPS=market: one streaming plan with the market index looked up by day; the values are
+    those ``comps`` computes for the market-only configuration, and the other comps columns are absent."""
+    from tasks.comps import comps
+    from tasks.settings import get_settings
+
+    lake_uri, _, _ = lake
+    full = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
+    monkeypatch.setenv("HOMEWORTH_COMPS", "market")
+    get_settings.cache_clear()
+    try:
+        meta = build_features(spec, lake_uri, START, WINDOW_END)
+    finally:
+        monkeypatch.delenv("HOMEWORTH_COMPS")
+        get_settings.cache_clear()
+    market = pl.read_parquet(storage.local_path(meta["features_uri"]))
+    cfg = kc.COMPS.market_only()
+    mkt = [f"{cfg.prefix}mkt_{w}" for w in cfg.market_windows_days]
+    assert [c for c in market.columns if c.startswith(cfg.prefix)] == mkt == cfg.columns()
+    # row for row the same as the full run, whose market columns come from the same definition
+    assert_frame_equal(market.drop(mkt), full.select(market.drop(mkt).columns))
+    assert_frame_equal(market.select(mkt), full.select(mkt))
+    assert market.select(mkt).null_count().sum_horizontal().item() < market.height * len(mkt)
+    validated = pl.scan_parquet(f"{lake_uri}/validated/**/*.parquet")
+    direct = comps(validated, market.select(*cfg.input_columns(with_target=False)), cfg)
+    assert_frame_equal(market.select(mkt), direct.select(mkt))
+    prep = load_preprocessing(meta["preprocessing_uri"])
+    assert prep.comps == cfg and [t.name for t in prep.target_offset] == kc.TARGET_OFFSET
+
+
+def test_market_only_configuration_reaches_back_only_as_far_as_its_windows():
+    cfg = kc.COMPS.market_only()
+    assert cfg.is_market_only() and not kc.COMPS.is_market_only()
+    assert cfg.lookback_days() == max(cfg.market_windows_days) + cfg.adjust_window_days
+    assert kc.COMPS.lookback_days() == kc.COMPS.knn_max_age_days + kc.COMPS.adjust_window_days
+
+
 def test_build_features_without_partitions_raises(spec, tmp_path):
     with pytest.raises(ValueError, match="no validated partitions"):
         build_features(spec, str(tmp_path / "empty-lake"), START, WINDOW_END)
@@ -395,6 +432,17 @@ def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
         fset = feature_set(spec)
         assert fset.comps is None and fset.comp_columns() == []
         assert fset.numeric == kc.NUMERIC and not set(fset.target_offset) <= set(fset.numeric)
+        for value, mode in (("market", "market"), ("true", "full"), ("0", "off"), ("FULL", "full")):
+            monkeypatch.setenv("HOMEWORTH_COMPS", value)
+            get_settings.cache_clear()
+            assert get_settings().comps == mode
+        monkeypatch.setenv("HOMEWORTH_COMPS", "market")
+        get_settings.cache_clear()
+        assert feature_set(spec).comps == kc.COMPS.market_only()
+        monkeypatch.setenv("HOMEWORTH_COMPS", "knn")
+        get_settings.cache_clear()
+        with pytest.raises(ValueError, match="comps"):
+            get_settings()
     finally:
         monkeypatch.delenv("HOMEWORTH_COMPS")
         get_settings.cache_clear()
