@@ -34,6 +34,7 @@ import pendulum
 from airflow.sdk import dag, task
 
 from tasks.params import RetrainParams, airflow_params
+from tasks.resources import with_peak_rss
 
 
 NIGHTLY = "0 3 * * *"
@@ -120,7 +121,7 @@ def price_model_retrain():
         from tasks.spec import get_spec
 
         as_of = _as_of(dag_run, data_interval_end)
-        return features_step(get_spec(), get_settings(), as_of, RetrainParams(**params))
+        return with_peak_rss(features_step(get_spec(), get_settings(), as_of, RetrainParams(**params)))
 
     @task(execution_timeout=timedelta(hours=6))
     def train(features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
@@ -128,7 +129,7 @@ def price_model_retrain():
         from tasks.settings import get_settings
 
         lineage = _lineage(dag_run, data_interval_end, params)
-        return train_step(get_settings(), features, RetrainParams(**params), lineage)
+        return with_peak_rss(train_step(get_settings(), features, RetrainParams(**params), lineage))
 
     @task
     def evaluate(features: dict, trained: dict) -> dict:
@@ -136,7 +137,7 @@ def price_model_retrain():
         from tasks.settings import get_settings
         from tasks.spec import get_spec
 
-        return evaluate_step(get_spec(), get_settings(), features, trained)
+        return with_peak_rss(evaluate_step(get_spec(), get_settings(), features, trained))
 
     @task
     def check_drift(features: dict, trained: dict) -> dict:
@@ -144,7 +145,7 @@ def price_model_retrain():
         from tasks.settings import get_settings
         from tasks.spec import get_spec
 
-        return drift_step(get_spec(), get_settings(), features, trained)
+        return with_peak_rss(drift_step(get_spec(), get_settings(), features, trained))
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(evaluation: dict, drift: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
@@ -153,8 +154,9 @@ def price_model_retrain():
 
         lineage = _lineage(dag_run, data_interval_end, params)
         approval = ti.xcom_pull(task_ids="approval") if "approval" in ti.task.dag.task_dict else None
-        return promote_step(get_settings(), evaluation, RetrainParams(**params), lineage, approval=approval,
-                            event_time=data_interval_end, triggered_by=dag_run.triggering_user_name, drift=drift)
+        return with_peak_rss(promote_step(get_settings(), evaluation, RetrainParams(**params), lineage,
+                                          approval=approval, event_time=data_interval_end,
+                                          triggered_by=dag_run.triggering_user_name, drift=drift))
 
     # main flow
     features = build_features()

@@ -23,6 +23,9 @@ from tasks.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
+# Test rows scored per batch (the new model, the champion and the boosting each predict a batch).
+EVAL_BATCH_ROWS = 500_000
+
 
 def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", key)
@@ -30,19 +33,21 @@ def _safe(key: str) -> str:
 
 def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained: dict) -> dict:
     """Score the test rows with the new model and the current champion; write the report."""
-    from tasks.features import SPLIT
+    from tasks.loader import iter_split
     from tasks.model import ModelBundle
     from tasks.report import render
 
     c = tracking.client(settings)
     version = str(trained["model_version"])
-    test = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test")
+    uri = features["features_uri"]
+    columns = set(pl.read_parquet_schema(storage.local_path(uri) or uri))
     champ = tracking.champion_version(c, settings.model_name)
     champion_version = str(champ.version) if champ is not None and str(champ.version) != version else None
+    keep = [*([spec.event_time] if spec.event_time else []), *spec.id_columns, spec.target]
+    parts: list[pl.DataFrame] = []
     with tempfile.TemporaryDirectory() as tmp:
         new = ModelBundle.load(tracking.download_model(c, settings.model_name, version, f"{tmp}/new"))
-        pred = test.select(*([spec.event_time] if spec.event_time else []), *spec.id_columns, spec.target)
-        pred = pred.with_columns(pl.Series("pred_new", new.predict_features(test)))
+        old = None
         if champion_version is not None:
             old = ModelBundle.load(tracking.download_model(c, settings.model_name, champion_version, f"{tmp}/champion"))
             if old.prep.comps is not None:  # re-derived comps (if needed) read this lake's validated history
@@ -51,11 +56,26 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
                 old.history = lake_history(settings.lake_uri, old.prep.comps)
             needed = ({s.name for s in old.prep.numeric} | {v.name for v in old.prep.categorical}
                       | {t.name for t in old.prep.target_offset})
-            old_pred = old.predict_features(test) if needed <= set(test.columns) else old.predict(test.select(list(spec.columns)))
-            pred = pred.with_columns(pl.Series("pred_champion", old_pred))
-        gbm_info = _gbm(features, new.prep, test)
-        if gbm_info is not None:
-            pred = pred.with_columns(pl.Series("pred_gbm", gbm_info.pop("pred")))
+            old_from_features = needed <= columns
+        gbm = _gbm(features, new.prep)
+        # The test split in batches of rows (memory ~ one batch whatever the window's size); only the
+        # keys, the target and the predictions are kept.
+        for test in iter_split(uri, "test", EVAL_BATCH_ROWS):
+            part = test.select(keep).with_columns(pl.Series("pred_new", new.predict_features(test)))
+            if old is not None:
+                old_pred = old.predict_features(test) if old_from_features else old.predict(test.select(list(spec.columns)))
+                part = part.with_columns(pl.Series("pred_champion", old_pred))
+            if gbm is not None:
+                try:
+                    part = part.with_columns(pl.Series("pred_gbm", gbm["model"].predict(new.prep, test)))
+                except Exception:  # the yardstick must never block an evaluation
+                    log.exception("gradient boosting yardstick failed to predict; the evaluation goes on without it")
+                    gbm, parts = None, [p.drop("pred_gbm", strict=False) for p in parts]
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{uri}: no test rows to evaluate on")
+    pred = pl.concat(parts)
+    gbm_info = None if gbm is None else {k: v for k, v in gbm.items() if k != "model"}
     actual = pred[spec.target].to_numpy()
     metrics = {"new": price_metrics(actual, pred["pred_new"].to_numpy())}
     if champion_version is not None:
@@ -88,7 +108,7 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
         for k, v in values.items():
             c.log_metric(run_id, f"{'test' if m == 'new' else m + '_test'}/{k}", v)
     if gbm_info is not None:
-        for k in ("val_rmse_ln", "train_seconds", "n_iter"):
+        for k in ("val_rmse_ln", "train_seconds", "n_iter", "train_rows"):
             c.log_metric(run_id, f"gbm/{k}", gbm_info[k])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "report.html").write_text(html)
@@ -98,14 +118,14 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
             "gbm": gbm_info}
 
 
-def _gbm(features: dict, prep, test: pl.DataFrame) -> dict | None:
-    """Gradient boosting trained on the run's features and split; its test predictions. None if it fails."""
+def _gbm(features: dict, prep) -> dict | None:
+    """Gradient boosting trained on the run's features and split (``model``, its metrics). None if it fails."""
     from tasks.train import train_gbm
 
     try:
         result = train_gbm(features["features_uri"], prep)
-        return {"pred": result.predict(prep, test), "val_rmse_ln": result.metrics["val_rmse_ln"],
-                "train_seconds": result.seconds, "n_iter": result.metrics["n_iter"]}
+        return {"model": result, "val_rmse_ln": result.metrics["val_rmse_ln"], "train_seconds": result.seconds,
+                "n_iter": result.metrics["n_iter"], "train_rows": result.metrics["train_rows"]}
     except Exception:  # the yardstick must never block an evaluation
         log.exception("gradient boosting yardstick failed; the evaluation goes on without it")
         return None

@@ -36,6 +36,9 @@ from tasks.features import SPLIT, SPLITS, Preprocessing
 
 BUFFER_ROWS = 262_144
 EVAL_BATCH_ROWS = 8192
+# A validation split larger than this is validated on every k-th of its rows, held in memory: a check
+# then costs the same on any history, so it can run several times an epoch (tasks.train.VAL_EVERY_SAMPLES).
+VAL_MAX_ROWS = 500_000
 
 
 def split_counts(features_uri: str) -> dict[str, int]:
@@ -70,6 +73,40 @@ def _row_groups_with(pf: pq.ParquetFile, split: str) -> list[int]:
                 continue
         out.append(g)
     return out
+
+
+def iter_split(features_uri: str, split: str, batch_rows: int = 500_000,
+               columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """The rows of one split of a feature Parquet file, in file order, as frames of about ``batch_rows``
+    rows: row groups are read one at a time (those whose statistics say they may hold the split), so
+    memory stays near one batch whatever the table's size. Nothing is yielded for an empty split."""
+    pf = pq.ParquetFile(_local(features_uri))
+    read = None if columns is None else list(dict.fromkeys([*columns, SPLIT]))
+    pending: list[pl.DataFrame] = []
+    n = 0
+    for g in _row_groups_with(pf, split):
+        df = pl.from_arrow(pf.read_row_group(g, columns=read)).filter(pl.col(SPLIT) == split)
+        if columns is not None and SPLIT not in columns:
+            df = df.drop(SPLIT)
+        if df.height:
+            pending.append(df)
+            n += df.height
+        if n >= batch_rows:
+            yield pl.concat(pending)
+            pending, n = [], 0
+    if pending:
+        yield pl.concat(pending)
+
+
+def sample_split(features_uri: str, split: str, max_rows: int, columns: list[str] | None = None) -> pl.DataFrame:
+    """One split of a feature table, whole when it has at most ``max_rows`` rows, else every k-th row
+    (k = ceil(rows / max_rows), file order: deterministic), read by a streaming scan."""
+    lf = pl.scan_parquet(_local(features_uri)).filter(pl.col(SPLIT) == split)
+    if columns is not None:
+        lf = lf.select(columns)
+    n = split_counts(features_uri)[split]
+    step = max(1, -(-n // max_rows))
+    return lf.collect() if step == 1 else lf.gather_every(step).collect(engine="streaming")
 
 
 class ParquetBatches(torch.utils.data.IterableDataset):
@@ -152,17 +189,25 @@ def numeric_range(features_uri: str, prep: Preprocessing, split: str = "train") 
 
 
 class StreamingDataModule(L.LightningDataModule):
-    """train (shuffled, seeded per epoch), val and test (file order) streamed from the feature Parquet file."""
+    """train (shuffled, seeded per epoch), val and test (file order) streamed from the feature Parquet file.
+
+    A val split of more than ``val_max_rows`` rows is replaced by every k-th of its rows, in memory
+    (:func:`sample_split`): bounded memory and a fixed cost per validation check.
+    """
 
     def __init__(self, features_uri: str, prep: Preprocessing, batch_size: int, seed: int,
-                 buffer_rows: int = BUFFER_ROWS, counts: dict[str, int] | None = None):
+                 buffer_rows: int = BUFFER_ROWS, counts: dict[str, int] | None = None,
+                 val_max_rows: int | None = None):
         super().__init__()
         self.features_uri, self.prep, self.batch_size, self.seed = features_uri, prep, batch_size, seed
         self.buffer_rows = buffer_rows
+        self.val_max_rows = val_max_rows if val_max_rows is not None else VAL_MAX_ROWS
         self.counts = counts if counts is not None else split_counts(features_uri)
-        self.datasets: dict[str, ParquetBatches] = {}
+        self.datasets: dict[str, torch.utils.data.IterableDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        from tasks.model import IndexBatches, to_tensors
+
         if not self.datasets:
             self.datasets = {
                 "train": ParquetBatches(self.features_uri, self.prep, "train", self.batch_size, True, self.seed,
@@ -170,6 +215,9 @@ class StreamingDataModule(L.LightningDataModule):
                 **{s: ParquetBatches(self.features_uri, self.prep, s, EVAL_BATCH_ROWS, False, rows=self.counts[s])
                    for s in ("val", "test")},
             }
+            if self.counts["val"] > self.val_max_rows:
+                val = sample_split(self.features_uri, "val", self.val_max_rows)
+                self.datasets["val"] = IndexBatches(to_tensors(self.prep, val), EVAL_BATCH_ROWS, False, self.seed)
 
     def _loader(self, split: str):
         return torch.utils.data.DataLoader(self.datasets[split], batch_size=None)

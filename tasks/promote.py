@@ -69,14 +69,23 @@ def decide(new: dict, champion: dict | None, params: RetrainParams) -> tuple[boo
 # The paired bootstrap
 
 
+# The bootstrap resamples at most this many test rows (a seeded sample of them beyond): its interval
+# is then that of a smaller test set, i.e. wider (conservative); at 1M rows it is already far below
+# any difference worth a promotion. Index matrices are kept under BOOTSTRAP_BYTES.
+BOOTSTRAP_MAX_ROWS = 1_000_000
+BOOTSTRAP_BYTES = 256 * 2**20
+
+
 def paired_bootstrap(actual: np.ndarray, pred_new: np.ndarray, pred_champion: np.ndarray, *, resamples: int = 1000,
-                     confidence: float = 0.95, seed: int = 0, chunk: int = 200) -> dict[str, dict[str, Any]]:
+                     confidence: float = 0.95, seed: int = 0, chunk: int = 200,
+                     max_rows: int = BOOTSTRAP_MAX_ROWS) -> dict[str, dict[str, Any]]:
     """Percentile intervals of (champion - challenger) for each metric in :data:`PAIRED`.
 
     Every resample draws the same row indices for both models (paired), so the noise the two share
     (hard houses, the month's market) cancels. Positive differences mean the challenger is better.
-    Resamples are drawn ``chunk`` at a time as one (chunk, n) index matrix: memory stays near
-    chunk * n * 8 bytes whatever the test set's size.
+    Resamples are drawn up to ``chunk`` at a time as one (chunk, n) index matrix of at most
+    :data:`BOOTSTRAP_BYTES`; a test set of more than ``max_rows`` rows is first cut to a seeded
+    sample of ``max_rows`` rows (the point estimates stay those of every row).
     """
     a = np.asarray(actual, dtype=np.float64)
     pn, pc = np.asarray(pred_new, dtype=np.float64), np.asarray(pred_champion, dtype=np.float64)
@@ -88,11 +97,16 @@ def paired_bootstrap(actual: np.ndarray, pred_new: np.ndarray, pred_champion: np
             "mean_abs_log_error": (np.abs(np.log(pn) - np.log(a)), np.abs(np.log(pc) - np.log(a)))}
     agg = {"mdape": np.median, "mean_abs_log_error": np.mean}
     rng = np.random.default_rng(seed)
-    n = a.size
+    total = a.size
+    sample = np.sort(rng.choice(total, size=max_rows, replace=False)) if total > max_rows else None
+    n = total if sample is None else max_rows
+    chunk = max(1, min(chunk, BOOTSTRAP_BYTES // (8 * n)))
     diffs: dict[str, list[np.ndarray]] = {m: [] for m in loss}
     for start in range(0, resamples, chunk):
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
         for m, (ln, lc) in loss.items():
+            if sample is not None:
+                ln, lc = ln[sample], lc[sample]
             diffs[m].append(agg[m](lc[idx], axis=1) - agg[m](ln[idx], axis=1))
     alpha = 1 - confidence
     out = {}
@@ -102,7 +116,8 @@ def paired_bootstrap(actual: np.ndarray, pred_new: np.ndarray, pred_champion: np
         verdict = "better" if lo > 0 else "worse" if hi < 0 else "inconclusive"
         out[m] = {"new": float(agg[m](ln)), "champion": float(agg[m](lc)), "difference": float(agg[m](lc) - agg[m](ln)),
                   "ci_low": float(lo), "ci_high": float(hi), "verdict": verdict}
-    return {"metrics": out, "confidence": confidence, "resamples": resamples, "seed": seed, "rows": int(n),
+    return {"metrics": out, "confidence": confidence, "resamples": resamples, "seed": seed, "rows": int(total),
+            "rows_resampled": int(n),
             "method": "paired percentile bootstrap of champion minus challenger (positive: challenger better)"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,6 +53,10 @@ class TrainResult:
 # Above this many training rows, train() streams the feature table (tasks/loader.py) instead of
 # holding it in memory; at or below it, the in-memory path (results as before out-of-core training).
 IN_MEMORY_MAX_ROWS = 2_000_000
+# When the training split is streamed, validate (and keep the best weights, count early-stopping
+# patience) after every this many training samples, not only at the end of an epoch: an epoch of tens
+# of millions of rows may outlast the time cap (max_time_s) before its end.
+VAL_EVERY_SAMPLES = 1_000_000
 
 
 def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str, pl.DataFrame]:
@@ -119,6 +124,12 @@ def train(
     dm, rows = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
     module = PriceModule(net, cfg, prep.target_std)
     best = BestWeights()
+    streamed = rows["train"] > in_memory_max_rows
+    batches = math.ceil(rows["train"] / cfg.batch_size)
+    if limit_train_batches is not None:
+        batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
+                      else max(1, int(batches * limit_train_batches)))
+    val_every = max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size)) if streamed else None
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=accelerator,
@@ -131,6 +142,7 @@ def train(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_train_batches=limit_train_batches,
+        val_check_interval=val_every,
         max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
     )
     t0 = time.perf_counter()
@@ -140,7 +152,7 @@ def train(
         net.load_state_dict(best.state)
     net.cpu().eval()
     metrics = {"val_rmse_ln": best.best, "train_seconds": seconds,
-               "samples_per_second": rows["train"] * (trainer.current_epoch or 1) / seconds}
+               "samples_per_second": trainer.global_step * cfg.batch_size / seconds}  # (last batches may be short)
     log.info("trained %d epochs in %.1fs; best %s %.4f at epoch %d", trainer.current_epoch, seconds, MONITOR,
              best.best, best.best_epoch)
     return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
@@ -179,12 +191,25 @@ def gbm_matrix(prep: Preprocessing, df: pl.DataFrame):
     return np.column_stack([num, cat]) if cat.size else num
 
 
-def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None) -> GbmResult:
-    """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split."""
+# Rows the yardstick trains and stops on at most (every k-th row of the split beyond that): trees on a
+# million rows are as good a yardstick as on fifty, and memory stays bounded (docs/out-of-core.md).
+GBM_MAX_ROWS = {"train": 1_000_000, "val": 250_000}
+
+
+def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None,
+              max_rows: dict[str, int] | None = None) -> GbmResult:
+    """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split.
+
+    Train and val are read whole up to ``max_rows`` (default :data:`GBM_MAX_ROWS`), else sampled
+    (``tasks.loader.sample_split``); the result's metrics say how many rows were used.
+    """
     import numpy as np
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    frames = load_splits(features_uri)
+    from tasks.loader import sample_split
+
+    limits = {**GBM_MAX_ROWS, **(max_rows or {})}
+    frames = {s: sample_split(features_uri, s, limits[s]) for s in ("train", "val")}
     n_num = len(prep.numeric)
     # HistGradientBoosting takes categories with fewer than 255 codes; larger vocabularies stay as codes.
     cats = [n_num + i for i, v in enumerate(prep.categorical) if len(v.values) < 254] or None
@@ -198,5 +223,6 @@ def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dic
     val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
     log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
     return GbmResult(model=model, columns=[s.name for s in prep.numeric] + [v.name for v in prep.categorical],
-                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(model.n_iter_), "train_seconds": seconds},
+                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(model.n_iter_), "train_seconds": seconds,
+                              "train_rows": float(len(frames["train"]))},
                      seconds=seconds)

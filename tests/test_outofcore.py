@@ -198,3 +198,112 @@ def test_streaming_training_run(stream_file):
     train_x = prep.numeric_matrix(df.filter(pl.col(SPLIT) == "train"))
     np.testing.assert_array_equal(r.net.num_lo.numpy(), train_x.min(axis=0))
     np.testing.assert_array_equal(r.net.num_hi.numpy(), train_x.max(axis=0))
+
+
+def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_file, monkeypatch):
+    """An epoch longer than VAL_EVERY_SAMPLES is validated several times (best weights, early stopping),
+    on every k-th val row once val passes VAL_MAX_ROWS."""
+    from pytorch_lightning.loggers.logger import Logger
+
+    import tasks.loader
+    import tasks.train
+    from tasks.model import ModelConfig
+    from tasks.train import train
+
+    class Recorder(Logger):
+        name, version = "recorder", "0"
+        seen: list[dict] = []
+
+        @property
+        def experiment(self):
+            return None
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.seen.append(dict(metrics))
+
+    path, df = stream_file
+    monkeypatch.setattr(tasks.train, "VAL_EVERY_SAMPLES", 640)  # every 10 batches of 64
+    monkeypatch.setattr(tasks.loader, "VAL_MAX_ROWS", 100)
+    cfg = ModelConfig(family="mlp", hidden=[16], cat_embedding_dim=4, batch_size=64, max_epochs=1, seed=3)
+    prep = PREP.model_copy(update={"numeric": PREP.numeric[1:]})
+    rec = Recorder()
+    r = train(cfg, path, prep, logger=rec, accelerator="cpu", threads=1, in_memory_max_rows=0, buffer_rows=512)
+    checks = [m for m in rec.seen if "val/rmse_ln" in m]
+    train_rows = df.filter(pl.col(SPLIT) == "train").height
+    assert len(checks) == math.ceil(train_rows / 64) // 10  # one epoch, a check every 10 batches
+    assert r.metrics["val_rmse_ln"] == min(m["val/rmse_ln"] for m in checks)
+    assert r.rows["val"] == df.filter(pl.col(SPLIT) == "val").height  # the split's size; validated on a sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded reads for evaluation, the boosting yardstick, drift and the promotion bootstrap
+
+
+def test_iter_split_yields_one_split_in_file_order_in_bounded_batches(stream_file):
+    from tasks.loader import iter_split
+
+    path, df = stream_file
+    for split in ("train", "val", "test"):
+        want = df.filter(pl.col(SPLIT) == split)
+        batches = list(iter_split(path, split, batch_rows=500))
+        assert all(b.height < 500 + 256 for b in batches)  # a batch stops at the row group that reaches 500
+        assert_frame_equal(pl.concat(batches), want)
+    cols = list(iter_split(path, "test", batch_rows=10**9, columns=["row", "price"]))
+    assert len(cols) == 1 and cols[0].columns == ["row", "price"]
+    assert cols[0]["row"].to_list() == df.filter(pl.col(SPLIT) == "test")["row"].to_list()
+    assert list(iter_split(path, "holdout")) == []
+
+
+def test_sample_split_is_whole_when_small_and_every_kth_row_when_large(stream_file):
+    from tasks.loader import sample_split
+
+    path, df = stream_file
+    train = df.filter(pl.col(SPLIT) == "train")
+    assert_frame_equal(sample_split(path, "train", max_rows=10**6), train)
+    sampled = sample_split(path, "train", max_rows=500)
+    step = math.ceil(train.height / 500)
+    assert step > 1 and sampled.height <= 500
+    assert_frame_equal(sampled, train.gather_every(step))
+    assert_frame_equal(sample_split(path, "train", max_rows=500), sampled)  # deterministic
+
+
+def test_gbm_trains_on_a_bounded_sample(stream_file):
+    from tasks.train import train_gbm
+
+    path, df = stream_file
+    prep = PREP
+    whole = train_gbm(path, prep)
+    assert whole.metrics["train_rows"] == df.filter(pl.col(SPLIT) == "train").height
+    small = train_gbm(path, prep, max_rows={"train": 400, "val": 100})
+    assert small.metrics["train_rows"] <= 400
+
+
+def test_drift_reads_a_bounded_sample_of_each_side():
+    from tasks.drift import _bounded
+
+    lf = pl.LazyFrame({"x": np.arange(10_000, dtype=float)})
+    assert _bounded(lf, 10**6).height == 10_000
+    cut = _bounded(lf, 999)
+    assert cut.height <= 999 and cut["x"].to_list() == list(np.arange(0, 10_000, 11, dtype=float))
+
+
+def test_bootstrap_resamples_a_seeded_sample_of_a_large_test_set():
+    from tasks.promote import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    a = rng.lognormal(13, 0.5, 5_000)
+    new, champ = a * rng.lognormal(0, 0.08, a.size), a * rng.lognormal(0, 0.12, a.size)
+    full = paired_bootstrap(a, new, champ, resamples=200, seed=1)
+    assert full["rows"] == full["rows_resampled"] == 5_000
+    assert full == paired_bootstrap(a, new, champ, resamples=200, seed=1, max_rows=5_000)  # at the limit: all rows
+    cut = paired_bootstrap(a, new, champ, resamples=200, seed=1, max_rows=1_000)
+    assert cut["rows"] == 5_000 and cut["rows_resampled"] == 1_000
+    assert cut == paired_bootstrap(a, new, champ, resamples=200, seed=1, max_rows=1_000)
+    for m, v in cut["metrics"].items():
+        assert v["new"] == full["metrics"][m]["new"]  # point estimates over every row
+        # a smaller sample: a wider interval around the same difference
+        assert v["ci_high"] - v["ci_low"] > full["metrics"][m]["ci_high"] - full["metrics"][m]["ci_low"]
+        assert v["verdict"] == "better"
