@@ -131,10 +131,18 @@ def _history_values(history: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
     )
 
 
+def _daily(hist: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """One row per day of the history: the sum and count of its sales' ln(price / size)."""
+    return hist.group_by(cfg.time).agg(pl.col("_lnppsf").sum().alias("_s"), pl.len().cast(pl.Float64).alias("_n"))
+
+
 def _market(hist: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
     """One row per day: trailing means of ln(price / size) over sales of EARLIER days."""
+    return _market_from_daily(_daily(hist, cfg), days, cfg)
+
+
+def _market_from_daily(daily: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
     t = cfg.time
-    daily = hist.group_by(t).agg(pl.col("_lnppsf").sum().alias("_s"), pl.len().cast(pl.Float64).alias("_n"))
     grid = days.unique().join(daily, on=t, how="left").with_columns(pl.col("_s", "_n").fill_null(0.0)).sort(t)
     out = []
     for w in sorted({*cfg.market_windows_days, cfg.adjust_window_days}):
@@ -273,10 +281,13 @@ def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) ->
     features of a market-only configuration, :meth:`CompsConfig.market_only`).
     """
     t, p = cfg.time, cfg.prefix
-    raw = _history_values(history, cfg)
-    market = _market(raw, pl.concat([raw.select(t), days.select(t)]), cfg)
-    return (market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days])
-            .collect(engine="streaming").sort(t))
+    # Two streaming aggregations, each one row per day (the history is never held whole); then
+    # the trailing windows over those few rows.
+    daily = _daily(_history_values(history, cfg), cfg).collect(engine="streaming")
+    row_days = days.select(t).unique().collect(engine="streaming")
+    grid = pl.concat([daily.select(t), row_days]).lazy()
+    market = _market_from_daily(daily.lazy(), grid, cfg)
+    return market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days]).collect().sort(t)
 
 
 def knn_candidates(history: pl.LazyFrame, ordered: pl.DataFrame, cfg: CompsConfig) -> np.ndarray:

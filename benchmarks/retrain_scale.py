@@ -1,0 +1,201 @@
+"""The retraining DAG on a large synthetic history, under the real scheduler: time and peak RSS per task.
+
+    python -m benchmarks.retrain_scale --lake DIR --as-of 2015-05-02 [--window-days 365] [--comps market]
+                                       [--sigma 0.15] [--out docs/retrain-scale-50M.md]
+
+``DIR`` is a lake whose ``validated/`` partitions hold synthetic sales (``tasks.synth`` landed, then
+ingested and validated: ``python -m benchmarks.run --sizes 50M --keep --workdir W`` leaves one at
+``W/n50000000/lake``). The script starts the embedded Airflow (api-server, scheduler, dag-processor,
+LocalExecutor: every task instance runs in a process of its own) in a fresh ``--home`` with a fresh
+MLflow store, points ``HOMEWORTH_LAKE_URI`` at ``DIR``, triggers ``price_model_retrain`` as of
+``--as-of`` and waits. Each task returns its process's peak RSS in its XCom (``peak_rss_mib``,
+``tasks/resources.py``); the durations come from Airflow's task instances. The model's test RMSE of
+ln(price) is set against the noise of the synthetic prices: ``sigma`` and, on the very test rows, the
+RMSE of ln(price) - f(row) (``tasks.synth.ground_truth_log_price``), the best any model can do there.
+Writes a Markdown report (``--out``) and its JSON beside it. No process is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from benchmarks.common import ROOT, machine
+
+TASKS = ("build_features", "train", "evaluate", "check_drift", "promote")
+RSS_LIMIT_MIB = 4096  # issue 3: the peak RSS of every task under 4 GiB
+
+
+def noise_floor(features_uri: str, spec_columns: list[str]) -> dict:
+    """RMSE of ln(price) - f(row) over the test split (the best achievable RMSE on those rows)."""
+    import numpy as np
+
+    from tasks.loader import iter_split
+    from tasks.synth import ground_truth_log_price
+
+    sq, n = 0.0, 0
+    for batch in iter_split(features_uri, "test", 1_000_000, columns=spec_columns):
+        resid = np.log(batch["price"].to_numpy().astype(np.float64)) - ground_truth_log_price(batch)
+        sq += float(np.sum(resid**2))
+        n += batch.height
+    return {"rows": n, "rmse_ln": (sq / n) ** 0.5 if n else None}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tools.airflow_local import LocalAirflow, migrate, set_password
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="retrain-scale-", dir="/tmp"))
+    shutil.rmtree(home / "airflow", ignore_errors=True)
+    shutil.rmtree(home / "state", ignore_errors=True)
+    airflow_home = home / "airflow"
+    port = args.port
+    env = dict(
+        os.environ,
+        HOMEWORTH_HOME=str(home / "state"),
+        HOMEWORTH_LAKE_URI=str(Path(args.lake).resolve()),
+        HOMEWORTH_COMPS=args.comps,
+        AIRFLOW_HOME=str(airflow_home),
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__BASE_URL=f"http://localhost:{port}",
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://localhost:{port}/execution/",
+    )
+    migrate(env)
+    set_password(airflow_home, "admin", "admin")
+    af = LocalAirflow(env, airflow_home / "logs-scale", f"http://localhost:{port}")
+    t0 = time.monotonic()
+    af.start()
+    try:
+        af.wait_healthy()
+        af.wait_dag("price_model_retrain")
+        af.unpause("price_model_retrain")
+        conf = {"window_days": args.window_days, "max_epochs": args.max_epochs}
+        run_id = af.trigger("price_model_retrain", logical_date=f"{args.as_of}T03:00:00Z", conf=conf,
+                            run_id=f"scale__{args.as_of}")
+        state = af.wait_run("price_model_retrain", run_id, args.timeout)
+        tis = af.request("GET", f"/api/v2/dags/price_model_retrain/dagRuns/{run_id}/taskInstances")["task_instances"]
+        tasks = {}
+        for ti in tis:
+            if ti["task_id"] not in TASKS:
+                continue
+            xcom = af.xcom("price_model_retrain", run_id, ti["task_id"]) if ti["state"] == "success" else None
+            tasks[ti["task_id"]] = {"state": ti["state"], "duration_s": ti.get("duration"),
+                                    "peak_rss_mib": (xcom or {}).get("peak_rss_mib"), "xcom": xcom}
+    finally:
+        leftover = af.stop()
+    if leftover:
+        raise RuntimeError(f"processes still alive after stop: {leftover}")
+    out = {"lake": str(Path(args.lake).resolve()), "as_of": args.as_of, "window_days": args.window_days,
+           "comps": args.comps, "state": state, "wall_s": round(time.monotonic() - t0, 1), "tasks": tasks,
+           "sigma": args.sigma, "machine": machine(), "command": "python -m benchmarks.retrain_scale " + " ".join(sys.argv[1:])}
+    feats = (tasks.get("build_features") or {}).get("xcom") or {}
+    if feats.get("features_uri"):
+        from tasks.spec import get_spec
+
+        out["noise_floor"] = noise_floor(feats["features_uri"], list(get_spec().columns))
+    if not args.keep_home:
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def _f(x, fmt="{:,.0f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(r: dict) -> str:
+    t = r["tasks"]
+    feats = (t.get("build_features") or {}).get("xcom") or {}
+    rows = feats.get("rows", {})
+    total = sum(rows.values()) if rows else None
+    lines = [
+        f"# The retraining DAG on {_f(total)} synthetic sales",
+        "",
+        f"`{r['command']}` (from a `source env.sh` shell). Real scheduler, LocalExecutor (parallelism 2), "
+        f"SQLite metadata, local MLflow store; `HOMEWORTH_COMPS={r['comps']}`; window of {r['window_days']} days "
+        f"to {r['as_of']} (train/val/test {'/'.join(_f(rows.get(s)) for s in ('train', 'val', 'test'))} rows). "
+        f"Run state: **{r['state']}**, {r['wall_s']:.0f} s from starting Airflow to the run's end.",
+        "",
+        f"Machine: {r['machine'].get('cpu', '?')}, {r['machine'].get('logical_cpus', '?')} logical CPUs, "
+        f"{r['machine'].get('ram_gib', '?')} GiB RAM.",
+        "",
+        "| task | state | duration (s) | peak RSS (MiB) | under 4 GiB |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name in TASKS:
+        x = t.get(name)
+        if not x:
+            lines.append(f"| {name} | not run | - | - | - |")
+            continue
+        rss = x["peak_rss_mib"]
+        lines.append(f"| {name} | {x['state']} | {_f(x['duration_s'], '{:,.1f}')} | {_f(rss)} | "
+                     f"{'-' if rss is None else 'yes' if rss < RSS_LIMIT_MIB else '**no**'} |")
+    ev = (t.get("evaluate") or {}).get("xcom") or {}
+    tr = (t.get("train") or {}).get("xcom") or {}
+    m = ev.get("metrics", {})
+    floor = r.get("noise_floor") or {}
+    if m:
+        lines += ["", "Test split (the newest days of the window):", "",
+                  "| model | rmse_ln | mdape | ppe10 |", "|---|---:|---:|---:|"]
+        for name, label in (("new", "deep model (this run)"), ("gbm", "gradient boosting (same features)")):
+            if name in m:
+                lines.append(f"| {label} | {m[name]['rmse_ln']:.4f} | {m[name]['mdape'] * 100:.2f}% | "
+                             f"{m[name]['ppe10'] * 100:.1f}% |")
+        if floor.get("rmse_ln"):
+            lines.append(f"| ground truth f(row) (the noise itself) | {floor['rmse_ln']:.4f} | - | - |")
+        sigma = r["sigma"]
+        new = m.get("new", {}).get("rmse_ln")
+        if new:
+            lines += ["", f"The deep model's test rmse_ln is {new / sigma:.3f} x sigma ({sigma}) "
+                          f"and {new / floor['rmse_ln']:.3f} x the noise on these rows"
+                          if floor.get("rmse_ln") else f"The deep model's test rmse_ln is {new / sigma:.3f} x sigma"]
+            lines[-1] += f" (issue 3 asks for at most 1.05 x sigma: {'met' if new <= 1.05 * sigma else 'not met'})."
+        if tr:
+            lines += ["", f"Training: {tr.get('epochs', '-')} epochs run (best at {tr.get('best_epoch', '-')}), "
+                          f"{_f(tr.get('train_seconds'), '{:,.0f}')} s; "
+                          f"boosting trained on {_f((ev.get('gbm') or {}).get('train_rows'))} of the "
+                          f"{_f(rows.get('train'))} training rows (tasks.train.GBM_MAX_ROWS)."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.retrain_scale", description=__doc__.split("\n")[0])
+    ap.add_argument("--lake", required=True, help="lake with validated synthetic partitions")
+    ap.add_argument("--as-of", default=(date(2014, 5, 2) + timedelta(days=365)).isoformat(),
+                    help="the run's data interval end (default 2015-05-02: the day after a 365-day synth from 2014-05-02)")
+    ap.add_argument("--window-days", type=int, default=365)
+    ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--comps", choices=("market", "off", "full"), default="market")
+    ap.add_argument("--sigma", type=float, default=0.15, help="the synth's noise sigma (tasks.synth --sigma)")
+    ap.add_argument("--home", default=None, help="Airflow home and MLflow store (default: a new /tmp/retrain-scale-*)")
+    ap.add_argument("--keep-home", action="store_true")
+    ap.add_argument("--port", type=int, default=8097)
+    ap.add_argument("--timeout", type=float, default=7200)
+    ap.add_argument("--out", default=None, help="Markdown report (default docs/retrain-scale.md)")
+    args = ap.parse_args(argv)
+    r = run(args)
+    out = Path(args.out) if args.out else ROOT / "docs" / "retrain-scale.md"
+    out.write_text(markdown(r))
+    slim = {**r, "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "xcom"} | {"xcom": _slim(v.get("xcom"))}
+                           for k, v in r["tasks"].items()}}
+    out.with_suffix(".json").write_text(json.dumps(slim, indent=2, default=str))
+    print(markdown(r))
+    return 0 if r["state"] == "success" else 1
+
+
+def _slim(x):
+    """The XCom without long lists (partitions)."""
+    if not isinstance(x, dict):
+        return x
+    return {k: v for k, v in x.items() if not (isinstance(v, list) and len(v) > 20)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
