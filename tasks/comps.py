@@ -4,7 +4,8 @@ A house's own row says what it is; what it is worth depends on what similar hous
 recently. ``comps(history, rows, cfg)`` computes that from a history of validated sales:
 
 - **market index** ``<p>mkt_<w>``: the county-wide mean of ln(price / size) over the trailing ``w``
-  days, the day itself excluded;
+  days, the day itself excluded; with ``market_nowcast``, ``<p>mkt_now``: the shortest window's
+  index carried forward to the row's day along the slope between the two shortest windows;
 - **group windows** ``<p><group>_<w>d_med`` / ``_n`` (e.g. per zipcode): median market-adjusted
   ln(price / size) and count of the group's sales in the trailing ``w`` days, and
   ``<p><group>_days_since``, days since the group's last earlier sale;
@@ -44,7 +45,7 @@ from datetime import timedelta
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class CompsConfig(BaseModel):
     # embedding / the last leaf); King County's models take the market level through the target
     # offset instead (TARGET_OFFSET, docs/model.md).
     extrapolate_market: bool = False
+    # ``<p>mkt_now``: the market index extrapolated to the row's own day. A trailing w-day mean lags
+    # its day by (w + 1) / 2 days; the two shortest windows (30 and 90 days) give the local slope
+    # between their centres, and the short one is carried forward by its lag along that slope:
+    # mkt_s + (s + 1) / (l - s) * (mkt_s - mkt_l), i.e. mkt_30 + 0.517 (mkt_30 - mkt_90). No fitted
+    # weight: the window geometry fixes it.
+    market_nowcast: bool = False
 
     def lookback_days(self) -> int:
         """How many days of history before the first row any configured feature can reach."""
@@ -96,6 +103,8 @@ class CompsConfig(BaseModel):
         """The feature columns :func:`comps` adds, in order."""
         p = self.prefix
         cols = [f"{p}mkt_{w}" for w in self.market_windows_days]
+        if self.market_nowcast:
+            cols.append(f"{p}mkt_now")
         for g in self.groups:
             cols += [f"{p}{g}_{w}d_{s}" for w in self.group_windows_days for s in ("med", "n")]
             cols.append(f"{p}{g}_days_since")
@@ -110,7 +119,26 @@ class CompsConfig(BaseModel):
 
     def unclipped(self) -> list[str]:
         """Columns the preprocessing never clips: the market index with ``extrapolate_market``, else none."""
-        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days] if self.extrapolate_market else []
+        if not self.extrapolate_market:
+            return []
+        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days] + ([f"{self.prefix}mkt_now"]
+                                                                              if self.market_nowcast else [])
+
+    @model_validator(mode="after")
+    def _two_windows_for_the_nowcast(self) -> "CompsConfig":
+        if self.market_nowcast and len(set(self.market_windows_days)) < 2:
+            raise ValueError("market_nowcast needs two market windows (market_windows_days)")
+        return self
+
+    def market_columns(self) -> list[pl.Expr]:
+        """The market columns from the per-day ``_mkt<w>`` means (see :func:`_market`)."""
+        p = self.prefix
+        cols = [pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in self.market_windows_days]
+        if self.market_nowcast:
+            short, long_ = sorted(set(self.market_windows_days))[:2]
+            ms, ml = pl.col(f"_mkt{short}"), pl.col(f"_mkt{long_}")
+            cols.append((ms + (short + 1) / (long_ - short) * (ms - ml)).alias(f"{p}mkt_now"))
+        return cols
 
     def input_columns(self, with_target: bool) -> list[str]:
         cols = [self.time, self.size, self.lat, self.long, *self.groups, *([self.id] if self.id else [])]
@@ -245,8 +273,8 @@ def comps_lazy(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> p
     raw = (raw.join(market.select(t, pl.col(adj).alias("_mkt_adj")), on=t, how="left")
            .with_columns((pl.col("_lnppsf") - pl.col("_mkt_adj")).alias("_adj")))
     hist = raw.filter(pl.col("_adj").is_not_null())
-    out = rows.join(market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days],
-                                  pl.col(adj).alias("_mkt_row")), on=t, how="left", maintain_order="left")
+    out = rows.join(market.select(t, *cfg.market_columns(), pl.col(adj).alias("_mkt_row")), on=t, how="left",
+                    maintain_order="left")
     pieces: list[pl.LazyFrame] = []
     for g in cfg.groups:
         pieces.append(_windows(hist, keys, [g], cfg.group_windows_days, g, cfg))
@@ -280,14 +308,14 @@ def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) ->
     size, so ``build_features`` joins it to any number of rows in a single streaming pass (the
     features of a market-only configuration, :meth:`CompsConfig.market_only`).
     """
-    t, p = cfg.time, cfg.prefix
+    t = cfg.time
     # Two streaming aggregations, each one row per day (the history is never held whole); then
     # the trailing windows over those few rows.
     daily = _daily(_history_values(history, cfg), cfg).collect(engine="streaming")
     row_days = days.select(t).unique().collect(engine="streaming")
     grid = pl.concat([daily.select(t), row_days]).lazy()
     market = _market_from_daily(daily.lazy(), grid, cfg)
-    return market.select(t, *[pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in cfg.market_windows_days]).collect().sort(t)
+    return market.select(t, *cfg.market_columns()).collect().sort(t)
 
 
 def knn_candidates(history: pl.LazyFrame, ordered: pl.DataFrame, cfg: CompsConfig) -> np.ndarray:

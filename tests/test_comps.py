@@ -25,7 +25,7 @@ START = date(2015, 1, 1)
 CFG = CompsConfig(time="date", target="price", size="sqft", lat="lat", long="long", groups=["zip"], id="id",
                   market_windows_days=[7, 30], adjust_window_days=14, group_windows_days=[10, 30],
                   cell_deg=0.01, cell_windows_days=[30], knn_k=[4, 40], knn_max_age_days=40, knn_cell_deg=0.01,
-                  knn_radius_cells=1)
+                  knn_radius_cells=1, market_nowcast=True)
 
 
 def sales(n: int = 320, days: int = 90, seed: int = 0) -> pl.DataFrame:
@@ -141,6 +141,10 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
         earlier = [h for h in rows if h["date"] < d]
         for w in cfg.market_windows_days:
             f[f"comp_mkt_{w}"] = mkt(w, d)
+        if cfg.market_nowcast:  # the shortest window carried forward by its lag along the slope to the next
+            short, long_ = sorted(set(cfg.market_windows_days))[:2]
+            ms, ml = f[f"comp_mkt_{short}"], f[f"comp_mkt_{long_}"]
+            f["comp_mkt_now"] = None if ms is None or ml is None else ms + (short + 1) / (long_ - short) * (ms - ml)
         m_row = mkt(cfg.adjust_window_days, d)
         for w in cfg.group_windows_days:
             vals = [h["adj"] for h in earlier if h["zip"] == r["zip"] and h["date"] >= d - timedelta(days=w)
@@ -244,7 +248,10 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
     assert names[: len(kc.NUMERIC)] == kc.NUMERIC and names[len(kc.NUMERIC):] == kc.COMPS.columns()
     market = [s for s in prep.numeric if s.name.startswith("comp_mkt_")]
     assert market and all(s.lo is not None for s in market), "the market index is clipped unless extrapolate_market"
-    assert kc.COMPS.model_copy(update={"extrapolate_market": True}).unclipped() == ["comp_mkt_30", "comp_mkt_90"]
+    assert kc.COMPS.model_copy(update={"extrapolate_market": True}).unclipped() == ["comp_mkt_30", "comp_mkt_90",
+                                                                                   "comp_mkt_now"]
+    with pytest.raises(ValueError, match="two market windows"):
+        kc.COMPS.model_validate({**kc.COMPS.model_dump(), "market_windows_days": [30]})
 
 
 def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):

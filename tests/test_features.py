@@ -322,8 +322,9 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
         get_settings.cache_clear()
     market = pl.read_parquet(storage.local_path(meta["features_uri"]))
     cfg = kc.COMPS.market_only()
-    mkt = [f"{cfg.prefix}mkt_{w}" for w in cfg.market_windows_days]
-    assert [c for c in market.columns if c.startswith(cfg.prefix)] == mkt == cfg.columns()
+    mkt = cfg.columns()
+    assert mkt == [f"{cfg.prefix}mkt_{w}" for w in cfg.market_windows_days] + [f"{cfg.prefix}mkt_now"]
+    assert [c for c in market.columns if c.startswith(cfg.prefix)] == mkt
     # row for row the same as the full run, whose market columns come from the same definition
     assert_frame_equal(market.drop(mkt), full.select(market.drop(mkt).columns))
     assert_frame_equal(market.select(mkt), full.select(mkt))
