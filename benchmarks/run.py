@@ -627,6 +627,9 @@ class Bench:
 
     def run_stage(self, size: int, stage: str, ctx: dict) -> dict | None:
         reason = self.skip_reason(size, stage, ctx)
+        if reason and stage in self.args.skip and self.args.reuse and stage in ("synth", "ingest", "validate"):
+            ctx["ok"][stage] = True  # its output is already in --workdir (an earlier --keep run)
+            reason = "not run: --skip, its data reused from --workdir (--reuse)"
         if reason:
             if stage != "train_sample":
                 self.record(size, stage, "not run", note=reason)
@@ -912,6 +915,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the records as JSON here")
     ap.add_argument("--workdir", default=None, help="data directory (default: a new /tmp/bench-*; removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --workdir of an earlier --keep run: synth, ingest and validate named in --skip count as "
+                         "done (their landing files and lake are reused), so later stages run")
     ap.add_argument("--mem-cap-gib", type=float, default=None,
                     help="kill a stage past this RSS (default: 14 GiB or 60%% of RAM, the smaller)")
     ap.add_argument("--quiet-wait", type=float, default=120.0,
@@ -952,6 +958,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.mem_cap_gib = round(min(14.0, 0.6 * psutil.virtual_memory().total / GIB), 1)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.reuse:
+        if not args.workdir:
+            ap.error("--reuse needs --workdir (the data of an earlier --keep run)")
+        args.keep = True  # never delete data this run did not make
     unknown = args.skip - set(STAGES)
     if unknown:
         ap.error(f"unknown stages in --skip: {sorted(unknown)}; known: {list(STAGES)}")

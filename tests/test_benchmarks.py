@@ -42,3 +42,47 @@ def test_benchmark_harness_smoke(tmp_path):
         assert word in md, word
     assert "rows/s" in r.stdout  # the table is printed too
     assert not (work / "n20000").exists()  # the generated data is removed
+
+
+def test_benchmark_reuses_the_data_of_a_kept_run(tmp_path):
+    """--keep leaves the lake; --reuse with synth/ingest/validate skipped runs later stages on it."""
+    work = tmp_path / "work"
+    later = "validate_one_call,gx_partition,scan_partition,floor,pandas,train_load,train_lightning,train_raw,score"
+    base = [sys.executable, "-m", "benchmarks.run", "--sizes", "20k", "--days", "180", "--repeats", "1",
+            "--quiet-wait", "0", "--mem-cap-gib", "4", "--workdir", str(work)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = []
+    for extra in (["--keep", "--skip", f"features,{later}"], ["--reuse", "--skip", f"synth,ingest,validate,{later}"]):
+        js = tmp_path / f"run{len(runs)}.json"
+        r = subprocess.run([*base, *extra, "--out", str(tmp_path / f"run{len(runs)}.md"), "--json", str(js)], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        runs.append({rec["stage"]: rec for rec in json.loads(js.read_text())["records"]})
+    assert runs[0]["validate"]["status"] == "ok" and runs[0]["features"]["status"] == "not run"
+    assert "reused" in runs[1]["validate"]["note"] and runs[1]["features"]["status"] == "ok"
+    assert runs[1]["features"]["rows"] == runs[0]["validate"]["rows"]
+    assert (work / "n20000" / "lake").is_dir()  # --reuse never deletes what it did not make
+
+
+def test_retrain_scale_report_flags_tasks_over_the_memory_limit():
+    from benchmarks.retrain_scale import markdown
+
+    def task(rss, xcom=None):
+        return {"state": "success", "duration_s": 12.5, "peak_rss_mib": rss, "xcom": xcom or {"peak_rss_mib": rss}}
+
+    r = {"command": "python -m benchmarks.retrain_scale --lake L", "comps": "market", "window_days": 365,
+         "as_of": "2015-05-02", "state": "success", "wall_s": 100.0, "sigma": 0.15,
+         "machine": {"cpu": "cpu", "logical_cpus": 2, "ram_gib": 23.5},
+         "noise_floor": {"rows": 10, "rmse_ln": 0.149},
+         "tasks": {"build_features": task(900, {"rows": {"train": 6, "val": 2, "test": 2}}),
+                   "train": task(5000, {"epochs": 2, "best_epoch": 1, "train_seconds": 10}),
+                   "evaluate": task(1000, {"metrics": {"new": {"rmse_ln": 0.156, "mdape": 0.1, "ppe10": 0.5}},
+                                           "gbm": {"train_rows": 6}}),
+                   "check_drift": task(300)}}
+    md = markdown(r)
+    assert "| train | success | 12.5 | 5,000 | **no** |" in md
+    assert "| build_features | success | 12.5 | 900 | yes |" in md
+    assert "| promote | not run |" in md
+    assert "1.040 x sigma" in md and "met)" in md and "not met" not in md
+    r["tasks"]["evaluate"]["xcom"]["metrics"]["new"]["rmse_ln"] = 0.16
+    assert "not met" in markdown(r)
