@@ -84,8 +84,14 @@ def write_json_atomic(uri: str, obj: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(uri: str) -> str:
-    return hashlib.sha256(read_bytes(uri)).hexdigest()
+def file_sha256(uri: str, block: int = 8 * 2**20) -> str:
+    """sha256 of a file's bytes, read in blocks of ``block`` bytes (memory does not grow with the file)."""
+    fs, path = resolve(uri)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def local_path(uri: str) -> str | None:
