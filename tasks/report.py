@@ -58,7 +58,8 @@ def plots(pred: pl.DataFrame, models: list[str], actual: str, time_col: str | No
     ax.legend()
     out.append(("Predicted vs actual", _png(fig)))
 
-    banded = pred.with_columns(_band(pl.col(actual)).alias("band"),
+    cols = [actual, *[f"pred_{m}" for m in models]]
+    banded = pred.select(cols).with_columns(_band(pl.col(actual)).alias("band"),
                                pl.sum_horizontal([(pl.col(actual) >= b).cast(pl.Int32) for b in BANDS[:-1]]).alias("band_order"))
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(models)
@@ -76,7 +77,7 @@ def plots(pred: pl.DataFrame, models: list[str], actual: str, time_col: str | No
     if time_col:
         fig, ax = plt.subplots(figsize=(7, 4))
         for m in models:
-            g = (pred.with_columns(pl.col(time_col).dt.truncate("1mo").alias("month"))
+            g = (pred.select(time_col, *cols).with_columns(pl.col(time_col).dt.truncate("1mo").alias("month"))
                  .group_by("month").agg(((pl.col(f"pred_{m}") - pl.col(actual)).abs() / pl.col(actual)).median().alias("e"))
                  .sort("month"))
             ax.plot(g["month"].to_list(), g["e"].to_numpy() * 100, marker="o", label=m)
