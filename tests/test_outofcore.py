@@ -236,6 +236,9 @@ def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_
     assert len(checks) == math.ceil(train_rows / 64) // 10  # one epoch, a check every 10 batches
     assert r.metrics["val_rmse_ln"] == min(m["val/rmse_ln"] for m in checks)
     assert r.rows["val"] == df.filter(pl.col(SPLIT) == "val").height  # the split's size; validated on a sample
+    # training metrics: logged once an epoch, not per step (PriceModule sums them itself)
+    train_logs = [m for m in rec.seen if "train/rmse_ln" in m]
+    assert len(train_logs) == 1 and 0 < train_logs[0]["train/rmse_ln"] < 2 and train_logs[0]["train/loss"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
