@@ -284,20 +284,25 @@ def test_build_features_is_reproducible(spec, lake):
     assert second == first  # same features sha, preprocessing sha, partitions sha
 
 
-def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeypatch):
-    """HOMEWORTH_COMPS=false: one streaming plan instead of the chunks; same rows in the same order, no comps."""
+def _build_with_comps(spec, lake_uri: str, mode: str, monkeypatch) -> tuple[dict, pl.DataFrame]:
+    """build_features under HOMEWORTH_COMPS=mode: its metadata and its feature table."""
     from tasks.settings import get_settings
 
-    lake_uri = lake[0]
-    with_comps = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
-    monkeypatch.setenv("HOMEWORTH_COMPS", "false")
+    monkeypatch.setenv("HOMEWORTH_COMPS", mode)
     get_settings.cache_clear()
     try:
         meta = build_features(spec, lake_uri, START, WINDOW_END)
     finally:
         monkeypatch.delenv("HOMEWORTH_COMPS")
         get_settings.cache_clear()
-    plain = pl.read_parquet(storage.local_path(meta["features_uri"]))
+    return meta, pl.read_parquet(storage.local_path(meta["features_uri"]))
+
+
+def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeypatch):
+    """HOMEWORTH_COMPS=false: one streaming plan instead of the chunks; same rows in the same order, no comps."""
+    lake_uri = lake[0]
+    with_comps = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
+    meta, plain = _build_with_comps(spec, lake_uri, "false", monkeypatch)
     assert meta["rows"] == {"train": 6, "val": 4, "test": 4}
     assert not [c for c in plain.columns if c.startswith(kc.COMPS.prefix)]
     assert_frame_equal(plain, with_comps.select(plain.columns))
@@ -306,21 +311,13 @@ def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeyp
 
 
 def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake, monkeypatch):
-    """HOMEWORTH_COMPS=market: one streaming plan with the market index looked up by day; the values are
+    """HOMEWORTH_COMPS=market: one streaming plan with the market index joined by day; the values are
     those ``comps`` computes for the market-only configuration, and the other comps columns are absent."""
     from tasks.comps import comps
-    from tasks.settings import get_settings
 
     lake_uri, _, _ = lake
     full = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
-    monkeypatch.setenv("HOMEWORTH_COMPS", "market")
-    get_settings.cache_clear()
-    try:
-        meta = build_features(spec, lake_uri, START, WINDOW_END)
-    finally:
-        monkeypatch.delenv("HOMEWORTH_COMPS")
-        get_settings.cache_clear()
-    market = pl.read_parquet(storage.local_path(meta["features_uri"]))
+    meta, market = _build_with_comps(spec, lake_uri, "market", monkeypatch)
     cfg = kc.COMPS.market_only()
     mkt = cfg.columns()
     assert mkt == [f"{cfg.prefix}mkt_{w}" for w in cfg.market_windows_days] + [f"{cfg.prefix}mkt_now"]
