@@ -230,8 +230,9 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, tra
     ``features_meta`` is ``build_features``' result (``features_uri``, ``window_end``). The current rows are
     the test split (the newest ``test_days`` of the window under a time split), or, with ``recent_days``,
     the rows of the last ``recent_days`` days before the window end. Each side is read whole up to
-    ``max_rows`` rows, else every k-th row (so memory is bounded on a history of any size). With ``trained`` (the train step's
-    result), ``drift/<feature>`` metrics and ``drift.*`` tags are logged to ``trained["mlflow_run_id"]``.
+    ``max_rows`` rows, else every k-th row (so memory is bounded on a history of any size). With
+    ``trained`` (the train step's result), ``drift/<feature>`` metrics and ``drift.*`` tags are logged to
+    ``trained["mlflow_run_id"]``.
     """
     fset = feature_set(spec)
     uri = features_meta["features_uri"]

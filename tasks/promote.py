@@ -101,12 +101,11 @@ def paired_bootstrap(actual: np.ndarray, pred_new: np.ndarray, pred_champion: np
     sample = np.sort(rng.choice(total, size=max_rows, replace=False)) if total > max_rows else None
     n = total if sample is None else max_rows
     chunk = max(1, min(chunk, BOOTSTRAP_BYTES // (8 * n)))
+    resampled = loss if sample is None else {m: (ln[sample], lc[sample]) for m, (ln, lc) in loss.items()}
     diffs: dict[str, list[np.ndarray]] = {m: [] for m in loss}
     for start in range(0, resamples, chunk):
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        for m, (ln, lc) in loss.items():
-            if sample is not None:
-                ln, lc = ln[sample], lc[sample]
+        for m, (ln, lc) in resampled.items():
             diffs[m].append(agg[m](lc[idx], axis=1) - agg[m](ln[idx], axis=1))
     alpha = 1 - confidence
     out = {}
