@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tasks import storage
-from tasks.features import SPLIT, FeatureSet, feature_set, features_uri
+from tasks.features import SPLIT, FeatureSet, bounded_sample, feature_set, features_uri
 from tasks.ingest import POLARS_TYPES, days_in_interval
 from tasks.spec import DatasetSpec
 
@@ -216,13 +216,6 @@ def _columns(lf: pl.LazyFrame, wanted: list[str]) -> list[str]:
 DRIFT_MAX_ROWS = 1_000_000
 
 
-def _bounded(lf: pl.LazyFrame, max_rows: int) -> pl.DataFrame:
-    """``lf`` collected whole up to ``max_rows`` rows, else every k-th row (deterministic), by streaming scans."""
-    n = lf.select(pl.len()).collect(engine="streaming").item()
-    step = max(1, -(-n // max_rows))
-    return lf.collect() if step == 1 else lf.gather_every(step).collect(engine="streaming")
-
-
 def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, trained: dict | None = None, *,
                recent_days: int | None = None, bins: int = DEFAULT_BINS, max_rows: int = DRIFT_MAX_ROWS) -> dict:
     """Drift of the newest rows of a features table against its train split.
@@ -242,13 +235,13 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, tra
     cols = _columns(lf, [*numeric, *fset.categorical])
     skip = calendar_features(spec, fset) | {c: "market-time feature (extrapolates past the training window)"
                                             for c in comp_market if c in numeric}
-    reference = _bounded(lf.filter(pl.col(SPLIT) == "train").select(cols), max_rows)
+    reference = bounded_sample(lf.filter(pl.col(SPLIT) == "train").select(cols), max_rows)
     if recent_days and spec.event_time:
         since = date.fromisoformat(features_meta["window_end"]) - timedelta(days=recent_days)
-        current = _bounded(lf.filter(pl.col(spec.event_time) >= since).select(cols), max_rows)
+        current = bounded_sample(lf.filter(pl.col(spec.event_time) >= since).select(cols), max_rows)
         selection = f"{spec.event_time} >= {since.isoformat()}"
     else:
-        current = _bounded(lf.filter(pl.col(SPLIT) == "test").select(cols), max_rows)
+        current = bounded_sample(lf.filter(pl.col(SPLIT) == "test").select(cols), max_rows)
         selection = f"{SPLIT} == 'test'"
     out = feature_drift(reference, current, numeric, fset.categorical, threshold=settings.drift_threshold,
                         action=settings.drift_action, bins=bins, skip=skip)

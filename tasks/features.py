@@ -73,6 +73,14 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
                       tuple(getattr(module, "TARGET_OFFSET", ())))
 
 
+def bounded_sample(lf: pl.LazyFrame, max_rows: int, rows: int | None = None) -> pl.DataFrame:
+    """``lf`` collected whole when it has at most ``max_rows`` rows, else every k-th row (k = ceil(rows /
+    max_rows), in scan order: deterministic), by streaming scans. ``rows``: its row count, if known."""
+    n = lf.select(pl.len()).collect(engine="streaming").item() if rows is None else rows
+    step = max(1, -(-n // max_rows))
+    return lf.collect() if step == 1 else lf.gather_every(step).collect(engine="streaming")
+
+
 def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
     """The validated partitions of days in [start, end) that exist, with their content hashes."""
     out = []
@@ -472,7 +480,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     if chunk_rows is None:
         chunk_rows = fset.comps.chunk_rows if fset.comps is not None else PLAIN_CHUNK_ROWS
     # A market-only configuration needs one row per day, not the rows around each row: one aggregation
-    # of the history, then a lookup by day inside the streaming plan below.
+    # of the history, then a join by day inside the streaming plan below.
     market = None
     if fset.comps is not None and fset.comps.is_market_only():
         market = market_index(pl.scan_parquet([p["uri"] for p in candidates]),
@@ -497,7 +505,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
     if fset.comps is None or market is not None:
-        # Row-level features (and the market index looked up by day): no row depends on another, so one
+        # Row-level features (and the market index joined by day): no row depends on another, so one
         # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
         # bounded by the engine's morsels.
         chunk_frame(info).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)

@@ -32,7 +32,7 @@ import pytorch_lightning as L
 import torch
 
 from tasks import storage
-from tasks.features import SPLIT, SPLITS, Preprocessing
+from tasks.features import SPLIT, SPLITS, Preprocessing, bounded_sample
 
 BUFFER_ROWS = 262_144
 EVAL_BATCH_ROWS = 8192
@@ -104,9 +104,7 @@ def sample_split(features_uri: str, split: str, max_rows: int, columns: list[str
     lf = pl.scan_parquet(_local(features_uri)).filter(pl.col(SPLIT) == split)
     if columns is not None:
         lf = lf.select(columns)
-    n = split_counts(features_uri)[split]
-    step = max(1, -(-n // max_rows))
-    return lf.collect() if step == 1 else lf.gather_every(step).collect(engine="streaming")
+    return bounded_sample(lf, max_rows, rows=split_counts(features_uri)[split])
 
 
 class ParquetBatches(torch.utils.data.IterableDataset):

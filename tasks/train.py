@@ -124,12 +124,13 @@ def train(
     dm, rows = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
     module = PriceModule(net, cfg, prep.target_std)
     best = BestWeights()
-    streamed = rows["train"] > in_memory_max_rows
-    batches = math.ceil(rows["train"] / cfg.batch_size)
-    if limit_train_batches is not None:
-        batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
-                      else max(1, int(batches * limit_train_batches)))
-    val_every = max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size)) if streamed else None
+    val_every = None  # in memory: validate at each epoch's end
+    if rows["train"] > in_memory_max_rows:  # streamed: every VAL_EVERY_SAMPLES, at most once an epoch's batches
+        batches = math.ceil(rows["train"] / cfg.batch_size)
+        if limit_train_batches is not None:
+            batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
+                          else max(1, int(batches * limit_train_batches)))
+        val_every = max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size))
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=accelerator,

@@ -285,11 +285,11 @@ def test_gbm_trains_on_a_bounded_sample(stream_file):
 
 
 def test_drift_reads_a_bounded_sample_of_each_side():
-    from tasks.drift import _bounded
+    from tasks.features import bounded_sample
 
     lf = pl.LazyFrame({"x": np.arange(10_000, dtype=float)})
-    assert _bounded(lf, 10**6).height == 10_000
-    cut = _bounded(lf, 999)
+    assert bounded_sample(lf, 10**6).height == 10_000
+    cut = bounded_sample(lf, 999)
     assert cut.height <= 999 and cut["x"].to_list() == list(np.arange(0, 10_000, 11, dtype=float))
 
 
