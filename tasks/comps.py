@@ -160,8 +160,14 @@ def _history_values(history: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
 
 
 def _daily(hist: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
-    """One row per day of the history: the sum and count of its sales' ln(price / size)."""
-    return hist.group_by(cfg.time).agg(pl.col("_lnppsf").sum().alias("_s"), pl.len().cast(pl.Float64).alias("_n"))
+    """One row per day of the history: the sum and count of its sales' ln(price / size).
+
+    The sum is taken in 128-bit decimal (to 1e-15), which is exact, then rounded to a float once: a
+    float sum depends on the order in which the streaming engine's threads add a day's rows, so a
+    rerun could change the market index (and every feature built on it) in its last digits.
+    """
+    return hist.group_by(cfg.time).agg(pl.col("_lnppsf").cast(pl.Decimal(38, 15)).sum().cast(pl.Float64).alias("_s"),
+                                       pl.len().cast(pl.Float64).alias("_n"))
 
 
 def _market(hist: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:

@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Callable, Literal
@@ -87,7 +88,7 @@ def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
     for day in days_in_interval(start, end):
         uri = storage.partition_uri(lake_uri, "validated", day)
         if storage.exists(uri):
-            out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.file_sha256(uri)})
+            out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.cached_file_sha256(uri)})
     return out
 
 
@@ -231,111 +232,220 @@ QUANTILE_SAMPLE_ROWS = 1_000_000
 QUANTILE_COLUMNS_PER_PASS = 8
 
 
+def _quantile_sample(train: pl.LazyFrame, columns: list[str], modulus: int) -> pl.LazyFrame:
+    """The clip quantiles' sample of the training rows: ``columns`` as Float64 of the rows whose hash of
+    those values (``pl.struct(columns).hash(seed=0)``) is 0 modulo ``modulus``. The hash is of the
+    row's content, so the sample does not depend on file order, chunking or threads; identical rows
+    are in or out together."""
+    return train.select([pl.col(c).cast(pl.Float64) for c in columns]).filter(pl.struct(columns).hash(seed=0) % modulus == 0)
+
+
+def _quantile_exprs(columns: list[str]) -> list[pl.Expr]:
+    """The clip quantiles of ``columns`` as ``<column>__lo`` / ``<column>__hi``."""
+    return [*[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in columns],
+            *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in columns]]
+
+
 def _clip_quantiles(features_uri: str, train: pl.LazyFrame, columns: list[str], n_train: int,
-                    exact_max_rows: int, sample_rows: int) -> tuple[dict, dict]:
+                    exact_max_rows: int, sample_rows: int, sample: tuple[str, int] | None = None) -> tuple[dict, dict]:
     """The clip quantiles of ``columns`` over the training rows, and how they were computed.
 
     Exact when the training split has at most ``exact_max_rows`` rows (King County: always, so its
     results are those of the in-memory computation). Above it, an exact quantile would hold every
-    training value of a column, so they are computed on a deterministic sample of about
-    ``sample_rows`` training rows: those whose hash of the numeric feature values
-    (``pl.struct(columns).hash(seed=0)``) is 0 modulo ``ceil(n_train / sample_rows)``. The hash is of
-    the row's content, so the sample does not depend on file order, chunking or threads; identical
-    rows are in or out together. The sample is sunk to a temporary Parquet file next to the features
-    in one streaming pass. Either way the quantiles are computed a few columns per pass, so a pass
-    holds ``rows x QUANTILE_COLUMNS_PER_PASS`` values.
+    training value of a column, so they are computed on a deterministic sample
+    (:func:`_quantile_sample`) of about ``sample_rows`` training rows (modulus ``ceil(n_train /
+    sample_rows)``), sunk to a temporary Parquet file next to the features in one streaming pass.
+    ``sample``: (path, modulus) of such a sample already written (``build_features`` writes it in the
+    pass that writes the features; the caller removes it). Either way the quantiles are computed a
+    few columns per pass, so a pass holds ``rows x QUANTILE_COLUMNS_PER_PASS`` values.
     """
-    import os
     import tempfile
 
-    cast = [pl.col(c).cast(pl.Float64) for c in columns]
     source, method, tmp = train, {"method": "exact", "rows": n_train}, None
     if n_train > exact_max_rows and columns:
-        k = max(1, math.ceil(n_train / sample_rows))
-        fd, tmp = tempfile.mkstemp(suffix=".quantile-sample.parquet", dir=os.path.dirname(features_uri) or None)
-        os.close(fd)
-        (train.select(cast).filter(pl.struct(columns).hash(seed=0) % k == 0)
-         .sink_parquet(tmp, compression="lz4"))
-        source = pl.scan_parquet(tmp)
-        method = {"method": "hash_sample", "modulus": k,
+        if sample is None:
+            k = max(1, math.ceil(n_train / sample_rows))
+            fd, tmp = tempfile.mkstemp(suffix=".quantile-sample.parquet", dir=os.path.dirname(features_uri) or None)
+            os.close(fd)
+            _quantile_sample(train, columns, k).sink_parquet(tmp, compression="lz4")
+            sample = (tmp, k)
+        source = pl.scan_parquet(sample[0])
+        method = {"method": "hash_sample", "modulus": sample[1],
                   "rows": int(source.select(pl.len()).collect().item()), "of_rows": n_train}
     try:
         q: dict = {}
         for i in range(0, len(columns), QUANTILE_COLUMNS_PER_PASS):
-            group = columns[i:i + QUANTILE_COLUMNS_PER_PASS]
-            q.update(source.select(
-                *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in group],
-                *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in group],
-            ).collect(engine="streaming").row(0, named=True))
+            q.update(source.select(_quantile_exprs(columns[i:i + QUANTILE_COLUMNS_PER_PASS]))
+                     .collect(engine="streaming").row(0, named=True))
     finally:
         if tmp is not None:
             os.remove(tmp)
     return q, method
 
 
+def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[str]]:
+    """``fset`` as fitted on a feature table with columns ``names``: the comps columns are inputs when
+    the table has them (all or none), and the target offset applies when it has all of its columns."""
+    present = [c for c in fset.comp_columns() if c in names]
+    if present and len(present) != len(fset.comp_columns()):
+        missing = sorted(set(fset.comp_columns()) - set(present))
+        raise ValueError(f"comparable-sales columns missing: {missing}")
+    comps_cfg = fset.comps if present else None
+    unclipped = (*fset.unclipped, *(comps_cfg.unclipped() if comps_cfg else ()))
+    # A comp column is absent without comps, and with it an offset that uses it.
+    offset_cols = list(fset.target_offset) if fset.target_offset and set(fset.target_offset) <= set(names) else []
+    return (FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
+                       fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg, tuple(offset_cols)),
+            offset_cols)
+
+
+# Sums of the means and standard deviations are taken as 128-bit decimals (values to 1e-15, squares to
+# 1e-12): decimal addition is exact, so the statistics do not depend on the order in which the
+# streaming engine's threads add partial sums. Float sums did (a rerun of the same window could
+# change a standard deviation in its last digit, and so the preprocessing's content hash). A sum
+# past 38 digits (|values| summing past 1e23, squares past 1e26) raises instead of wrapping.
+_SUM1, _SUM2 = pl.Decimal(38, 15), pl.Decimal(38, 12)
+
+
+def _moment_exprs(x: pl.Expr, name: str, shift: float = 0.0) -> list[pl.Expr]:
+    """Exact sums of ``x - shift`` and ``(x - shift)**2`` and the count of ``x`` (NaN and null skipped),
+    for :func:`_moments`. ``shift``, a value near the middle of ``x``, keeps the squares' float
+    rounding small next to the variance (a tiny spread around a large mean)."""
+    x = x.cast(pl.Float64).fill_nan(None) - shift
+    return [x.cast(_SUM1).sum().alias(f"{name}__s1"), (x * x).cast(_SUM2).sum().alias(f"{name}__s2"),
+            x.count().alias(f"{name}__n")]
+
+
+def _moments(row: dict, name: str, shift: float = 0.0) -> tuple[float | None, float | None]:
+    """The mean and the standard deviation (ddof 1) from :func:`_moment_exprs`' sums in ``row``
+    (None where there are no values / fewer than two)."""
+    import decimal
+
+    n = int(row[f"{name}__n"] or 0)
+    if n == 0:
+        return None, None
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        s1, s2 = decimal.Decimal(row[f"{name}__s1"]), decimal.Decimal(row[f"{name}__s2"])
+        mean = s1 / n
+        var = (s2 - s1 * mean) / (n - 1) if n > 1 else None
+    return shift + float(mean), (math.sqrt(max(float(var), 0.0)) if var is not None else None)
+
+
+def _middle(lo: float | None, hi: float | None) -> float:
+    """A shift for :func:`_moment_exprs`: the middle of [lo, hi] when both are finite, else 0."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0
+    return (lo + hi) / 2
+
+
+def _target_expr(spec: DatasetSpec, fset: FeatureSet) -> pl.Expr:
+    return pl.col(spec.target).log() if fset.target_transform == "log" else pl.col(spec.target)
+
+
+def _train_aggregates(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str]) -> list[pl.Expr]:
+    """The statistics of the training rows that need no other one, as one-row aggregations: the target
+    offset's fill values (training means), the categorical vocabularies (sorted distinct values), and
+    the range of the (transformed) target and of the unclipped columns (the middle is their moments'
+    shift; clipped columns take the middle of their clip bounds)."""
+    ranged = [("__y", _target_expr(spec, fset)), *[(c, pl.col(c)) for c in fset.unclipped if c in fset.numeric]]
+    return [*[e for c in offset_cols for e in _moment_exprs(pl.col(c), f"{c}__fill")],
+            *[e for name, x in ranged for e in (x.cast(pl.Float64).fill_nan(None).min().alias(f"{name}__min"),
+                                               x.cast(pl.Float64).fill_nan(None).max().alias(f"{name}__max"))],
+            *[pl.col(c).cast(pl.String).drop_nulls().unique().sort().implode().alias(f"{c}__vocab")
+              for c in fset.categorical]]
+
+
+@dataclass(frozen=True)
+class FirstPass:
+    """What :func:`build_features` aggregated in the pass that wrote the feature table, so that
+    :func:`fit_preprocessing` reads the table once more only (the clipped means and standard deviations
+    need the clip bounds): ``_train_aggregates``' row, and the quantile sample (path, modulus) if one
+    was written."""
+    aggregates: dict
+    quantile_sample: tuple[str, int] | None = None
+    quantiles: dict | None = None  # exact clip quantiles (a window of at most EXACT_QUANTILE_MAX_ROWS rows)
+
+
 def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict,
                       exact_quantile_max_rows: int = EXACT_QUANTILE_MAX_ROWS,
-                      quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS) -> Preprocessing:
+                      quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS,
+                      first_pass: FirstPass | None = None) -> Preprocessing:
     """Fit clip bounds, scaling and vocabularies on the training split, in streaming passes.
 
     The comps columns of ``fset`` are inputs when the feature table has them (all or none).
     Memory is bounded whatever the table's size: means, standard deviations and vocabularies are
     streaming aggregations; the clip quantiles are exact up to ``exact_quantile_max_rows`` training
     rows and computed on a deterministic hash sample of about ``quantile_sample_rows`` rows above
-    it (:func:`_clip_quantiles`).
+    it (:func:`_clip_quantiles`). Passes over the table: one for the offset fills and vocabularies
+    (none with ``first_pass``), the quantiles' (on the sample above the threshold), and one for the
+    clipped means and standard deviations.
     """
     names = pl.scan_parquet(features_uri).collect_schema().names()
-    present = [c for c in fset.comp_columns() if c in names]
-    if present and len(present) != len(fset.comp_columns()):
-        missing = sorted(set(fset.comp_columns()) - set(present))
-        raise ValueError(f"{features_uri}: comparable-sales columns missing: {missing}")
-    comps_cfg = fset.comps if present else None
-    unclipped = (*fset.unclipped, *(comps_cfg.unclipped() if comps_cfg else ()))
-    # The target offset applies when the table has every one of its columns (a comp column is absent without comps).
-    offset_cols = list(fset.target_offset) if fset.target_offset and set(fset.target_offset) <= set(names) else []
-    fset = FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
-                      fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg, tuple(offset_cols))
+    try:
+        fset, offset_cols = _fit_columns(names, fset)
+    except ValueError as e:
+        raise ValueError(f"{features_uri}: {e}") from None
     train = pl.scan_parquet(features_uri).filter(pl.col(SPLIT) == "train")
     n_train = fitted_on.get("rows", {}).get("train")
     if n_train is None:
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
-    q, _ = _clip_quantiles(features_uri, train, fset.numeric, n_train, exact_quantile_max_rows, quantile_sample_rows)
-    y = pl.col(spec.target).log() if fset.target_transform == "log" else pl.col(spec.target)
-    offset_terms: list[OffsetTerm] = []
-    if offset_cols:
-        fills = train.select([pl.col(c).cast(pl.Float64).fill_nan(None).mean().alias(c) for c in offset_cols]
-                             ).collect(engine="streaming").row(0, named=True)
-        offset_terms = [OffsetTerm(name=c, fill=fills[c] if fills[c] is not None else 0.0) for c in offset_cols]
+    aggs = first_pass.aggregates if first_pass is not None else (
+        train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True))
+    if first_pass is not None and first_pass.quantiles is not None:
+        q = dict(first_pass.quantiles)
+    else:
+        q, _ = _clip_quantiles(features_uri, train, fset.numeric, n_train, exact_quantile_max_rows,
+                               quantile_sample_rows, sample=first_pass.quantile_sample if first_pass is not None else None)
+    y = _target_expr(spec, fset)
+    fills = {c: _moments(aggs, f"{c}__fill")[0] for c in offset_cols}
+    offset_terms = [OffsetTerm(name=c, fill=fills[c] if fills[c] is not None else 0.0) for c in offset_cols]
+    if offset_terms:
         y = y - pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in offset_terms])
+    shift = {c: _middle(q[f"{c}__lo"], q[f"{c}__hi"]) for c in fset.numeric}
     for c in fset.unclipped:
         q[f"{c}__lo"] = q[f"{c}__hi"] = None
-    stats = train.select(
-        *[pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]).mean().alias(f"{c}__mean") for c in fset.numeric],
-        *[pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]).std().alias(f"{c}__std") for c in fset.numeric],
-        y.mean().alias("__y_mean"), y.std().alias("__y_std"),
+        shift[c] = _middle(aggs.get(f"{c}__min"), aggs.get(f"{c}__max"))
+    shift["__y"] = _middle(aggs["__y__min"], aggs["__y__max"]) - sum(t.fill for t in offset_terms)
+    sums = train.select(
+        *[e for c in fset.numeric
+          for e in _moment_exprs(pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]), c, shift[c])],
+        *_moment_exprs(y, "__y", shift["__y"]),
     ).collect(engine="streaming").row(0, named=True)
     numeric = []
     for c in fset.numeric:
-        std = stats[f"{c}__std"]
+        mean, std = _moments(sums, c, shift[c])
         clip = c not in fset.unclipped
         numeric.append(NumericStat(name=c, lo=q[f"{c}__lo"] if clip else None, hi=q[f"{c}__hi"] if clip else None,
                                    # a column without a value in training (a comp with no history yet) is all 0
-                                   mean=stats[f"{c}__mean"] if stats[f"{c}__mean"] is not None else 0.0,
+                                   mean=mean if mean is not None else 0.0,
                                    std=std if std and math.isfinite(std) and std > 0 else 1.0))
-    vocabs = []
-    for c in fset.categorical:
-        values = train.select(pl.col(c).cast(pl.String).drop_nulls().unique().sort()).collect(engine="streaming")[c]
-        vocabs.append(Vocabulary(name=c, values=values.to_list()))
+    y_mean, y_std = _moments(sums, "__y", shift["__y"])
+    vocabs = [Vocabulary(name=c, values=list(aggs[f"{c}__vocab"] or [])) for c in fset.categorical]
     return Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
         categorical=vocabs, target=spec.target, target_transform=fset.target_transform,
-        target_mean=stats["__y_mean"], target_std=stats["__y_std"] or 1.0, fitted_on=fitted_on, comps=comps_cfg,
+        target_mean=y_mean, target_std=y_std or 1.0, fitted_on=fitted_on, comps=fset.comps,
         target_offset=offset_terms,
     )
 
 
 def features_uri(lake_uri: str, window_start: date, window_end: date) -> str:
     return storage.join(lake_uri, "features", f"window={window_start.isoformat()}_{window_end.isoformat()}", storage.PART_FILE)
+
+
+def _row_days(info: list[dict], time_col: str) -> pl.LazyFrame:
+    """The days the window's rows may be dated: every day from each partition's first to its last
+    ``time_col`` value (Parquet footers, :func:`_partition_info`), a superset of the rows' days. A
+    join by day needs an entry for each of them (extra days change nothing), and it saves a scan of
+    the rows."""
+    import datetime as dt
+
+    ranges = [(p["tmin"], p["tmax"]) for p in info if p["tmin"] is not None and p["tmax"] is not None]
+    if not all(type(lo) is dt.date and type(hi) is dt.date for lo, hi in ranges):  # not a Date column: scan
+        return pl.scan_parquet([p["uri"] for p in info]).select(time_col)
+    days = sorted({lo + timedelta(days=i) for lo, hi in ranges for i in range((hi - lo).days + 1)})
+    return pl.LazyFrame({time_col: days}, schema={time_col: pl.Date})
 
 
 def _partition_info(parts: list[dict], time_col: str | None) -> list[dict]:
@@ -445,6 +555,38 @@ def _write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], 
     return counts
 
 
+def _sink_first_pass(plan: pl.LazyFrame, spec: DatasetSpec, fset: FeatureSet, tmp: str, rows: int,
+                     exact_quantile_max_rows: int = EXACT_QUANTILE_MAX_ROWS,
+                     quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS) -> tuple[dict[str, int], FirstPass, str | None]:
+    """Write ``plan`` (row-level features, no row depending on another) to ``tmp`` in one streaming
+    pass that also aggregates what :func:`fit_preprocessing` would otherwise read the table again for:
+    the rows per split, the training aggregates (:func:`_train_aggregates`) and, when the window has
+    more than ``exact_quantile_max_rows`` rows (``rows``, from the footers), the quantile sample with
+    modulus ``ceil(rows / quantile_sample_rows)`` (about that many rows of the window, of which the
+    training rows are kept). ``pl.collect_all`` runs the sink and the aggregations as one plan whose
+    scan and features are computed once (a shared cache node), in Polars' streaming engine.
+    Returns the counts, the :class:`FirstPass` and the sample's path (the caller removes it).
+    """
+    fit_fset, offset_cols = _fit_columns(plan.collect_schema().names(), fset)
+    train = plan.filter(pl.col(SPLIT) == "train")
+    aggregates = _train_aggregates(spec, fit_fset, offset_cols)
+    queries = [plan.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, lazy=True),
+               plan.group_by(SPLIT).len()]
+    queries.append(train.select(aggregates))
+    sample, exact = None, rows <= exact_quantile_max_rows and bool(fit_fset.numeric)
+    if exact:  # at most exact_quantile_max_rows x columns values held: the quantiles of fit_preprocessing
+        queries.append(train.select(_quantile_exprs(fit_fset.numeric)))
+    elif fit_fset.numeric:
+        sample = (f"{tmp}.quantile-sample.parquet", max(1, math.ceil(rows / quantile_sample_rows)))
+        queries.append(_quantile_sample(train, fit_fset.numeric, sample[1]).sink_parquet(
+            sample[0], compression="lz4", lazy=True))
+    done = pl.collect_all(queries, engine="streaming")
+    counts = {k: int(n) for k, n in done[1].iter_rows()}
+    first = FirstPass(done[2].row(0, named=True), sample,
+                      done[-1].row(0, named=True) if exact else None)
+    return counts, first, sample and sample[0]
+
+
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
                    chunk_rows: int | None = None, max_knn_pairs: int | None = MAX_KNN_PAIRS) -> dict:
     """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata.
@@ -462,6 +604,13 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     and every row's values are those of a single-chunk run: a row's comps depend only on the
     sales dated before it (``tests/test_outofcore.py``). Peak memory ~ one chunk plus the history it
     reaches, whatever the window's size (docs/out-of-core.md).
+
+    Without row-by-row comps (``HOMEWORTH_COMPS=market`` or ``off``) no row depends on another: one
+    streaming plan writes the table and, in the same pass (:func:`_sink_first_pass`), aggregates the
+    split counts, the vocabularies, the offset fills and the clip quantiles (or their sample), so
+    :func:`fit_preprocessing` reads the table once more, for the clipped means and standard
+    deviations. The input partitions' hashes (lineage) come from the sidecars validation wrote
+    (``storage.cached_file_sha256``). Sums are exact, so a rerun gives the same bytes and hashes.
     """
     parts = window_partitions(lake_uri, window_start, window_end)
     if not parts:
@@ -483,8 +632,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     # of the history, then a join by day inside the streaming plan below.
     market = None
     if fset.comps is not None and fset.comps.is_market_only():
-        market = market_index(pl.scan_parquet([p["uri"] for p in candidates]),
-                              pl.scan_parquet([p["uri"] for p in info]), fset.comps)
+        market = market_index(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
+                              fset.comps)
 
     def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
         rows = pl.scan_parquet([p["uri"] for p in chunk])
@@ -504,22 +653,24 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    if fset.comps is None or market is not None:
-        # Row-level features (and the market index joined by day): no row depends on another, so one
-        # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
-        # bounded by the engine's morsels.
-        chunk_frame(info).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
-    else:
-        counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
-    fs.move(tmp, local)
-    for split in SPLITS:
-        if not counts.get(split):
-            raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
-                             "widen the window or change the spec's split")
-    fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
-                 "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
-    prep = fit_preprocessing(local, spec, fset, fitted_on)
+    first_pass, sample_path = None, None
+    try:
+        if fset.comps is None or market is not None:
+            counts, first_pass, sample_path = _sink_first_pass(chunk_frame(info), spec, fset, tmp,
+                                                               sum(p["rows"] for p in info))
+        else:
+            counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
+        fs.move(tmp, local)
+        for split in SPLITS:
+            if not counts.get(split):
+                raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
+                                 "widen the window or change the spec's split")
+        fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
+                     "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
+        prep = fit_preprocessing(local, spec, fset, fitted_on, first_pass=first_pass)
+    finally:
+        if sample_path is not None and os.path.exists(sample_path):
+            os.remove(sample_path)
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())

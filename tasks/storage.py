@@ -69,13 +69,19 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
-def write_parquet_atomic(df: "pl.DataFrame", uri: str) -> str:
-    """Write a frame as one Parquet file atomically; returns the sha256 of the bytes written."""
+def write_parquet_atomic(df: "pl.DataFrame", uri: str, record_sha256: bool = False) -> str:
+    """Write a frame as one Parquet file atomically; returns the sha256 of the bytes written.
+
+    ``record_sha256``: also record it beside the file for :func:`cached_file_sha256` (files that later
+    tasks hash for their lineage, such as validated partitions)."""
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
     data = buf.getvalue()
     write_bytes_atomic(uri, data)
-    return hashlib.sha256(data).hexdigest()
+    sha = hashlib.sha256(data).hexdigest()
+    if record_sha256:
+        _record_sha256(uri, sha)
+    return sha
 
 
 def write_json_atomic(uri: str, obj: Any) -> str:
@@ -92,6 +98,45 @@ def file_sha256(uri: str, block: int = 8 * 2**20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _sha256_sidecar(path: str) -> str:
+    parent, name = path.rsplit("/", 1)
+    return f"{parent}/.{name}.sha256.json"
+
+
+def _file_key(path: str) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _record_sha256(uri: str, sha: str) -> None:
+    path = local_path(uri)
+    if path is not None:
+        write_bytes_atomic(_sha256_sidecar(path), json.dumps({"sha256": sha, **_file_key(path)}).encode())
+
+
+def cached_file_sha256(uri: str) -> str:
+    """:func:`file_sha256`, read from a sidecar ``.<name>.sha256.json`` when the file is unchanged.
+
+    The sidecar (local files only) records the hash with the file's size, modification time (ns) and
+    inode, as the writer or the first hashing saw them; if any differs (the file was rewritten, even
+    by a rename over it) the hash is computed again and the sidecar replaced. Lets each retraining
+    hash its window's input partitions for the lineage without reading them again.
+    """
+    path = local_path(uri)
+    if path is None:
+        return file_sha256(uri)
+    try:
+        with open(_sha256_sidecar(path), "rb") as f:
+            rec = json.loads(f.read())
+        if {k: rec.get(k) for k in ("size", "mtime_ns", "inode")} == _file_key(path):
+            return rec["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sha = file_sha256(uri)
+    _record_sha256(uri, sha)
+    return sha
 
 
 def local_path(uri: str) -> str | None:

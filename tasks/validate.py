@@ -416,7 +416,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
         v_uri = storage.partition_uri(lake_uri, "validated", day)
         q_uri = storage.partition_uri(lake_uri, "quarantine", day)
         out["partitions"][day.isoformat()] = {
-            "validated": storage.write_parquet_atomic(v, v_uri), "accepted": v.height,
+            "validated": storage.write_parquet_atomic(v, v_uri, record_sha256=True), "accepted": v.height,
             "quarantine": storage.write_parquet_atomic(q, q_uri), "quarantined": q.height,
         }
         written[day.isoformat()] = {**out["partitions"][day.isoformat()], "validated_uri": v_uri, "quarantine_uri": q_uri}

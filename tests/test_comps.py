@@ -112,6 +112,17 @@ def test_row_order_and_columns_are_kept():
     assert_frame_equal(keyed, again.sort("id", "date"))
 
 
+def test_market_index_does_not_depend_on_history_order():
+    """A day's sum of ln(price / size) is exact (decimal): the history in any row order gives
+    bit-identical market columns (a float sum depends on the order the engine's threads add)."""
+    df = sales(n=3000, days=60)
+    cfg = CFG.market_only()
+    first = comps(df, df, cfg)
+    for seed in (1, 2):
+        shuffled = df.sample(fraction=1.0, shuffle=True, seed=seed)
+        assert_frame_equal(comps(shuffled, df, cfg), first, check_exact=True)
+
+
 def test_chunking_gives_the_same_features():
     df = sales()
     whole = comps(df, df, CFG)

@@ -168,6 +168,28 @@ def test_fit_preprocessing_uses_train_only(spec, features_file):
     assert prep.fitted_on == fitted_on
 
 
+def test_fitted_statistics_do_not_depend_on_row_order(spec, tmp_path):
+    """Sums are exact (decimal), so a table in another row order (as the streaming engine's threads may
+    add it up) gives bit-identical means and standard deviations, and the same preprocessing hash. Float
+    sums of these values differ in their last digits from one order to another."""
+    rng = np.random.default_rng(5)
+    n = 50_000
+    df = pl.DataFrame({"x": rng.lognormal(3.0, 2.0, n), "t": rng.normal(1e4, 1e-3, n), "k": rng.uniform(0, 1, n),
+                       "z": rng.choice(["a", "b"], n), "price": rng.lognormal(12.0, 0.5, n), SPLIT: ["train"] * n})
+    fitted = []
+    for seed in (None, 1, 2):
+        path = tmp_path / f"f{seed}.parquet"
+        (df if seed is None else df.sample(fraction=1.0, shuffle=True, seed=seed)).write_parquet(path, row_group_size=997)
+        fitted.append(fit_preprocessing(str(path), spec, FSET, {}))
+    assert fitted[0].sha256() == fitted[1].sha256() == fitted[2].sha256()
+    x, t, _ = fitted[0].numeric
+    clipped = np.clip(df["x"].to_numpy(), x.lo, x.hi)
+    assert x.mean == pytest.approx(math.fsum(clipped) / n, rel=1e-13)
+    assert x.std == pytest.approx(clipped.std(ddof=1), rel=1e-10)
+    assert t.std == pytest.approx(df["t"].to_numpy().std(ddof=1), rel=1e-6)  # a tiny spread on a large mean
+    assert fitted[0].target_mean == pytest.approx(np.log(df["price"].to_numpy()).mean(), rel=1e-13)
+
+
 def test_preprocessing_matrices_clip_standardize_and_map_unknowns(spec, features_file):
     prep = fit_preprocessing(features_file[0], spec, FSET, {})
     x, t, _ = prep.numeric

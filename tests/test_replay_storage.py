@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from datetime import date
 from pathlib import Path
 
@@ -164,3 +165,26 @@ def test_exists_and_json(tmp_path):
     assert storage.exists(uri)
     assert storage.read_bytes(uri) == b'{\n  "a": "2015-03-01",\n  "b": 1\n}'
     assert sha == storage.file_sha256(uri)
+
+
+def test_cached_file_sha256_reuses_a_recorded_hash_until_the_file_changes(tmp_path):
+    uri = storage.partition_uri(str(tmp_path / "lake"), "validated", date(2015, 3, 1))
+    sha = storage.write_parquet_atomic(pl.DataFrame({"x": [1, 2]}), uri, record_sha256=True)
+    sidecar = Path(uri).parent / ".part-0.parquet.sha256.json"
+    assert json.loads(sidecar.read_text())["sha256"] == sha
+    assert storage.list_dir(str(Path(uri).parent)) == [".part-0.parquet.sha256.json", "part-0.parquet"]
+
+    # The recorded hash is what is returned while the file is unchanged (a planted one proves it is read) ...
+    rec = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**rec, "sha256": "planted"}))
+    assert storage.cached_file_sha256(uri) == "planted"
+    # ... and a file rewritten under the same name is hashed again, the sidecar replaced.
+    new = storage.write_parquet_atomic(pl.DataFrame({"x": [3]}), uri)
+    assert storage.cached_file_sha256(uri) == new == storage.file_sha256(uri)
+    assert json.loads(sidecar.read_text())["sha256"] == new
+    # An unreadable sidecar is ignored.
+    sidecar.write_text("{not json")
+    assert storage.cached_file_sha256(uri) == new
+    # Without a sidecar, the first call records one.
+    sidecar.unlink()
+    assert storage.cached_file_sha256(uri) == new and json.loads(sidecar.read_text())["sha256"] == new

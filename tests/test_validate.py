@@ -87,6 +87,9 @@ def test_validate_is_idempotent(kc_spec, tmp_path):
     assert {t: storage.file_sha256(u) for t, u in parts(tmp_path).items()} == hashes
     assert second[1]["partitions"][DAY.isoformat()]["validated"] == hashes["validated"]
     assert second[1]["rows_quarantined"] == 2
+    # The validated partition's hash is recorded beside it, so the features' lineage need not re-read it.
+    sidecar = Path(parts(tmp_path)["validated"]).parent / ".part-0.parquet.sha256.json"
+    assert json.loads(sidecar.read_text())["sha256"] == hashes["validated"]
 
 
 def test_day_without_landing_folder_gives_empty_partitions(kc_spec, tmp_path):
