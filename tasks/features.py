@@ -224,20 +224,22 @@ class Preprocessing(BaseModel):
         return self.decode_target(z, self.offset(df))
 
 
-# Up to this many training rows the clip quantiles are exact; above it they come from a sample.
-EXACT_QUANTILE_MAX_ROWS = 2_000_000
-# About this many training rows in the quantile sample.
-QUANTILE_SAMPLE_ROWS = 1_000_000
+# Up to this many training rows the statistics (clip quantiles, means, standard deviations) are
+# computed over every training row; above it, over a deterministic sample of about FIT_SAMPLE_ROWS rows.
+EXACT_FIT_MAX_ROWS = 250_000
+FIT_SAMPLE_ROWS = 250_000
 # Columns per quantile pass (a pass holds its columns of the rows it ranks: rows x 8 bytes each).
 QUANTILE_COLUMNS_PER_PASS = 8
+_ROW = "__row"
 
 
-def _quantile_sample(train: pl.LazyFrame, columns: list[str], modulus: int) -> pl.LazyFrame:
-    """The clip quantiles' sample of the training rows: ``columns`` as Float64 of the rows whose hash of
-    those values (``pl.struct(columns).hash(seed=0)``) is 0 modulo ``modulus``. The hash is of the
-    row's content, so the sample does not depend on file order, chunking or threads; identical rows
-    are in or out together."""
-    return train.select([pl.col(c).cast(pl.Float64) for c in columns]).filter(pl.struct(columns).hash(seed=0) % modulus == 0)
+def _fit_sample(table: pl.LazyFrame, columns: list[str], modulus: int) -> pl.LazyFrame:
+    """The statistics' sample: ``columns`` of the training rows among every ``modulus``-th row of the
+    feature table (row index 0, k, 2k, ... in the table's order). The table's row order is that of a
+    single scan of the window whatever the chunking, so the sample is deterministic; selecting by row
+    index streams at almost no cost (a content hash of every row cost ~4x more)."""
+    return (table.with_row_index(_ROW).filter((pl.col(SPLIT) == "train") & (pl.col(_ROW) % modulus == 0))
+            .select(columns))
 
 
 def _quantile_exprs(columns: list[str]) -> list[pl.Expr]:
@@ -246,41 +248,14 @@ def _quantile_exprs(columns: list[str]) -> list[pl.Expr]:
             *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in columns]]
 
 
-def _clip_quantiles(features_uri: str, train: pl.LazyFrame, columns: list[str], n_train: int,
-                    exact_max_rows: int, sample_rows: int, sample: tuple[str, int] | None = None) -> tuple[dict, dict]:
-    """The clip quantiles of ``columns`` over the training rows, and how they were computed.
-
-    Exact when the training split has at most ``exact_max_rows`` rows (King County: always, so its
-    results are those of the in-memory computation). Above it, an exact quantile would hold every
-    training value of a column, so they are computed on a deterministic sample
-    (:func:`_quantile_sample`) of about ``sample_rows`` training rows (modulus ``ceil(n_train /
-    sample_rows)``), sunk to a temporary Parquet file next to the features in one streaming pass.
-    ``sample``: (path, modulus) of such a sample already written (``build_features`` writes it in the
-    pass that writes the features; the caller removes it). Either way the quantiles are computed a
-    few columns per pass, so a pass holds ``rows x QUANTILE_COLUMNS_PER_PASS`` values.
-    """
-    import tempfile
-
-    source, method, tmp = train, {"method": "exact", "rows": n_train}, None
-    if n_train > exact_max_rows and columns:
-        if sample is None:
-            k = max(1, math.ceil(n_train / sample_rows))
-            fd, tmp = tempfile.mkstemp(suffix=".quantile-sample.parquet", dir=os.path.dirname(features_uri) or None)
-            os.close(fd)
-            _quantile_sample(train, columns, k).sink_parquet(tmp, compression="lz4")
-            sample = (tmp, k)
-        source = pl.scan_parquet(sample[0])
-        method = {"method": "hash_sample", "modulus": sample[1],
-                  "rows": int(source.select(pl.len()).collect().item()), "of_rows": n_train}
-    try:
-        q: dict = {}
-        for i in range(0, len(columns), QUANTILE_COLUMNS_PER_PASS):
-            q.update(source.select(_quantile_exprs(columns[i:i + QUANTILE_COLUMNS_PER_PASS]))
-                     .collect(engine="streaming").row(0, named=True))
-    finally:
-        if tmp is not None:
-            os.remove(tmp)
-    return q, method
+def _clip_quantiles(source: pl.LazyFrame, columns: list[str]) -> dict:
+    """The clip quantiles of ``columns`` over ``source``'s rows, a few columns per pass (a pass holds
+    ``rows x QUANTILE_COLUMNS_PER_PASS`` values)."""
+    q: dict = {}
+    for i in range(0, len(columns), QUANTILE_COLUMNS_PER_PASS):
+        q.update(source.select(_quantile_exprs(columns[i:i + QUANTILE_COLUMNS_PER_PASS]))
+                 .collect(engine="streaming").row(0, named=True))
+    return q
 
 
 def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[str]]:
@@ -299,44 +274,71 @@ def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[s
             offset_cols)
 
 
-# Sums of the means and standard deviations are taken as 128-bit decimals (values to 1e-15, squares to
-# 1e-12): decimal addition is exact, so the statistics do not depend on the order in which the
-# streaming engine's threads add partial sums. Float sums did (a rerun of the same window could
-# change a standard deviation in its last digit, and so the preprocessing's content hash). A sum
-# past 38 digits (|values| summing past 1e23, squares past 1e26) raises instead of wrapping.
-_SUM1, _SUM2 = pl.Decimal(38, 15), pl.Decimal(38, 12)
+# Means and standard deviations are computed from integer sums, which are exact, so they do not depend
+# on the order in which the streaming engine's threads add partial sums. Float sums did: a rerun of the
+# same window could change a standard deviation in its 11th digit, and so the preprocessing's hash.
+#  - A mean alone (the target offset's fills, whose range is not known beforehand): the sum of the
+#    values as 128-bit decimals (to 1e-15); past 38 digits it raises instead of wrapping.
+#  - A mean and standard deviation (the moments pass, 20-odd columns: decimals would cost ~4x the
+#    float sums, integers ~1.3x): each value is known to lie in [lo, hi] (its clip bounds, or the range
+#    the first pass found), so x - mid, with mid the middle of [lo, hi], scaled by 2**k and rounded is an
+#    int64, with k the largest that keeps n of them under 2**62; the same for (x - mid)**2. The
+#    quantization (2**-k, about half-range x 2**-37 at 32M rows) is far below what standardization needs.
+_SUM1 = pl.Decimal(38, 15)
+_INT_HEADROOM = 2.0 ** 62
 
 
-def _moment_exprs(x: pl.Expr, name: str, shift: float = 0.0) -> list[pl.Expr]:
-    """Exact sums of ``x - shift`` and ``(x - shift)**2`` and the count of ``x`` (NaN and null skipped),
-    for :func:`_moments`. ``shift``, a value near the middle of ``x``, keeps the squares' float
-    rounding small next to the variance (a tiny spread around a large mean)."""
-    x = x.cast(pl.Float64).fill_nan(None) - shift
-    return [x.cast(_SUM1).sum().alias(f"{name}__s1"), (x * x).cast(_SUM2).sum().alias(f"{name}__s2"),
-            x.count().alias(f"{name}__n")]
+def _mean_exprs(x: pl.Expr, name: str) -> list[pl.Expr]:
+    """Exact (decimal) sum and count of ``x`` (NaN and null skipped), for :func:`_mean`."""
+    x = x.cast(pl.Float64).fill_nan(None)
+    return [x.cast(_SUM1).sum().alias(f"{name}__s1"), x.count().alias(f"{name}__n")]
 
 
-def _moments(row: dict, name: str, shift: float = 0.0) -> tuple[float | None, float | None]:
-    """The mean and the standard deviation (ddof 1) from :func:`_moment_exprs`' sums in ``row``
-    (None where there are no values / fewer than two)."""
-    import decimal
+def _mean(row: dict, name: str) -> float | None:
+    from fractions import Fraction
 
     n = int(row[f"{name}__n"] or 0)
-    if n == 0:
-        return None, None
-    with decimal.localcontext() as ctx:
-        ctx.prec = 80
-        s1, s2 = decimal.Decimal(row[f"{name}__s1"]), decimal.Decimal(row[f"{name}__s2"])
-        mean = s1 / n
-        var = (s2 - s1 * mean) / (n - 1) if n > 1 else None
-    return shift + float(mean), (math.sqrt(max(float(var), 0.0)) if var is not None else None)
+    return float(Fraction(row[f"{name}__s1"]) / n) if n else None
 
 
-def _middle(lo: float | None, hi: float | None) -> float:
-    """A shift for :func:`_moment_exprs`: the middle of [lo, hi] when both are finite, else 0."""
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return 0.0
-    return (lo + hi) / 2
+@dataclass(frozen=True)
+class _Fixed:
+    """Fixed-point integer moments of a column bounded by [lo, hi] over at most ``n`` rows."""
+    mid: float
+    k1: int  # values: round((x - mid) * 2**k1)
+    k2: int  # squares: round((x - mid)**2 * 2**k2)
+
+    @staticmethod
+    def of(lo: float | None, hi: float | None, n: int, name: str) -> "_Fixed":
+        if lo is None or hi is None:  # no values: every sum is empty
+            return _Fixed(0.0, 0, 0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"column {name!r} has non-finite training values (range {lo} .. {hi})")
+        half = max((hi - lo) / 2, abs(hi - (lo + hi) / 2), abs((lo + hi) / 2 - lo))
+        scale = _INT_HEADROOM / max(n, 1)
+        k1 = math.floor(math.log2(scale / half)) if half > 0 else 0
+        k2 = math.floor(math.log2(scale / (half * half))) if half > 0 else 0
+        return _Fixed((lo + hi) / 2, k1, k2)
+
+    def exprs(self, x: pl.Expr, name: str) -> list[pl.Expr]:
+        # Truncated, not rounded (a third faster): each value loses less than 2**-k. A NaN casts to null
+        # (cast strict=False) and is skipped like a null; no value can pass the int64 range.
+        d = x.cast(pl.Float64) - self.mid
+        i1 = (d * 2.0 ** self.k1).cast(pl.Int64, strict=False)
+        return [i1.sum().alias(f"{name}__i1"), (d * d * 2.0 ** self.k2).cast(pl.Int64, strict=False).sum().alias(f"{name}__i2"),
+                i1.count().alias(f"{name}__n")]
+
+    def moments(self, row: dict, name: str) -> tuple[float | None, float | None]:
+        """The mean and the standard deviation (ddof 1); None where there are no values / fewer than two."""
+        from fractions import Fraction
+
+        n = int(row[f"{name}__n"] or 0)
+        if n == 0:
+            return None, None
+        s1 = Fraction(int(row[f"{name}__i1"])) / Fraction(2) ** self.k1
+        s2 = Fraction(int(row[f"{name}__i2"])) / Fraction(2) ** self.k2
+        var = (s2 - s1 * s1 / n) / (n - 1) if n > 1 else None
+        return self.mid + float(s1 / n), (math.sqrt(max(float(var), 0.0)) if var is not None else None)
 
 
 def _target_expr(spec: DatasetSpec, fset: FeatureSet) -> pl.Expr:
@@ -346,81 +348,121 @@ def _target_expr(spec: DatasetSpec, fset: FeatureSet) -> pl.Expr:
 def _train_aggregates(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str]) -> list[pl.Expr]:
     """The statistics of the training rows that need no other one, as one-row aggregations: the target
     offset's fill values (training means), the categorical vocabularies (sorted distinct values), and
-    the range of the (transformed) target and of the unclipped columns (the middle is their moments'
-    shift; clipped columns take the middle of their clip bounds)."""
-    ranged = [("__y", _target_expr(spec, fset)), *[(c, pl.col(c)) for c in fset.unclipped if c in fset.numeric]]
-    return [*[e for c in offset_cols for e in _moment_exprs(pl.col(c), f"{c}__fill")],
+    the ranges of the (transformed) target, the offset's columns and the unclipped columns (bounds for
+    the moments' fixed point, :class:`_Fixed`; clipped columns are bounded by their clip bounds)."""
+    ranged = [("__target", _target_expr(spec, fset)), *[(c, pl.col(c)) for c in offset_cols],
+              *[(c, pl.col(c)) for c in fset.unclipped if c in fset.numeric and c not in offset_cols]]
+    return [*[e for c in offset_cols for e in _mean_exprs(pl.col(c), f"{c}__fill")],
             *[e for name, x in ranged for e in (x.cast(pl.Float64).fill_nan(None).min().alias(f"{name}__min"),
                                                x.cast(pl.Float64).fill_nan(None).max().alias(f"{name}__max"))],
             *[pl.col(c).cast(pl.String).drop_nulls().unique().sort().implode().alias(f"{c}__vocab")
               for c in fset.categorical]]
 
 
+def _sample_columns(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str]) -> list[str]:
+    """What the statistics read: the numeric inputs, the target and the target offset's columns."""
+    return list(dict.fromkeys([*fset.numeric, spec.target, *offset_cols]))
+
+
 @dataclass(frozen=True)
 class FirstPass:
     """What :func:`build_features` aggregated in the pass that wrote the feature table, so that
-    :func:`fit_preprocessing` reads the table once more only (the clipped means and standard deviations
-    need the clip bounds): ``_train_aggregates``' row, and the quantile sample (path, modulus) if one
-    was written."""
+    :func:`fit_preprocessing` reads the table once more at most: ``_train_aggregates``' row, and the
+    statistics' sample (path, modulus) if one was written (the caller removes it)."""
     aggregates: dict
-    quantile_sample: tuple[str, int] | None = None
-    quantiles: dict | None = None  # exact clip quantiles (a window of at most EXACT_QUANTILE_MAX_ROWS rows)
+    sample: tuple[str, int] | None = None
 
 
 def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict,
-                      exact_quantile_max_rows: int = EXACT_QUANTILE_MAX_ROWS,
-                      quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS,
+                      exact_max_rows: int = EXACT_FIT_MAX_ROWS, sample_rows: int = FIT_SAMPLE_ROWS,
                       first_pass: FirstPass | None = None) -> Preprocessing:
     """Fit clip bounds, scaling and vocabularies on the training split, in streaming passes.
 
-    The comps columns of ``fset`` are inputs when the feature table has them (all or none).
-    Memory is bounded whatever the table's size: means, standard deviations and vocabularies are
-    streaming aggregations; the clip quantiles are exact up to ``exact_quantile_max_rows`` training
-    rows and computed on a deterministic hash sample of about ``quantile_sample_rows`` rows above
-    it (:func:`_clip_quantiles`). Passes over the table: one for the offset fills and vocabularies
-    (none with ``first_pass``), the quantiles' (on the sample above the threshold), and one for the
-    clipped means and standard deviations.
+    The comps columns of ``fset`` are inputs when the feature table has them (all or none). Memory is
+    bounded whatever the table's size. Vocabularies, the target offset's fills and the ranges are
+    aggregated over every training row (one pass; none with ``first_pass``). The clip quantiles, then
+    the clipped means and standard deviations and the target's, are computed over every training row
+    up to ``exact_max_rows`` of them (King County: always), else over a deterministic sample of about
+    ``sample_rows`` (:func:`_fit_sample`, sunk beside the table in one pass, or written by
+    ``first_pass``): standardization needs a mean to a fraction of a standard deviation, which a
+    sample of that size gives (~0.002), and an exact quantile would hold every value of a column.
+    ``fitted_on["statistics"]`` records which. Sums are exact integers (:class:`_Fixed`): the same
+    table gives the same preprocessing, bit for bit.
     """
+    import tempfile
+
     names = pl.scan_parquet(features_uri).collect_schema().names()
     try:
         fset, offset_cols = _fit_columns(names, fset)
     except ValueError as e:
         raise ValueError(f"{features_uri}: {e}") from None
-    train = pl.scan_parquet(features_uri).filter(pl.col(SPLIT) == "train")
+    table = pl.scan_parquet(features_uri)
+    train = table.filter(pl.col(SPLIT) == "train")
     n_train = fitted_on.get("rows", {}).get("train")
     if n_train is None:
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
     aggs = first_pass.aggregates if first_pass is not None else (
         train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True))
-    if first_pass is not None and first_pass.quantiles is not None:
-        q = dict(first_pass.quantiles)
-    else:
-        q, _ = _clip_quantiles(features_uri, train, fset.numeric, n_train, exact_quantile_max_rows,
-                               quantile_sample_rows, sample=first_pass.quantile_sample if first_pass is not None else None)
+    source, how, tmp = train, {"method": "exact", "rows": n_train}, None
+    if n_train > exact_max_rows:
+        sample = first_pass.sample if first_pass is not None else None
+        if sample is None:
+            k = max(1, math.ceil(n_train / sample_rows))
+            fd, tmp = tempfile.mkstemp(suffix=".fit-sample.parquet", dir=os.path.dirname(features_uri) or None)
+            os.close(fd)
+            _fit_sample(table, _sample_columns(spec, fset, offset_cols), k).sink_parquet(tmp, compression="lz4")
+            sample = (tmp, k)
+        source = pl.scan_parquet(sample[0])
+        how = {"method": "every_kth_row", "modulus": sample[1],
+               "rows": int(source.select(pl.len()).collect().item()), "of_rows": n_train}
+    try:
+        prep = _fit_statistics(source, int(how["rows"]), spec, fset, offset_cols, aggs,
+                               {**fitted_on, "statistics": how})
+    finally:
+        if tmp is not None:
+            os.remove(tmp)
+    return prep
+
+
+def _fit_statistics(source: pl.LazyFrame, n: int, spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str],
+                    aggs: dict, fitted_on: dict) -> Preprocessing:
+    """The preprocessing from the training rows (or their sample) ``source`` of ``n`` rows and the
+    aggregates of every training row ``aggs``."""
+    q = _clip_quantiles(source, fset.numeric)
     y = _target_expr(spec, fset)
-    fills = {c: _moments(aggs, f"{c}__fill")[0] for c in offset_cols}
+    fills = {c: _mean(aggs, f"{c}__fill") for c in offset_cols}
     offset_terms = [OffsetTerm(name=c, fill=fills[c] if fills[c] is not None else 0.0) for c in offset_cols]
     if offset_terms:
         y = y - pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in offset_terms])
-    shift = {c: _middle(q[f"{c}__lo"], q[f"{c}__hi"]) for c in fset.numeric}
+    # Bounds of each column the moments pass sums: clip bounds, else the range the aggregates found.
+    # The target minus its offset lies within the target's range minus the offset columns' (a fill is
+    # a mean of its column, so within it too).
+    bounds = {c: (q[f"{c}__lo"], q[f"{c}__hi"]) for c in fset.numeric}
     for c in fset.unclipped:
         q[f"{c}__lo"] = q[f"{c}__hi"] = None
-        shift[c] = _middle(aggs.get(f"{c}__min"), aggs.get(f"{c}__max"))
-    shift["__y"] = _middle(aggs["__y__min"], aggs["__y__max"]) - sum(t.fill for t in offset_terms)
-    sums = train.select(
+        bounds[c] = (aggs.get(f"{c}__min"), aggs.get(f"{c}__max"))
+    lo, hi = aggs["__target__min"], aggs["__target__max"]
+    for t in offset_terms:
+        o_lo, o_hi = aggs[f"{t.name}__min"], aggs[f"{t.name}__max"]
+        if o_lo is None:  # the column is null in every training row: it is its fill
+            o_lo = o_hi = t.fill
+        lo, hi = (None, None) if lo is None else (lo - o_hi, hi - o_lo)
+    bounds["__y"] = (lo, hi)
+    fixed = {c: _Fixed.of(*b, n=n, name=c) for c, b in bounds.items()}
+    sums = source.select(
         *[e for c in fset.numeric
-          for e in _moment_exprs(pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]), c, shift[c])],
-        *_moment_exprs(y, "__y", shift["__y"]),
+          for e in fixed[c].exprs(pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]), c)],
+        *fixed["__y"].exprs(y, "__y"),
     ).collect(engine="streaming").row(0, named=True)
     numeric = []
     for c in fset.numeric:
-        mean, std = _moments(sums, c, shift[c])
+        mean, std = fixed[c].moments(sums, c)
         clip = c not in fset.unclipped
         numeric.append(NumericStat(name=c, lo=q[f"{c}__lo"] if clip else None, hi=q[f"{c}__hi"] if clip else None,
                                    # a column without a value in training (a comp with no history yet) is all 0
                                    mean=mean if mean is not None else 0.0,
                                    std=std if std and math.isfinite(std) and std > 0 else 1.0))
-    y_mean, y_std = _moments(sums, "__y", shift["__y"])
+    y_mean, y_std = fixed["__y"].moments(sums, "__y")
     vocabs = [Vocabulary(name=c, values=list(aggs[f"{c}__vocab"] or [])) for c in fset.categorical]
     return Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
@@ -520,6 +562,10 @@ def _chunk_history(chunk: list[dict], candidates: list[dict], cfg: CompsConfig) 
 
 # Rows per Parquet row group of the feature table (the streaming loader reads one at a time).
 ROW_GROUP_ROWS = 65_536
+# The feature table's codec. lz4, not zstd: the table is rebuilt each retrain and read back by the
+# fit, training (each epoch when streamed), evaluation and drift, and zstd's compression was half
+# of writing it (10M rows: 6.6 s with zstd, 4.5 s with lz4; 494 vs 846 MiB on disk).
+FEATURES_COMPRESSION = "lz4"
 # Rows featurised per chunk when the features have no comparable-sales stage.
 PLAIN_CHUNK_ROWS = 500_000
 
@@ -541,7 +587,7 @@ def _write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], 
             del df
             if writer is None:
                 schema = table.schema
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer = pq.ParquetWriter(tmp, schema, compression=FEATURES_COMPRESSION)
             elif table.schema != schema:
                 table = table.cast(schema)
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -556,35 +602,29 @@ def _write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], 
 
 
 def _sink_first_pass(plan: pl.LazyFrame, spec: DatasetSpec, fset: FeatureSet, tmp: str, rows: int,
-                     exact_quantile_max_rows: int = EXACT_QUANTILE_MAX_ROWS,
-                     quantile_sample_rows: int = QUANTILE_SAMPLE_ROWS) -> tuple[dict[str, int], FirstPass, str | None]:
+                     exact_max_rows: int = EXACT_FIT_MAX_ROWS,
+                     sample_rows: int = FIT_SAMPLE_ROWS) -> tuple[dict[str, int], FirstPass, str | None]:
     """Write ``plan`` (row-level features, no row depending on another) to ``tmp`` in one streaming
     pass that also aggregates what :func:`fit_preprocessing` would otherwise read the table again for:
     the rows per split, the training aggregates (:func:`_train_aggregates`) and, when the window has
-    more than ``exact_quantile_max_rows`` rows (``rows``, from the footers), the quantile sample with
-    modulus ``ceil(rows / quantile_sample_rows)`` (about that many rows of the window, of which the
-    training rows are kept). ``pl.collect_all`` runs the sink and the aggregations as one plan whose
-    scan and features are computed once (a shared cache node), in Polars' streaming engine.
-    Returns the counts, the :class:`FirstPass` and the sample's path (the caller removes it).
+    more than ``exact_max_rows`` rows (``rows``, from the footers), the statistics' sample with modulus
+    ``ceil(rows / sample_rows)`` (:func:`_fit_sample`: the same rows as from the written table).
+    ``pl.collect_all`` runs the sink and the aggregations as one plan whose scan, join and derive are
+    computed once (a shared cache node), in Polars' streaming engine. Returns the counts, the
+    :class:`FirstPass` and the sample's path (the caller removes it).
     """
     fit_fset, offset_cols = _fit_columns(plan.collect_schema().names(), fset)
-    train = plan.filter(pl.col(SPLIT) == "train")
-    aggregates = _train_aggregates(spec, fit_fset, offset_cols)
-    queries = [plan.sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, lazy=True),
-               plan.group_by(SPLIT).len()]
-    queries.append(train.select(aggregates))
-    sample, exact = None, rows <= exact_quantile_max_rows and bool(fit_fset.numeric)
-    if exact:  # at most exact_quantile_max_rows x columns values held: the quantiles of fit_preprocessing
-        queries.append(train.select(_quantile_exprs(fit_fset.numeric)))
-    elif fit_fset.numeric:
-        sample = (f"{tmp}.quantile-sample.parquet", max(1, math.ceil(rows / quantile_sample_rows)))
-        queries.append(_quantile_sample(train, fit_fset.numeric, sample[1]).sink_parquet(
+    queries = [plan.sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS, lazy=True),
+               plan.group_by(SPLIT).len(),
+               plan.filter(pl.col(SPLIT) == "train").select(_train_aggregates(spec, fit_fset, offset_cols))]
+    sample = None
+    if rows > exact_max_rows:
+        sample = (f"{tmp}.fit-sample.parquet", max(1, math.ceil(rows / sample_rows)))
+        queries.append(_fit_sample(plan, _sample_columns(spec, fit_fset, offset_cols), sample[1]).sink_parquet(
             sample[0], compression="lz4", lazy=True))
     done = pl.collect_all(queries, engine="streaming")
     counts = {k: int(n) for k, n in done[1].iter_rows()}
-    first = FirstPass(done[2].row(0, named=True), sample,
-                      done[-1].row(0, named=True) if exact else None)
-    return counts, first, sample and sample[0]
+    return counts, FirstPass(done[2].row(0, named=True), sample), sample and sample[0]
 
 
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
@@ -599,7 +639,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     date ranges come from the Parquet footers). Each chunk reads its rows and only the history files
     it can reach, runs comps (its k-nearest in slices of at most ``max_knn_pairs`` candidate pairs,
     see ``tasks.comps.comps``), ``derive``, the split and the column selection, and is appended to one
-    Parquet file (``ParquetWriter``, zstd, row groups of 65,536 rows) written to ``<final>.tmp`` and
+    Parquet file (``ParquetWriter``, ``FEATURES_COMPRESSION``, row groups of 65,536 rows) written to ``<final>.tmp`` and
     renamed. Rows keep the order of a single scan of the window (partition order, then file order),
     and every row's values are those of a single-chunk run: a row's comps depend only on the
     sales dated before it (``tests/test_outofcore.py``). Peak memory ~ one chunk plus the history it

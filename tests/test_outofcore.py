@@ -14,7 +14,9 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-from tasks.features import CLIP_QUANTILES, SPLIT, NumericStat, Preprocessing, Vocabulary, _clip_quantiles
+from tasks.features import (
+    CLIP_QUANTILES, SPLIT, FeatureSet, NumericStat, Preprocessing, Vocabulary, fit_preprocessing,
+)
 
 # ---------------------------------------------------------------------------------------------
 # build_features in chunks
@@ -84,31 +86,36 @@ def test_plan_chunks_keeps_day_order_and_bounds_rows():
 # Clip quantiles on a sample above the threshold
 
 
-def test_sampled_quantiles_are_close_to_exact_and_deterministic(tmp_path):
+def test_sampled_statistics_are_close_to_exact_and_deterministic(tmp_path, spec):
     rng = np.random.default_rng(0)
-    n = 40_000
+    n = 100_000
     df = pl.DataFrame({"a": rng.normal(size=n), "b": rng.lognormal(size=n), "c": rng.integers(0, 50, n).astype(float),
+                       "z": rng.choice(["p", "q"], n), "price": rng.lognormal(12.0, 0.5, n),
                        SPLIT: np.where(rng.uniform(size=n) < 0.8, "train", "val")})
     path = tmp_path / "f.parquet"
     df.write_parquet(path)
-    train = pl.scan_parquet(path).filter(pl.col(SPLIT) == "train")
+    fset = FeatureSet(["a", "b", "c"], ["z"], "log", lambda lf: lf, None)
     n_train = int((df[SPLIT] == "train").sum())
-    cols = ["a", "b", "c"]
-    exact, how = _clip_quantiles(str(path), train, cols, n_train, exact_max_rows=n_train, sample_rows=8_000)
-    assert how["method"] == "exact"
-    sampled, how = _clip_quantiles(str(path), train, cols, n_train, exact_max_rows=1_000, sample_rows=8_000)
-    assert how["method"] == "hash_sample" and 0.6 * 8_000 < how["rows"] < 1.4 * 8_000
-    again, _ = _clip_quantiles(str(path), train, cols, n_train, exact_max_rows=1_000, sample_rows=8_000)
-    assert sampled == again
+    exact = fit_preprocessing(str(path), spec, fset, {}, exact_max_rows=n_train, sample_rows=20_000)
+    assert exact.fitted_on["statistics"] == {"method": "exact", "rows": n_train}
+    sampled = fit_preprocessing(str(path), spec, fset, {}, exact_max_rows=1_000, sample_rows=20_000)
+    how = sampled.fitted_on["statistics"]
+    # every k-th row of the table (k = ceil(training rows / 20k)), of which the training rows
+    k = -(-n_train // 20_000)
+    assert how["method"] == "every_kth_row" and how["modulus"] == k and how["of_rows"] == n_train
+    assert how["rows"] == int(df.with_row_index("r").filter((pl.col(SPLIT) == "train") & (pl.col("r") % k == 0)).height)
+    again = fit_preprocessing(str(path), spec, fset, {}, exact_max_rows=1_000, sample_rows=20_000)
+    assert again.sha256() == sampled.sha256()
     tr = df.filter(pl.col(SPLIT) == "train")
-    for c in cols:
-        assert exact[f"{c}__lo"] == tr[c].quantile(CLIP_QUANTILES[0])
-        assert exact[f"{c}__hi"] == tr[c].quantile(CLIP_QUANTILES[1])
-        # within a fraction of the column's spread (the tails of a 8k sample)
+    for e, s_, c in zip(exact.numeric, sampled.numeric, "abc"):
+        assert (e.lo, e.hi) == (tr[c].quantile(CLIP_QUANTILES[0]), tr[c].quantile(CLIP_QUANTILES[1]))
+        # within a fraction of the column's spread (the 0.1% tails of a 20k sample: ~20 values each)
         spread = tr[c].quantile(0.99) - tr[c].quantile(0.01)
-        for side in ("lo", "hi"):
-            assert abs(sampled[f"{c}__{side}"] - exact[f"{c}__{side}"]) < 0.25 * spread, (c, side)
-    assert not [p for p in tmp_path.iterdir() if "quantile-sample" in p.name]  # the sample file is removed
+        assert abs(s_.lo - e.lo) < 0.3 * spread and abs(s_.hi - e.hi) < 0.3 * spread, c
+        assert abs(s_.mean - e.mean) < 0.05 * e.std and abs(s_.std / e.std - 1) < 0.1, c
+    assert abs(sampled.target_mean - exact.target_mean) < 0.05 * exact.target_std
+    assert [v.values for v in sampled.categorical] == [["p", "q"]]  # vocabularies: every training row
+    assert not [p for p in tmp_path.iterdir() if "fit-sample" in p.name]  # the sample file is removed
 
 
 # ---------------------------------------------------------------------------------------------
