@@ -347,16 +347,22 @@ def _target_expr(spec: DatasetSpec, fset: FeatureSet) -> pl.Expr:
 
 def _train_aggregates(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str]) -> list[pl.Expr]:
     """The statistics of the training rows that need no other one, as one-row aggregations: the target
-    offset's fill values (training means), the categorical vocabularies (sorted distinct values), and
-    the ranges of the (transformed) target, the offset's columns and the unclipped columns (bounds for
-    the moments' fixed point, :class:`_Fixed`; clipped columns are bounded by their clip bounds)."""
+    offset's fill values (training means) and the ranges of the (transformed) target, the offset's
+    columns and the unclipped columns (bounds for the moments' fixed point, :class:`_Fixed`; clipped
+    columns are bounded by their clip bounds)."""
     ranged = [("__target", _target_expr(spec, fset)), *[(c, pl.col(c)) for c in offset_cols],
               *[(c, pl.col(c)) for c in fset.unclipped if c in fset.numeric and c not in offset_cols]]
     return [*[e for c in offset_cols for e in _mean_exprs(pl.col(c), f"{c}__fill")],
             *[e for name, x in ranged for e in (x.cast(pl.Float64).fill_nan(None).min().alias(f"{name}__min"),
-                                               x.cast(pl.Float64).fill_nan(None).max().alias(f"{name}__max"))],
-            *[pl.col(c).cast(pl.String).drop_nulls().unique().sort().implode().alias(f"{c}__vocab")
-              for c in fset.categorical]]
+                                               x.cast(pl.Float64).fill_nan(None).max().alias(f"{name}__max"))]]
+
+
+def _vocabulary(train: pl.LazyFrame, column: str) -> list[str]:
+    """The sorted distinct values of ``column`` in the training rows. A frame-level ``unique`` streams
+    (memory ~ distinct values); ``pl.col(c).unique()`` inside a ``select`` held the whole column
+    (0.6 GiB for 32M training rows)."""
+    values = train.select(pl.col(column).cast(pl.String)).drop_nulls().unique().collect(engine="streaming")
+    return sorted(values[column].to_list())
 
 
 def _sample_columns(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str]) -> list[str]:
@@ -364,30 +370,21 @@ def _sample_columns(spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str])
     return list(dict.fromkeys([*fset.numeric, spec.target, *offset_cols]))
 
 
-@dataclass(frozen=True)
-class FirstPass:
-    """What :func:`build_features` aggregated in the pass that wrote the feature table, so that
-    :func:`fit_preprocessing` reads the table once more at most: ``_train_aggregates``' row, and the
-    statistics' sample (path, modulus) if one was written (the caller removes it)."""
-    aggregates: dict
-    sample: tuple[str, int] | None = None
-
-
 def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fitted_on: dict,
-                      exact_max_rows: int = EXACT_FIT_MAX_ROWS, sample_rows: int = FIT_SAMPLE_ROWS,
-                      first_pass: FirstPass | None = None) -> Preprocessing:
+                      exact_max_rows: int = EXACT_FIT_MAX_ROWS, sample_rows: int = FIT_SAMPLE_ROWS) -> Preprocessing:
     """Fit clip bounds, scaling and vocabularies on the training split, in streaming passes.
 
     The comps columns of ``fset`` are inputs when the feature table has them (all or none). Memory is
-    bounded whatever the table's size. Vocabularies, the target offset's fills and the ranges are
-    aggregated over every training row (one pass; none with ``first_pass``). The clip quantiles, then
-    the clipped means and standard deviations and the target's, are computed over every training row
-    up to ``exact_max_rows`` of them (King County: always), else over a deterministic sample of about
-    ``sample_rows`` (:func:`_fit_sample`, sunk beside the table in one pass, or written by
-    ``first_pass``): standardization needs a mean to a fraction of a standard deviation, which a
-    sample of that size gives (~0.002), and an exact quantile would hold every value of a column.
-    ``fitted_on["statistics"]`` records which. Sums are exact integers (:class:`_Fixed`): the same
-    table gives the same preprocessing, bit for bit.
+    bounded whatever the table's size: each pass is one streaming query with one consumer (Polars'
+    ``collect_all`` of several queries over one scan buffered rows for the slowest: +0.5 to 1.4 GiB
+    at 50M rows). Vocabularies, the target offset's fills and the ranges are computed over every
+    training row (reading only their columns). The clip quantiles, then the clipped means and standard
+    deviations and the target's, are computed over every training row up to ``exact_max_rows`` of
+    them (King County: always), else over a deterministic sample of about ``sample_rows``
+    (:func:`_fit_sample`, sunk beside the table): standardization needs a mean to a fraction of a
+    standard deviation, which a sample of that size gives (~0.002), and an exact quantile would hold
+    every value of a column. ``fitted_on["statistics"]`` records which. Sums are exact integers
+    (:class:`_Fixed`): the same table gives the same preprocessing, bit for bit.
     """
     import tempfile
 
@@ -401,22 +398,19 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
     n_train = fitted_on.get("rows", {}).get("train")
     if n_train is None:
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
-    aggs = first_pass.aggregates if first_pass is not None else (
-        train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True))
+    aggs = train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True)
+    vocabs = {c: _vocabulary(train, c) for c in fset.categorical}
     source, how, tmp = train, {"method": "exact", "rows": n_train}, None
     if n_train > exact_max_rows:
-        sample = first_pass.sample if first_pass is not None else None
-        if sample is None:
-            k = max(1, math.ceil(n_train / sample_rows))
-            fd, tmp = tempfile.mkstemp(suffix=".fit-sample.parquet", dir=os.path.dirname(features_uri) or None)
-            os.close(fd)
-            _fit_sample(table, _sample_columns(spec, fset, offset_cols), k).sink_parquet(tmp, compression="lz4")
-            sample = (tmp, k)
-        source = pl.scan_parquet(sample[0])
-        how = {"method": "every_kth_row", "modulus": sample[1],
-               "rows": int(source.select(pl.len()).collect().item()), "of_rows": n_train}
+        k = max(1, math.ceil(n_train / sample_rows))
+        fd, tmp = tempfile.mkstemp(suffix=".fit-sample.parquet", dir=os.path.dirname(features_uri) or None)
+        os.close(fd)
+        _fit_sample(table, _sample_columns(spec, fset, offset_cols), k).sink_parquet(tmp, compression="lz4")
+        source = pl.scan_parquet(tmp)
+        how = {"method": "every_kth_row", "modulus": k, "rows": int(source.select(pl.len()).collect().item()),
+               "of_rows": n_train}
     try:
-        prep = _fit_statistics(source, int(how["rows"]), spec, fset, offset_cols, aggs,
+        prep = _fit_statistics(source, int(how["rows"]), spec, fset, offset_cols, aggs, vocabs,
                                {**fitted_on, "statistics": how})
     finally:
         if tmp is not None:
@@ -425,9 +419,9 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
 
 
 def _fit_statistics(source: pl.LazyFrame, n: int, spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str],
-                    aggs: dict, fitted_on: dict) -> Preprocessing:
-    """The preprocessing from the training rows (or their sample) ``source`` of ``n`` rows and the
-    aggregates of every training row ``aggs``."""
+                    aggs: dict, vocabs: dict[str, list[str]], fitted_on: dict) -> Preprocessing:
+    """The preprocessing from the training rows (or their sample) ``source`` of ``n`` rows, and the
+    aggregates and vocabularies of every training row."""
     q = _clip_quantiles(source, fset.numeric)
     y = _target_expr(spec, fset)
     fills = {c: _mean(aggs, f"{c}__fill") for c in offset_cols}
@@ -463,10 +457,9 @@ def _fit_statistics(source: pl.LazyFrame, n: int, spec: DatasetSpec, fset: Featu
                                    mean=mean if mean is not None else 0.0,
                                    std=std if std and math.isfinite(std) and std > 0 else 1.0))
     y_mean, y_std = fixed["__y"].moments(sums, "__y")
-    vocabs = [Vocabulary(name=c, values=list(aggs[f"{c}__vocab"] or [])) for c in fset.categorical]
     return Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
-        categorical=vocabs, target=spec.target, target_transform=fset.target_transform,
+        categorical=[Vocabulary(name=c, values=vocabs[c]) for c in fset.categorical], target=spec.target, target_transform=fset.target_transform,
         target_mean=y_mean, target_std=y_std or 1.0, fitted_on=fitted_on, comps=fset.comps,
         target_offset=offset_terms,
     )
@@ -601,32 +594,6 @@ def _write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], 
     return counts
 
 
-def _sink_first_pass(plan: pl.LazyFrame, spec: DatasetSpec, fset: FeatureSet, tmp: str, rows: int,
-                     exact_max_rows: int = EXACT_FIT_MAX_ROWS,
-                     sample_rows: int = FIT_SAMPLE_ROWS) -> tuple[dict[str, int], FirstPass, str | None]:
-    """Write ``plan`` (row-level features, no row depending on another) to ``tmp`` in one streaming
-    pass that also aggregates what :func:`fit_preprocessing` would otherwise read the table again for:
-    the rows per split, the training aggregates (:func:`_train_aggregates`) and, when the window has
-    more than ``exact_max_rows`` rows (``rows``, from the footers), the statistics' sample with modulus
-    ``ceil(rows / sample_rows)`` (:func:`_fit_sample`: the same rows as from the written table).
-    ``pl.collect_all`` runs the sink and the aggregations as one plan whose scan, join and derive are
-    computed once (a shared cache node), in Polars' streaming engine. Returns the counts, the
-    :class:`FirstPass` and the sample's path (the caller removes it).
-    """
-    fit_fset, offset_cols = _fit_columns(plan.collect_schema().names(), fset)
-    queries = [plan.sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS, lazy=True),
-               plan.group_by(SPLIT).len(),
-               plan.filter(pl.col(SPLIT) == "train").select(_train_aggregates(spec, fit_fset, offset_cols))]
-    sample = None
-    if rows > exact_max_rows:
-        sample = (f"{tmp}.fit-sample.parquet", max(1, math.ceil(rows / sample_rows)))
-        queries.append(_fit_sample(plan, _sample_columns(spec, fit_fset, offset_cols), sample[1]).sink_parquet(
-            sample[0], compression="lz4", lazy=True))
-    done = pl.collect_all(queries, engine="streaming")
-    counts = {k: int(n) for k, n in done[1].iter_rows()}
-    return counts, FirstPass(done[2].row(0, named=True), sample), sample and sample[0]
-
-
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
                    chunk_rows: int | None = None, max_knn_pairs: int | None = MAX_KNN_PAIRS) -> dict:
     """Features and preprocessing for the window [window_start, window_end). Returns XCom metadata.
@@ -646,11 +613,10 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     reaches, whatever the window's size (docs/out-of-core.md).
 
     Without row-by-row comps (``HOMEWORTH_COMPS=market`` or ``off``) no row depends on another: one
-    streaming plan writes the table and, in the same pass (:func:`_sink_first_pass`), aggregates the
-    split counts, the vocabularies, the offset fills and the clip quantiles (or their sample), so
-    :func:`fit_preprocessing` reads the table once more, for the clipped means and standard
-    deviations. The input partitions' hashes (lineage) come from the sidecars validation wrote
-    (``storage.cached_file_sha256``). Sums are exact, so a rerun gives the same bytes and hashes.
+    streaming plan writes the whole table. :func:`fit_preprocessing` then reads only the columns it
+    needs, and above 250k training rows takes its statistics from a sample. The input partitions'
+    hashes (lineage) come from the sidecars validation wrote (``storage.cached_file_sha256``). Sums
+    are exact, so a rerun gives the same bytes and hashes.
     """
     parts = window_partitions(lake_uri, window_start, window_end)
     if not parts:
@@ -693,24 +659,23 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    first_pass, sample_path = None, None
-    try:
-        if fset.comps is None or market is not None:
-            counts, first_pass, sample_path = _sink_first_pass(chunk_frame(info), spec, fset, tmp,
-                                                               sum(p["rows"] for p in info))
-        else:
-            counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
-        fs.move(tmp, local)
-        for split in SPLITS:
-            if not counts.get(split):
-                raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
-                                 "widen the window or change the spec's split")
-        fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
-                     "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
-        prep = fit_preprocessing(local, spec, fset, fitted_on, first_pass=first_pass)
-    finally:
-        if sample_path is not None and os.path.exists(sample_path):
-            os.remove(sample_path)
+    if fset.comps is None or market is not None:
+        # Row-level features (and the market index joined by day): no row depends on another, so one
+        # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
+        # bounded by the engine's morsels. One consumer only: a collect_all that also aggregated the
+        # rows it wrote buffered rows for the writer (2.1 GiB at 50M rows against 0.7).
+        chunk_frame(info).sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+        counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
+    else:
+        counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
+    fs.move(tmp, local)
+    for split in SPLITS:
+        if not counts.get(split):
+            raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
+                             "widen the window or change the spec's split")
+    fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
+                 "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
+    prep = fit_preprocessing(local, spec, fset, fitted_on)
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())
