@@ -2,8 +2,9 @@
 
 Gradient boosting (``tasks.train.train_gbm``: HistGradientBoostingRegressor on ln(price)) is trained
 here on the very features, preprocessing vocabularies and train / val split the new model was
-trained on, as a yardstick: its test metrics are ``metrics["gbm"]`` (MLflow ``gbm_test/*``) beside
-``new`` and ``champion``. It plays no part in promotion.
+trained on, and refit on train + val when the new model was (``RetrainParams.refit_on_val``), as a
+yardstick: its test metrics are ``metrics["gbm"]`` (MLflow ``gbm_test/*``) beside ``new`` and
+``champion``. It plays no part in promotion.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
             needed = ({s.name for s in old.prep.numeric} | {v.name for v in old.prep.categorical}
                       | {t.name for t in old.prep.target_offset})
             old_from_features = needed <= columns
-        gbm = _gbm(features, new.prep)
+        # The yardstick gets the deep model's treatment: refit on train + val when the model was.
+        gbm = _gbm(features, new.prep, refit=bool((trained.get("refit") or {}).get("done")))
         # The test split in batches of rows (memory ~ one batch whatever the window's size); only the
         # keys, the target and the predictions are kept.
         for test in iter_split(uri, "test", EVAL_BATCH_ROWS):
@@ -110,8 +112,8 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
         for k, v in values.items():
             c.log_metric(run_id, f"{'test' if m == 'new' else m + '_test'}/{k}", v)
     if gbm_info is not None:
-        for k in ("val_rmse_ln", "train_seconds", "n_iter", "train_rows"):
-            c.log_metric(run_id, f"gbm/{k}", gbm_info[k])
+        for k in ("val_rmse_ln", "train_seconds", "n_iter", "train_rows", "refit"):
+            c.log_metric(run_id, f"gbm/{k}", float(gbm_info[k]))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "report.html").write_text(html)
         c.log_artifact(run_id, str(Path(tmp) / "report.html"), "evaluation")
@@ -120,14 +122,15 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
             "gbm": gbm_info}
 
 
-def _gbm(features: dict, prep) -> dict | None:
+def _gbm(features: dict, prep, refit: bool = False) -> dict | None:
     """Gradient boosting trained on the run's features and split (``model``, its metrics). None if it fails."""
     from tasks.train import train_gbm
 
     try:
-        result = train_gbm(features["features_uri"], prep)
+        result = train_gbm(features["features_uri"], prep, refit=refit)
         return {"model": result, "val_rmse_ln": result.metrics["val_rmse_ln"], "train_seconds": result.seconds,
-                "n_iter": result.metrics["n_iter"], "train_rows": result.metrics["train_rows"]}
+                "n_iter": result.metrics["n_iter"], "train_rows": result.metrics["train_rows"],
+                "refit": bool(result.metrics["refit"])}
     except Exception:  # the yardstick must never block an evaluation
         log.exception("gradient boosting yardstick failed; the evaluation goes on without it")
         return None

@@ -60,7 +60,7 @@ class ModelConfig(BaseModel):
 FAMILY_DEFAULTS: dict[str, dict] = {
     "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
              "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
-             "huber_delta": 0.3, "max_time_s": 200},
+             "huber_delta": 0.3, "max_time_s": 260},
     "mlp_plr": {"family": "mlp_plr"},
     "mlp": {"family": "mlp"},
 }
@@ -181,9 +181,12 @@ class TabularNet(nn.Module):
 
 
 class PriceModule(L.LightningModule):
-    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float):
+    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float, lr_schedule: list[float] | None = None):
+        """``lr_schedule``: the learning rate of each epoch, replayed instead of reducing it when the
+        validation loss plateaus (a refit, which has no validation rows of its own, replays the
+        schedule of the run that chose its number of epochs)."""
         super().__init__()
-        self.net, self.cfg = net, cfg
+        self.net, self.cfg, self.lr_schedule = net, cfg, lr_schedule
         # The target is standardized ln(price): rmse in ln units is the loss scaled back.
         self.target_std = target_std
         self._train_sums: torch.Tensor | None = None  # (sum of loss x n, sum of rmse_ln x n, n) this epoch
@@ -241,6 +244,10 @@ class PriceModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.lr_schedule is not None:
+            lrs = self.lr_schedule
+            replay = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lrs[min(e, len(lrs) - 1)] / self.cfg.lr)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": replay, "interval": "epoch"}}
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(self.cfg.patience // 2, 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
 

@@ -31,6 +31,11 @@ class RetrainParams(BaseModel):
     use_tuned_config: bool = Field(
         default=True, description="Start from the best configuration price_model_tune recorded for this dataset, "
         "if any; model family, max epochs and seed override it when set to a value other than their default.")
+    refit_on_val: bool = Field(
+        default=True, description="After early stopping on the validation split chose the number of epochs, train "
+        "again from scratch on train + validation for that many epochs (the model then knows the latest sales "
+        "before the test period); the evaluation's gradient boosting does the same. Skipped when the training split "
+        "is streamed (over 2M rows) or the time cap would not allow it.")
     min_relative_improvement: float = Field(
         default=0.01, ge=0, le=1, description="Promote only if test mdape improves on the champion's by this fraction.")
     max_mdape: float = Field(default=0.15, gt=0, le=1, description="Absolute bar: test median APE at most this.")

@@ -10,6 +10,7 @@ evaluation is keyed by the window and the model version, and moving the alias is
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from datetime import date, timedelta
@@ -65,7 +66,8 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
     if done is not None and done.data.tags.get("model_version"):
         log.info("reusing finished MLflow run %s of an earlier try", done.info.run_id)
         return {"mlflow_run_id": done.info.run_id, "model_version": done.data.tags["model_version"],
-                "val_rmse_ln": done.data.metrics.get("best/val_rmse_ln"), "reused": True}
+                "val_rmse_ln": done.data.metrics.get("best/val_rmse_ln"), "reused": True,
+                "refit": json.loads(done.data.tags.get("train.refit", "null"))}
 
     prep = load_preprocessing(features["preprocessing_uri"])
     cfg, config_source, tuning_run = model_config(settings, prep.dataset, params)
@@ -82,8 +84,16 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
             c.log_param(run_id, k, v)
         logger = MLFlowLogger(experiment_name=settings.experiment_name, tracking_uri=settings.mlflow_tracking_uri,
                               run_id=run_id)
-        result = train(cfg, features["features_uri"], prep, logger=logger, threads=settings.torch_threads)
+        result = train(cfg, features["features_uri"], prep, logger=logger, threads=settings.torch_threads,
+                       refit=params.refit_on_val)
         c.log_metric(run_id, "best/val_rmse_ln", result.metrics["val_rmse_ln"])
+        c.log_param(run_id, "refit_on_val", params.refit_on_val)
+        if result.refit is not None:
+            c.set_tag(run_id, "train.refit", json.dumps(result.refit))
+            if result.refit["done"]:
+                c.log_metric(run_id, "refit/epochs", result.refit["epochs"])
+                c.log_metric(run_id, "refit/rows", result.refit["rows"])
+                c.log_metric(run_id, "refit/seconds", result.refit["seconds"])
         c.log_metric(run_id, "best/epoch", result.best_epoch)
         c.log_metric(run_id, "train_seconds", result.seconds)
         c.log_metric(run_id, "train_samples_per_second", result.metrics["samples_per_second"])
@@ -102,7 +112,8 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
         c.set_terminated(run_id, "FAILED")
         raise
     return {"mlflow_run_id": run_id, "model_version": str(mv.version), "val_rmse_ln": result.metrics["val_rmse_ln"],
-            "epochs": result.epochs_run, "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds + ((result.refit or {}).get("seconds") or 0), 2), "refit": result.refit,
             "model_family": cfg.family, "config_source": config_source, "reused": False}
 
 

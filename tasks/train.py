@@ -40,6 +40,16 @@ class BestWeights(L.Callback):
             self.state = copy.deepcopy(module.net.state_dict())
 
 
+class LearningRates(L.Callback):
+    """The optimizer's learning rate at the start of each training epoch (what a refit replays)."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+
 @dataclass
 class TrainResult:
     net: TabularNet
@@ -48,6 +58,8 @@ class TrainResult:
     epochs_run: int
     seconds: float
     rows: dict[str, int] = field(default_factory=dict)
+    # What the refit on train + val did (``train(refit=True)``): done, and epochs / rows / seconds, or why not.
+    refit: dict | None = None
 
 
 # Above this many training rows, train() streams the feature table (tasks/loader.py) instead of
@@ -65,9 +77,16 @@ def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str
     return {s: df.filter(pl.col(SPLIT) == s) for s in SPLITS}
 
 
+def _set_clamp(net: TabularNet, prep: Preprocessing, df: pl.DataFrame) -> None:
+    x = torch.as_tensor(prep.numeric_matrix(df))
+    net.num_lo.copy_(x.min(dim=0).values)
+    net.num_hi.copy_(x.max(dim=0).values)
+
+
 def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: TabularNet, in_memory_max_rows: int,
-          buffer_rows: int | None) -> tuple[L.LightningDataModule, dict[str, int]]:
-    """The DataModule and the rows per split: in memory up to ``in_memory_max_rows`` training rows, else streamed.
+          buffer_rows: int | None) -> tuple[L.LightningDataModule, dict[str, int], dict[str, pl.DataFrame] | None]:
+    """The DataModule, the rows per split and the frames (None when streamed): in memory up to
+    ``in_memory_max_rows`` training rows, else streamed.
 
     Also sets the clamp range of ``net`` (``cfg.clamp_inputs``) from the training rows.
     """
@@ -89,14 +108,12 @@ def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: Tabular
             net.num_hi.copy_(hi)
         dm = StreamingDataModule(features_uri, prep, cfg.batch_size, cfg.seed,
                                  buffer_rows if buffer_rows is not None else BUFFER_ROWS, counts=counts)
-        return dm, counts
+        return dm, counts, None
     frames = load_splits(features_uri)
     dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
     if cfg.clamp_inputs and len(frames["train"]):
-        x = torch.as_tensor(prep.numeric_matrix(frames["train"]))
-        net.num_lo.copy_(x.min(dim=0).values)
-        net.num_hi.copy_(x.max(dim=0).values)
-    return dm, {s: len(f) for s, f in frames.items()}
+        _set_clamp(net, prep, frames["train"])
+    return dm, {s: len(f) for s, f in frames.items()}, frames
 
 
 def train(
@@ -109,6 +126,7 @@ def train(
     limit_train_batches: int | float | None = None,
     in_memory_max_rows: int = IN_MEMORY_MAX_ROWS,
     buffer_rows: int | None = None,
+    refit: bool = False,
 ) -> TrainResult:
     """Train ``cfg``'s network on the feature table's train split, early-stopping on val.
 
@@ -116,14 +134,20 @@ def train(
     (``TabularDataModule``); above it they are streamed from the Parquet file in row groups through a
     seeded shuffle buffer of ``buffer_rows`` rows (``tasks.loader.StreamingDataModule``), so memory
     does not grow with the table.
+
+    ``refit``: then train a fresh network (same seed) on train + val for the number of epochs the
+    first run chose, replaying its learning rates, and return that one (:func:`_refit`; the
+    validation metrics stay those of the first run, the only ones measured on unseen rows). The
+    validation split holds the most recent sales before the test period; with a time split a model
+    that has seen them predicts the next months better (docs/model.md).
     """
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
-    dm, rows = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
+    dm, rows, frames = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
     module = PriceModule(net, cfg, prep.target_std)
-    best = BestWeights()
+    best, lrs = BestWeights(), LearningRates()
     val_every = None  # in memory: validate at each epoch's end
     if rows["train"] > in_memory_max_rows:  # streamed: every VAL_EVERY_SAMPLES, at most once an epoch's batches
         batches = math.ceil(rows["train"] / cfg.batch_size)
@@ -137,7 +161,7 @@ def train(
         devices=1,
         deterministic=True,
         logger=logger if logger is not None else False,
-        callbacks=[best, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
+        callbacks=[best, lrs, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -156,8 +180,63 @@ def train(
                "samples_per_second": trainer.global_step * cfg.batch_size / seconds}  # (last batches may be short)
     log.info("trained %d epochs in %.1fs; best %s %.4f at epoch %d", trainer.current_epoch, seconds, MONITOR,
              best.best, best.best_epoch)
+    refit_info = None
+    if refit:
+        refitted, refit_info = _refit(cfg, prep, frames, best.best_epoch, lrs.lrs, seconds, trainer.current_epoch,
+                                      accelerator, limit_train_batches)
+        if refitted is not None:
+            net = refitted
     return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
-                       seconds=seconds, rows=rows)
+                       seconds=seconds, rows=rows, refit=refit_info)
+
+
+# A refit starts only if its estimated time (the first run's seconds per epoch, scaled to its epochs
+# and rows) times this margin fits in what is left of cfg.max_time_s.
+REFIT_TIME_MARGIN = 1.25
+
+
+def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame] | None, best_epoch: int,
+           lrs: list[float], seconds: float, epochs_run: int, accelerator: str,
+           limit_train_batches: int | float | None) -> tuple[TabularNet | None, dict]:
+    """A fresh network (same seed and configuration) trained on train + val for ``best_epoch + 1``
+    epochs with the learning rates ``lrs`` of those epochs: (the network, what was done), or (None,
+    why not). Not done when the splits were streamed (the first run validated within epochs), when the
+    first run had no best epoch or val has no rows, or when ``cfg.max_time_s`` leaves too little time:
+    then, or if the cap stops it before its last epoch, the first run's network is kept."""
+    def skipped(reason: str) -> tuple[None, dict]:
+        log.info("no refit on train + val: %s", reason)
+        return None, {"done": False, "reason": reason}
+
+    if frames is None:
+        return skipped("the training split was streamed")
+    if best_epoch < 0 or not len(frames["val"]):
+        return skipped("no best epoch" if best_epoch < 0 else "no validation rows")
+    epochs = best_epoch + 1
+    rows = len(frames["train"]) + len(frames["val"])
+    budget = cfg.max_time_s - seconds if cfg.max_time_s else None
+    estimate = seconds / max(epochs_run, 1) * epochs * rows / max(len(frames["train"]), 1)
+    if budget is not None and estimate * REFIT_TIME_MARGIN > budget:
+        return skipped(f"max_time_s: about {estimate:.0f} s needed, {budget:.0f} s left")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    both = pl.concat([frames["train"], frames["val"]])
+    if cfg.clamp_inputs:
+        _set_clamp(net, prep, both)
+    dm = TabularDataModule({"train": both, "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit_train_batches,
+        max_time=timedelta(seconds=budget) if budget is not None else None,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(PriceModule(net, cfg, prep.target_std, lr_schedule=lrs[:epochs]), datamodule=dm)
+    took = time.perf_counter() - t0
+    if trainer.current_epoch < epochs:
+        return skipped(f"max_time_s stopped it after {trainer.current_epoch} of {epochs} epochs")
+    net.cpu().eval()
+    log.info("refit on train + val: %d rows, %d epochs in %.1fs", rows, epochs, took)
+    return net, {"done": True, "epochs": epochs, "rows": rows, "seconds": round(took, 2)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,11 +278,13 @@ GBM_MAX_ROWS = {"train": 250_000, "val": 100_000}
 
 
 def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None,
-              max_rows: dict[str, int] | None = None) -> GbmResult:
+              max_rows: dict[str, int] | None = None, refit: bool = False) -> GbmResult:
     """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split.
 
     Train and val are read whole up to ``max_rows`` (default :data:`GBM_MAX_ROWS`), else sampled
     (``tasks.loader.sample_split``); the result's metrics say how many rows were used.
+    ``refit``: as the deep model's :func:`train` does, fit again on train + val with the number of
+    trees early stopping chose (``val_rmse_ln`` stays that of the first fit).
     """
     import numpy as np
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -224,7 +305,16 @@ def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dic
     val_z = model.predict(gbm_matrix(prep, frames["val"]))
     val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
     log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
+    n_iter, train_rows = model.n_iter_, len(frames["train"])
+    if refit and len(frames["val"]):
+        model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {}), "max_iter": n_iter},
+                                              categorical_features=cats, early_stopping=False, random_state=seed)
+        model.fit(np.vstack([gbm_matrix(prep, frames["train"]), gbm_matrix(prep, frames["val"])]),
+                  np.concatenate([y["train"], y["val"]]))
+        train_rows += len(frames["val"])
+        seconds = time.perf_counter() - t0
+        log.info("gbm: refit on train + val (%d rows, %d iterations); %.1fs in all", train_rows, n_iter, seconds)
     return GbmResult(model=model, columns=[s.name for s in prep.numeric] + [v.name for v in prep.categorical],
-                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(model.n_iter_), "train_seconds": seconds,
-                              "train_rows": float(len(frames["train"]))},
+                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(n_iter), "train_seconds": seconds,
+                              "train_rows": float(train_rows), "refit": float(bool(refit and len(frames["val"])))},
                      seconds=seconds)

@@ -115,3 +115,63 @@ def test_gbm_trains_on_the_same_features_with_missing_values(features_uri):
     assert np.isfinite(result.metrics["val_rmse_ln"]) and result.metrics["n_iter"] >= 1
     # Same seed, same model.
     np.testing.assert_array_equal(train_gbm(features_uri, PREP).predict(PREP, test), pred)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refit on train + val (RetrainParams.refit_on_val)
+
+
+def test_refit_trains_a_fresh_network_on_train_and_val_for_the_chosen_epochs(features_uri):
+    cfg = small("tabm", max_epochs=4, patience=2)
+    first = train(cfg, features_uri, PREP, accelerator="cpu")
+    refit = train(cfg, features_uri, PREP, accelerator="cpu", refit=True)
+    again = train(cfg, features_uri, PREP, accelerator="cpu", refit=True)
+    # The first run is the same; its validation metrics are what the result reports.
+    assert (refit.best_epoch, refit.epochs_run, refit.metrics["val_rmse_ln"]) == \
+        (first.best_epoch, first.epochs_run, first.metrics["val_rmse_ln"])
+    assert refit.refit["done"] and refit.refit["epochs"] == first.best_epoch + 1
+    assert refit.refit["rows"] == ROWS["train"] + ROWS["val"]
+    x_num, x_cat = torch.randn(7, 3), torch.tensor([[1], [2], [3], [0], [1], [2], [3]])
+    assert not torch.equal(refit.net(x_num, x_cat), first.net(x_num, x_cat))  # another network ...
+    torch.testing.assert_close(refit.net(x_num, x_cat), again.net(x_num, x_cat), rtol=0, atol=0)  # ... deterministic
+    assert first.refit is None
+
+
+def test_refit_replays_the_first_runs_learning_rates():
+    cfg = small("mlp", lr=1e-2)
+    module = PriceModule(TabularNet(3, [3], cfg), cfg, 0.5, lr_schedule=[1e-2, 5e-3, 2.5e-3])
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([1e-2, 5e-3, 2.5e-3, 2.5e-3, 2.5e-3])
+
+
+def test_refit_is_skipped_when_streamed_or_out_of_time(features_uri, monkeypatch):
+    import tasks.train
+
+    cfg = small("mlp", max_epochs=2)
+    streamed = train(cfg, features_uri, PREP, accelerator="cpu", refit=True, in_memory_max_rows=10, buffer_rows=64)
+    assert streamed.refit == {"done": False, "reason": "the training split was streamed"}
+    # The estimated refit time (with its margin) does not fit in what the time cap leaves: the first
+    # run's network is kept.
+    capped_cfg = small("mlp", max_epochs=2, max_time_s=3600)
+    first = train(capped_cfg, features_uri, PREP, accelerator="cpu")
+    monkeypatch.setattr(tasks.train, "REFIT_TIME_MARGIN", 1e9)
+    capped = train(capped_cfg, features_uri, PREP, accelerator="cpu", refit=True)
+    assert not capped.refit["done"] and capped.refit["reason"].startswith("max_time_s: about")
+    x_num, x_cat = torch.randn(4, 3), torch.tensor([[1], [2], [3], [0]])
+    torch.testing.assert_close(capped.net(x_num, x_cat), first.net(x_num, x_cat), rtol=0, atol=0)
+
+
+def test_gbm_refit_fits_train_and_val_with_the_chosen_trees(features_uri):
+    first = train_gbm(features_uri, PREP)
+    refit = train_gbm(features_uri, PREP, refit=True)
+    assert refit.metrics["n_iter"] == first.metrics["n_iter"] == refit.model.n_iter_
+    assert refit.metrics["val_rmse_ln"] == first.metrics["val_rmse_ln"]
+    assert refit.metrics["train_rows"] == ROWS["train"] + ROWS["val"] and refit.metrics["refit"] == 1.0
+    test = pl.read_parquet(features_uri).filter(pl.col(SPLIT) == "test")
+    assert not np.array_equal(refit.predict(PREP, test), first.predict(PREP, test))
