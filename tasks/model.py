@@ -60,7 +60,7 @@ class ModelConfig(BaseModel):
 FAMILY_DEFAULTS: dict[str, dict] = {
     "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
              "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
-             "huber_delta": 0.3, "max_time_s": 260},
+             "huber_delta": 0.3, "max_time_s": 270},
     "mlp_plr": {"family": "mlp_plr"},
     "mlp": {"family": "mlp"},
 }

@@ -192,7 +192,7 @@ def train(
 
 # A refit starts only if its estimated time (the first run's seconds per epoch, scaled to its epochs
 # and rows) times this margin fits in what is left of cfg.max_time_s.
-REFIT_TIME_MARGIN = 1.25
+REFIT_TIME_MARGIN = 1.1
 
 
 def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame] | None, best_epoch: int,
