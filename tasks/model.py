@@ -46,7 +46,8 @@ class ModelConfig(BaseModel):
     # deviations, linear beyond: a few wild sales weigh less). Validation always reports rmse_ln.
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(default=0.5, gt=0)
-    # Wall-clock cap on training (the best epoch so far is kept); None: epochs and early stopping only.
+    # Wall-clock cap on training (the best epoch so far is kept), and on a refit separately (tasks.train);
+    # None: epochs and early stopping only.
     # Runs that hit it are no longer deterministic under the seed (how far they got depends on the machine).
     max_time_s: int | None = Field(default=None, ge=1)
     # Clamp every numeric input to the range it had in training (learned at fit time, saved with the
@@ -60,7 +61,7 @@ class ModelConfig(BaseModel):
 FAMILY_DEFAULTS: dict[str, dict] = {
     "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
              "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
-             "huber_delta": 0.3, "max_time_s": 270},
+             "huber_delta": 0.3, "max_time_s": 200},
     "mlp_plr": {"family": "mlp_plr"},
     "mlp": {"family": "mlp"},
 }

@@ -139,7 +139,8 @@ def train(
     first run chose, replaying its learning rates, and return that one (:func:`_refit`; the
     validation metrics stay those of the first run, the only ones measured on unseen rows). The
     validation split holds the most recent sales before the test period; with a time split a model
-    that has seen them predicts the next months better (docs/model.md).
+    that has seen them predicted the next months better in the backtests, though its last epoch
+    varies more with the seed than a selected best epoch (docs/model.md).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -191,7 +192,8 @@ def train(
 
 
 # A refit starts only if its estimated time (the first run's seconds per epoch, scaled to its epochs
-# and rows) times this margin fits in what is left of cfg.max_time_s.
+# and rows) times this margin fits in cfg.max_time_s, which caps the refit on its own (a budget shared
+# with the first run made the refit depend on the machine's load: skipped beside the test suite).
 REFIT_TIME_MARGIN = 1.1
 
 
@@ -201,8 +203,9 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
     """A fresh network (same seed and configuration) trained on train + val for ``best_epoch + 1``
     epochs with the learning rates ``lrs`` of those epochs: (the network, what was done), or (None,
     why not). Not done when the splits were streamed (the first run validated within epochs), when the
-    first run had no best epoch or val has no rows, or when ``cfg.max_time_s`` leaves too little time:
-    then, or if the cap stops it before its last epoch, the first run's network is kept."""
+    first run had no best epoch or val has no rows, or when its estimated time passes ``cfg.max_time_s``
+    (its own cap, as the first run has): then, or if the cap stops it before its last epoch, the
+    first run's network is kept."""
     def skipped(reason: str) -> tuple[None, dict]:
         log.info("no refit on train + val: %s", reason)
         return None, {"done": False, "reason": reason}
@@ -213,10 +216,10 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
         return skipped("no best epoch" if best_epoch < 0 else "no validation rows")
     epochs = best_epoch + 1
     rows = len(frames["train"]) + len(frames["val"])
-    budget = cfg.max_time_s - seconds if cfg.max_time_s else None
+    budget = cfg.max_time_s
     estimate = seconds / max(epochs_run, 1) * epochs * rows / max(len(frames["train"]), 1)
     if budget is not None and estimate * REFIT_TIME_MARGIN > budget:
-        return skipped(f"max_time_s: about {estimate:.0f} s needed, {budget:.0f} s left")
+        return skipped(f"max_time_s: about {estimate:.0f} s needed, the cap is {budget} s")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
     both = pl.concat([frames["train"], frames["val"]])

@@ -366,7 +366,7 @@ def test_an_inconclusive_result_waits_for_a_person(airflow):
     # the executor event of the parked task, and an instant answer makes it retry and ask again.
     time.sleep(5)
     af.request("PATCH", f"{path}/approval/-1/hitlDetails", {"chosen_options": ["Promote"]})
-    assert af.wait_run("price_model_retrain", run_id, timeout=120) == "success", af.failed_tasks("price_model_retrain", run_id)
+    assert af.wait_run("price_model_retrain", run_id, timeout=300) == "success", af.failed_tasks("price_model_retrain", run_id)
     promoted = af.xcom("price_model_retrain", run_id, "promote")
     assert promoted["promoted"] and promoted["outcome"] == "inconclusive" and "chosen by admin" in promoted["reason"]
     event = json.loads((root / "state" / "lake" / "ledger" / f"{promoted['ledger_event']}.json").read_text())

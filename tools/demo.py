@@ -159,6 +159,8 @@ def build_summary(settings, replayed: dict, backfill_runs: int, results: list[di
         "rows_by_split": last["build_features"]["rows"],
         "train_seconds": trained.get("train_seconds"),
         "epochs": trained.get("epochs"),
+        "refit": trained.get("refit"),  # the refit on train + validation: epochs and rows, or why not
+        "gbm_refit": (evaluation.get("gbm") or {}).get("refit"),
         "report": evaluation["report_uri"],
         "mlflow_tracking_uri": settings.mlflow_tracking_uri,
         "mlflow_store": str(settings.home / "mlflow"),
