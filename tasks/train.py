@@ -303,16 +303,17 @@ def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dic
                                           early_stopping=True, random_state=seed)
     y = {s: prep.encode_rows(frames[s]) for s in ("train", "val")}
     t0 = time.perf_counter()
-    model.fit(gbm_matrix(prep, frames["train"]), y["train"], X_val=gbm_matrix(prep, frames["val"]), y_val=y["val"])
+    x = {s: gbm_matrix(prep, frames[s]) for s in ("train", "val")}
+    model.fit(x["train"], y["train"], X_val=x["val"], y_val=y["val"])
     seconds = time.perf_counter() - t0
-    val_z = model.predict(gbm_matrix(prep, frames["val"]))
+    val_z = model.predict(x["val"])
     val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
     log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
     n_iter, train_rows = model.n_iter_, len(frames["train"])
     if refit and len(frames["val"]):
         model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {}), "max_iter": n_iter},
                                               categorical_features=cats, early_stopping=False, random_state=seed)
-        model.fit(np.vstack([gbm_matrix(prep, frames["train"]), gbm_matrix(prep, frames["val"])]),
+        model.fit(np.vstack([x["train"], x["val"]]),
                   np.concatenate([y["train"], y["val"]]))
         train_rows += len(frames["val"])
         seconds = time.perf_counter() - t0
