@@ -110,10 +110,11 @@ def _file_key(path: str) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
-def _record_sha256(uri: str, sha: str) -> None:
+def _record_sha256(uri: str, sha: str, key: dict | None = None) -> None:
+    """Write the sidecar: ``sha`` with ``key``, the file's key when it was hashed (default: now)."""
     path = local_path(uri)
     if path is not None:
-        write_bytes_atomic(_sha256_sidecar(path), json.dumps({"sha256": sha, **_file_key(path)}).encode())
+        write_bytes_atomic(_sha256_sidecar(path), json.dumps({"sha256": sha, **(key or _file_key(path))}).encode())
 
 
 def cached_file_sha256(uri: str) -> str:
@@ -127,15 +128,16 @@ def cached_file_sha256(uri: str) -> str:
     path = local_path(uri)
     if path is None:
         return file_sha256(uri)
+    key = _file_key(path)  # taken before hashing: a file replaced meanwhile no longer matches it
     try:
         with open(_sha256_sidecar(path), "rb") as f:
             rec = json.loads(f.read())
-        if {k: rec.get(k) for k in ("size", "mtime_ns", "inode")} == _file_key(path):
+        if {k: rec.get(k) for k in key} == key:
             return rec["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     sha = file_sha256(uri)
-    _record_sha256(uri, sha)
+    _record_sha256(uri, sha, key)
     return sha
 
 
