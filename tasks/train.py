@@ -50,6 +50,33 @@ class LearningRates(L.Callback):
         self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
 
 
+class WeightAverage(L.Callback):
+    """The mean of the network's weights at the end of each training epoch from ``first_epoch`` on
+    (float64 sums; integer tensors keep their last value); :meth:`average` is the resulting state."""
+
+    def __init__(self, first_epoch: int) -> None:
+        self.first_epoch, self.count, self.sums = first_epoch, 0, None
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch < self.first_epoch:
+            return
+        state = module.net.state_dict()
+        if self.sums is None:
+            self.sums = {k: v.detach().double().clone() if v.is_floating_point() else v.detach().clone()
+                         for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    self.sums[k] += v.detach().double()
+                else:
+                    self.sums[k] = v.detach().clone()
+        self.count += 1
+
+    def average(self, like: dict) -> dict:
+        return {k: (v / self.count).to(like[k].dtype) if like[k].is_floating_point() else v
+                for k, v in self.sums.items()}
+
+
 @dataclass
 class TrainResult:
     net: TabularNet
@@ -201,7 +228,8 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
            lrs: list[float], seconds: float, epochs_run: int, accelerator: str,
            limit_train_batches: int | float | None) -> tuple[TabularNet | None, dict]:
     """A fresh network (same seed and configuration) trained on train + val for ``best_epoch + 1``
-    epochs with the learning rates ``lrs`` of those epochs: (the network, what was done), or (None,
+    epochs with the learning rates ``lrs`` of those epochs, its weights averaged over the last
+    ``cfg.refit_average_epochs`` of them (:class:`WeightAverage`): (the network, what was done), or (None,
     why not). Not done when the splits were streamed (the first run validated within epochs), when the
     first run had no best epoch or val has no rows, or when its estimated time passes ``cfg.max_time_s``
     (its own cap, as the first run has): then, or if the cap stops it before its last epoch, the
@@ -226,8 +254,11 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
     if cfg.clamp_inputs:
         _set_clamp(net, prep, both)
     dm = TabularDataModule({"train": both, "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    averaged = min(cfg.refit_average_epochs, epochs)
+    average = WeightAverage(epochs - averaged)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
+        callbacks=[average],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit_train_batches,
         max_time=timedelta(seconds=budget) if budget is not None else None,
@@ -237,9 +268,11 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
     took = time.perf_counter() - t0
     if trainer.current_epoch < epochs:
         return skipped(f"max_time_s stopped it after {trainer.current_epoch} of {epochs} epochs")
+    net.load_state_dict(average.average(net.state_dict()))
     net.cpu().eval()
-    log.info("refit on train + val: %d rows, %d epochs in %.1fs", rows, epochs, took)
-    return net, {"done": True, "epochs": epochs, "rows": rows, "seconds": round(took, 2)}
+    log.info("refit on train + val: %d rows, %d epochs in %.1fs; weights averaged over the last %d", rows, epochs,
+             took, averaged)
+    return net, {"done": True, "epochs": epochs, "rows": rows, "seconds": round(took, 2), "averaged_epochs": averaged}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,6 +137,41 @@ def test_refit_trains_a_fresh_network_on_train_and_val_for_the_chosen_epochs(fea
     assert first.refit is None
 
 
+def test_weight_average_is_the_mean_of_the_last_epochs_weights():
+    from types import SimpleNamespace
+
+    from tasks.train import WeightAverage
+
+    cfg = small("tabm")
+    net = TabularNet(3, [3], cfg)
+    module, average, states = SimpleNamespace(net=net), WeightAverage(first_epoch=2), []
+    for epoch in range(5):  # epochs 0 and 1 are before the averaged ones
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        states.append({k: v.clone() for k, v in net.state_dict().items()})
+        average.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
+    got = average.average(net.state_dict())
+    assert average.count == 3 and got.keys() == states[-1].keys()
+    for k, v in got.items():
+        assert v.dtype == states[-1][k].dtype
+        expected = sum(s[k].double() for s in states[2:]) / 3 if v.is_floating_point() else states[-1][k]
+        torch.testing.assert_close(v, expected.to(v.dtype))
+    weight = next(k for k, v in got.items() if v.is_floating_point() and v.numel() > 1)
+    assert not torch.equal(got[weight], states[-1][weight])  # not simply the last epoch's
+
+
+def test_refit_averages_the_weights_of_its_last_epochs(features_uri):
+    cfg = small("tabm", max_epochs=4, patience=2)
+    last = train(cfg.model_copy(update={"refit_average_epochs": 1}), features_uri, PREP, accelerator="cpu", refit=True)
+    averaged = train(cfg.model_copy(update={"refit_average_epochs": 2}), features_uri, PREP, accelerator="cpu",
+                     refit=True)
+    assert last.refit["epochs"] == averaged.refit["epochs"] == 4  # the loss still falls: 4 epochs chosen
+    assert last.refit["averaged_epochs"] == 1 and averaged.refit["averaged_epochs"] == 2
+    x_num, x_cat = torch.randn(7, 3), torch.tensor([[1], [2], [3], [0], [1], [2], [3]])
+    assert not torch.equal(averaged.net(x_num, x_cat), last.net(x_num, x_cat))
+
+
 def test_refit_replays_the_first_runs_learning_rates():
     cfg = small("mlp", lr=1e-2)
     module = PriceModule(TabularNet(3, [3], cfg), cfg, 0.5, lr_schedule=[1e-2, 5e-3, 2.5e-3])
