@@ -18,7 +18,7 @@ import importlib
 import json
 import logging
 import math
-import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Callable, Literal
@@ -228,8 +228,6 @@ class Preprocessing(BaseModel):
 # computed over every training row; above it, over a deterministic sample of about FIT_SAMPLE_ROWS rows.
 EXACT_FIT_MAX_ROWS = 250_000
 FIT_SAMPLE_ROWS = 250_000
-# Columns per quantile pass (a pass holds its columns of the rows it ranks: rows x 8 bytes each).
-QUANTILE_COLUMNS_PER_PASS = 8
 _ROW = "__row"
 
 
@@ -246,16 +244,6 @@ def _quantile_exprs(columns: list[str]) -> list[pl.Expr]:
     """The clip quantiles of ``columns`` as ``<column>__lo`` / ``<column>__hi``."""
     return [*[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[0]).alias(f"{c}__lo") for c in columns],
             *[pl.col(c).cast(pl.Float64).quantile(CLIP_QUANTILES[1]).alias(f"{c}__hi") for c in columns]]
-
-
-def _clip_quantiles(source: pl.LazyFrame, columns: list[str]) -> dict:
-    """The clip quantiles of ``columns`` over ``source``'s rows, a few columns per pass (a pass holds
-    ``rows x QUANTILE_COLUMNS_PER_PASS`` values)."""
-    q: dict = {}
-    for i in range(0, len(columns), QUANTILE_COLUMNS_PER_PASS):
-        q.update(source.select(_quantile_exprs(columns[i:i + QUANTILE_COLUMNS_PER_PASS]))
-                 .collect(engine="streaming").row(0, named=True))
-    return q
 
 
 def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[str]]:
@@ -376,19 +364,19 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
     """Fit clip bounds, scaling and vocabularies on the training split, in streaming passes.
 
     The comps columns of ``fset`` are inputs when the feature table has them (all or none). Memory is
-    bounded whatever the table's size: each pass is one streaming query with one consumer (Polars'
-    ``collect_all`` of several queries over one scan buffered rows for the slowest: +0.5 to 1.4 GiB
-    at 50M rows). Vocabularies, the target offset's fills and the ranges are computed over every
-    training row (reading only their columns). The clip quantiles, then the clipped means and standard
-    deviations and the target's, are computed over every training row up to ``exact_max_rows`` of
-    them (King County: always), else over a deterministic sample of about ``sample_rows``
-    (:func:`_fit_sample`, sunk beside the table): standardization needs a mean to a fraction of a
-    standard deviation, which a sample of that size gives (~0.002), and an exact quantile would hold
-    every value of a column. ``fitted_on["statistics"]`` records which. Sums are exact integers
-    (:class:`_Fixed`): the same table gives the same preprocessing, bit for bit.
+    bounded whatever the table's size: each pass over the table is one streaming query with one
+    consumer (Polars' ``collect_all`` of several queries over one scan buffered rows for the slowest:
+    +0.5 to 1.4 GiB at 50M rows). Vocabularies, the target offset's fills and the ranges are computed
+    over every training row (reading only their columns). The clip quantiles, then the clipped means
+    and standard deviations and the target's, are computed in memory over the columns they need of
+    every training row up to ``exact_max_rows`` of them (King County: always), else of a
+    deterministic sample of about ``sample_rows`` (:func:`_fit_sample`): either way at most about
+    ``max(exact_max_rows, sample_rows)`` rows of those columns are held (~50 MB for 250k rows of 24
+    columns). Standardization needs a mean to a fraction of a standard deviation, which a sample of
+    that size gives (~0.002), and an exact quantile would hold every value of a column.
+    ``fitted_on["statistics"]`` records which. Sums are exact integers (:class:`_Fixed`): the same
+    table gives the same preprocessing, bit for bit.
     """
-    import tempfile
-
     names = pl.scan_parquet(features_uri).collect_schema().names()
     try:
         fset, offset_cols = _fit_columns(names, fset)
@@ -401,29 +389,23 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
     aggs = train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True)
     vocabs = {c: _vocabulary(train, c) for c in fset.categorical}
-    source, how, tmp = train, {"method": "exact", "rows": n_train}, None
+    columns = _sample_columns(spec, fset, offset_cols)
     if n_train > exact_max_rows:
         k = max(1, math.ceil(n_train / sample_rows))
-        fd, tmp = tempfile.mkstemp(suffix=".fit-sample.parquet", dir=os.path.dirname(features_uri) or None)
-        os.close(fd)
-        _fit_sample(table, _sample_columns(spec, fset, offset_cols), k).sink_parquet(tmp, compression="lz4")
-        source = pl.scan_parquet(tmp)
-        how = {"method": "every_kth_row", "modulus": k, "rows": int(source.select(pl.len()).collect().item()),
-               "of_rows": n_train}
-    try:
-        prep = _fit_statistics(source, int(how["rows"]), spec, fset, offset_cols, aggs, vocabs,
-                               {**fitted_on, "statistics": how})
-    finally:
-        if tmp is not None:
-            os.remove(tmp)
-    return prep
+        source = _fit_sample(table, columns, k).collect(engine="streaming")
+        how = {"method": "every_kth_row", "modulus": k, "rows": source.height, "of_rows": n_train}
+    else:
+        source = train.select(columns).collect(engine="streaming")
+        how = {"method": "exact", "rows": source.height}
+    return _fit_statistics(source, spec, fset, offset_cols, aggs, vocabs, {**fitted_on, "statistics": how})
 
 
-def _fit_statistics(source: pl.LazyFrame, n: int, spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str],
+def _fit_statistics(source: pl.DataFrame, spec: DatasetSpec, fset: FeatureSet, offset_cols: list[str],
                     aggs: dict, vocabs: dict[str, list[str]], fitted_on: dict) -> Preprocessing:
-    """The preprocessing from the training rows (or their sample) ``source`` of ``n`` rows, and the
+    """The preprocessing from the training rows (or their sample) ``source``, in memory, and the
     aggregates and vocabularies of every training row."""
-    q = _clip_quantiles(source, fset.numeric)
+    n = source.height
+    q = source.select(_quantile_exprs(fset.numeric)).row(0, named=True) if fset.numeric else {}
     y = _target_expr(spec, fset)
     fills = {c: _mean(aggs, f"{c}__fill") for c in offset_cols}
     offset_terms = [OffsetTerm(name=c, fill=fills[c] if fills[c] is not None else 0.0) for c in offset_cols]
@@ -448,7 +430,7 @@ def _fit_statistics(source: pl.LazyFrame, n: int, spec: DatasetSpec, fset: Featu
         *[e for c in fset.numeric
           for e in fixed[c].exprs(pl.col(c).cast(pl.Float64).clip(q[f"{c}__lo"], q[f"{c}__hi"]), c)],
         *fixed["__y"].exprs(y, "__y"),
-    ).collect(engine="streaming").row(0, named=True)
+    ).row(0, named=True)
     numeric = []
     for c in fset.numeric:
         mean, std = fixed[c].moments(sums, c)
@@ -676,7 +658,12 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
                              "widen the window or change the spec's split")
     fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
                  "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
-    prep = fit_preprocessing(local, spec, fset, fitted_on)
+    # The table's hash (lineage) is read in a thread while the statistics are fitted: hashlib and
+    # Polars both release the GIL, and the hash is otherwise a read of the whole table on its own.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        table_sha256 = pool.submit(storage.file_sha256, out_uri)
+        prep = fit_preprocessing(local, spec, fset, fitted_on)
+        features_sha256 = table_sha256.result()
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())
@@ -686,7 +673,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     storage.write_json_atomic(storage.join(out_uri.rsplit("/", 1)[0], "manifest.json"), manifest)
     return {
         "features_uri": out_uri,
-        "features_sha256": storage.file_sha256(out_uri),
+        "features_sha256": features_sha256,
         "preprocessing_uri": prep_uri,
         "preprocessing_sha256": prep_sha,
         "window_start": window_start.isoformat(),

@@ -115,7 +115,7 @@ def test_sampled_statistics_are_close_to_exact_and_deterministic(tmp_path, spec)
         assert abs(s_.mean - e.mean) < 0.05 * e.std and abs(s_.std / e.std - 1) < 0.1, c
     assert abs(sampled.target_mean - exact.target_mean) < 0.05 * exact.target_std
     assert [v.values for v in sampled.categorical] == [["p", "q"]]  # vocabularies: every training row
-    assert not [p for p in tmp_path.iterdir() if "fit-sample" in p.name]  # the sample file is removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.parquet"]  # the sample is held in memory, no file
 
 
 # ---------------------------------------------------------------------------------------------
