@@ -102,15 +102,16 @@ def table(out: dict) -> str:
         m = r["metrics"]["new"]
         full = r["features_s"] + r["train_step_s"] + r["evaluate_s"]
         refit = r.get("refit") or {}
-        how = (f"{r['epochs']} epochs, refit {refit['epochs']} on train + val" if refit.get("done")
+        averaged = f", weights of its last {refit['averaged_epochs']} averaged" if refit.get("averaged_epochs", 1) > 1 else ""
+        how = (f"{r['epochs']} epochs, refit {refit['epochs']} on train + val{averaged}" if refit.get("done")
                else f"{r['epochs']} epochs" + (f", no refit: {refit['reason']}" if refit else ""))
-        rows.append(f"| {r['family']} ({r['config_source']} config, {how}) | {m['mdape']:.2%} | "
+        rows.append(f"| {r['family']} ({r['config_source']} config, {how}) | {m['mdape']:.3%} | "
                     f"{m['ppe10']:.1%} | {m['rmse_ln']:.4f} | {r['val_rmse_ln']:.4f} | {r['train_s']:.0f} | {full:.0f} |")
         if r.get("gbm") and "gbm" in r["metrics"] and not gbm_done:
             g, gi = r["metrics"]["gbm"], r["gbm"]
             refit = ", refit on train + val" if gi.get("refit") else ""
             rows.append(f"| gradient boosting (HistGradientBoosting, same features, {gi['n_iter']:.0f} trees{refit}) | "
-                        f"{g['mdape']:.2%} | {g['ppe10']:.1%} | {g['rmse_ln']:.4f} | {gi['val_rmse_ln']:.4f} | "
+                        f"{g['mdape']:.3%} | {g['ppe10']:.1%} | {g['rmse_ln']:.4f} | {gi['val_rmse_ln']:.4f} | "
                         f"{gi['train_seconds']:.0f} | - |")
             gbm_done = True
     rows_by_split = "/".join(str(out["rows"][s]) for s in ("train", "val", "test"))
