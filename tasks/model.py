@@ -52,8 +52,8 @@ class ModelConfig(BaseModel):
     max_time_s: int | None = Field(default=None, ge=1)
     # A refit on train + val (tasks.train) returns the average of the weights at the end of its last
     # this many epochs (1: its last epoch's weights). It has no validation rows to select an epoch on,
-    # and its last epoch varied with the seed; the average of the last few, all at the lowest learning
-    # rate the schedule reached, varied less in the backtests (docs/model.md).
+    # and its last epoch varied with the seed; the average of the last few varied less, and scored
+    # better, in the backtests (docs/model.md).
     refit_average_epochs: int = Field(default=4, ge=1)
     # Clamp every numeric input to the range it had in training (learned at fit time, saved with the
     # weights), as trees do and as quantile-normalised inputs are: periodic embeddings map an
