@@ -131,7 +131,7 @@ def comparison_table(summary: dict) -> str:
     for key, label in names.items():
         m = summary["test_metrics"].get(key)
         if m:
-            lines.append(f"| {label} | {m['mdape']:.2%} | {m['ppe10']:.1%} | {m['rmse_ln']:.4f} |")
+            lines.append(f"| {label} | {m['mdape']:.3%} | {m['ppe10']:.1%} | {m['rmse_ln']:.4f} |")
     return "\n".join(lines)
 
 
