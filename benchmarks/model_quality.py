@@ -23,7 +23,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +86,6 @@ def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: boo
                         "val_rmse_ln": trained.get("val_rmse_ln"), "evaluate_s": t_eval, "evaluate_cpu_s": c_eval,
                         "metrics": evaluation["metrics"], "gbm": evaluation.get("gbm"),
                         "test_rows": evaluation["test_rows"], "report": evaluation["report_uri"]})
-    from datetime import timedelta
-
     test_start = (as_of - timedelta(days=spec.split.test_days)).isoformat()
     return {"as_of": as_of.isoformat(), "test_start": test_start, "rows": features["rows"], "lake": lake,
             "results": results,

@@ -442,7 +442,8 @@ def _fit_statistics(source: pl.DataFrame, spec: DatasetSpec, fset: FeatureSet, o
     y_mean, y_std = fixed["__y"].moments(sums, "__y")
     return Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
-        categorical=[Vocabulary(name=c, values=vocabs[c]) for c in fset.categorical], target=spec.target, target_transform=fset.target_transform,
+        categorical=[Vocabulary(name=c, values=vocabs[c]) for c in fset.categorical], target=spec.target,
+        target_transform=fset.target_transform,
         target_mean=y_mean, target_std=y_std or 1.0, fitted_on=fitted_on, comps=fset.comps,
         target_offset=offset_terms,
     )

@@ -55,13 +55,14 @@ class WeightAverage(L.Callback):
     (float64 sums; integer tensors keep their last value); :meth:`average` is the resulting state."""
 
     def __init__(self, first_epoch: int) -> None:
-        self.first_epoch, self.count, self.sums = first_epoch, 0, None
+        self.first_epoch, self.count, self.sums, self.dtypes = first_epoch, 0, None, {}
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if trainer.current_epoch < self.first_epoch:
             return
         state = module.net.state_dict()
         if self.sums is None:
+            self.dtypes = {k: v.dtype for k, v in state.items()}
             self.sums = {k: v.detach().double().clone() if v.is_floating_point() else v.detach().clone()
                          for k, v in state.items()}
         else:
@@ -72,8 +73,8 @@ class WeightAverage(L.Callback):
                     self.sums[k] = v.detach().clone()
         self.count += 1
 
-    def average(self, like: dict) -> dict:
-        return {k: (v / self.count).to(like[k].dtype) if like[k].is_floating_point() else v
+    def average(self) -> dict:
+        return {k: (v / self.count).to(self.dtypes[k]) if self.dtypes[k].is_floating_point else v
                 for k, v in self.sums.items()}
 
 
@@ -166,8 +167,9 @@ def train(
     first run chose, replaying its learning rates, and return that one (:func:`_refit`; the
     validation metrics stay those of the first run, the only ones measured on unseen rows). The
     validation split holds the most recent sales before the test period; with a time split a model
-    that has seen them predicted the next months better in the backtests, though its last epoch
-    varies more with the seed than a selected best epoch (docs/model.md).
+    that has seen them predicted the next months better in the backtests. Its weights are averaged
+    over its last ``cfg.refit_average_epochs`` epochs: its last epoch alone varied with the seed
+    (docs/model.md).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -268,7 +270,7 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
     took = time.perf_counter() - t0
     if trainer.current_epoch < epochs:
         return skipped(f"max_time_s stopped it after {trainer.current_epoch} of {epochs} epochs")
-    net.load_state_dict(average.average(net.state_dict()))
+    net.load_state_dict(average.average())
     net.cpu().eval()
     log.info("refit on train + val: %d rows, %d epochs in %.1fs; weights averaged over the last %d", rows, epochs,
              took, averaged)

@@ -151,7 +151,7 @@ def test_weight_average_is_the_mean_of_the_last_epochs_weights():
                 p.add_(torch.randn_like(p))
         states.append({k: v.clone() for k, v in net.state_dict().items()})
         average.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
-    got = average.average(net.state_dict())
+    got = average.average()
     assert average.count == 3 and got.keys() == states[-1].keys()
     for k, v in got.items():
         assert v.dtype == states[-1][k].dtype
