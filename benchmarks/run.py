@@ -284,6 +284,7 @@ def st_features(p: dict, clock: _Clock) -> dict:
     rows = sum(out["rows"].values())
     split = "/".join(f"{out['rows'].get(s, 0):,}" for s in ("train", "val", "test"))
     comps = {"full": "with comparable sales", "market": "row-level + market index (HOMEWORTH_COMPS=market)",
+             "area": "row-level + area comparable sales (HOMEWORTH_COMPS=area)",
              "off": "row-level only (HOMEWORTH_COMPS=off)"}[p["comps"]]
     return {"seconds": seconds, "rows": rows, "features_path": local, "preprocessing_uri": out["preprocessing_uri"],
             "columns": columns, "split_rows": out["rows"], "runs": runs,
@@ -898,12 +899,14 @@ NOTES = [
     "- **features** is `build_features` end to end (window partitions and their sha256, lazy scan, derive,",
     "  split, `sink_parquet`, split counts, `fit_preprocessing`, manifest). The **floor** is the least any",
     "  feature job can do: stream the same validated rows from Parquet to Parquet.",
-    "- **comparable sales** are on only up to `--comps-max-rows`: their k-nearest search joins each sale with",
-    "  every earlier sale in the neighbouring grid cells of the last year, so its cost grows with rows x",
-    "  sales nearby, quadratically when a synthetic county of fixed area gets denser (docs/out-of-core.md).",
-    "  Above that size the features row runs `HOMEWORTH_COMPS=market` (`--comps-above`): the row-level",
-    "  pipeline (derive, split, preprocessing fit) plus the county market index, one streaming aggregation",
-    "  of the history by day looked up by each row's day; `off` leaves the index out.",
+    "- **comparable sales**: the full set (k nearest, rolling medians, previous sale) only up to",
+    "  `--comps-max-rows`: its k-nearest search joins each sale with every earlier sale in the neighbouring",
+    "  grid cells of the last year, so its cost grows with rows x sales nearby, quadratically when a",
+    "  synthetic county of fixed area gets denser (docs/out-of-core.md). Above that size the features row",
+    "  runs `HOMEWORTH_COMPS=area` (`--comps-above`): the row-level pipeline (derive, split, preprocessing",
+    "  fit) plus the county market index and the per-zipcode, per-cell and 3 x 3-cell ring trailing means",
+    "  and counts of earlier sales, from one streaming aggregation of the history by (zipcode, cell, day)",
+    "  joined back by area and day; `market` keeps only the market index, `off` leaves it out too.",
     "- **pandas** (`benchmarks/pandas_features.py`) reads every partition with `pd.read_parquet`, derives",
     "  the same columns, joins back a per-zipcode-and-month median price per sqft, z-scores the numeric",
     "  features and writes Parquet; it does a little more than the Polars job (a group-by and a join) and a",
@@ -951,9 +954,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--comps-max-rows", type=int, default=100_000,
                     help="sizes up to this run the features with comparable sales (HOMEWORTH_COMPS); larger ones "
                          "--comps-above (the k-nearest search costs rows x nearby earlier sales)")
-    ap.add_argument("--comps-above", choices=("market", "off"), default="market",
-                    help="HOMEWORTH_COMPS above --comps-max-rows: 'market' (default: the market index only, one "
-                         "grouped pass) or 'off' (row-level features only)")
+    ap.add_argument("--comps-above", choices=("area", "market", "off"), default="area",
+                    help="HOMEWORTH_COMPS above --comps-max-rows: 'area' (default: market index and area trailing "
+                         "means from one grouped pass), 'market' (the market index only) or 'off' (row-level only)")
     ap.add_argument("--code", default="worktree",
                     help="pipeline code to measure: 'worktree' (default) or a git ref whose committed tasks/ is used")
     # child mode (internal)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -85,19 +86,35 @@ class CompsConfig(BaseModel):
     # mkt_s + (s + 1) / (l - s) * (mkt_s - mkt_l), i.e. mkt_30 + 0.517 (mkt_30 - mkt_90). No fitted
     # weight: the window geometry fixes it.
     market_nowcast: bool = False
+    # Area statistics from per-(area, day) sums (HOMEWORTH_COMPS=area, :meth:`area_only`): the group and
+    # cell windows are trailing MEANS of the market-adjusted values (``_mean`` columns, not ``_med``),
+    # computed from exact sums per area and day, so their cost is linear in the rows and their memory
+    # one row per area and day, whatever the history's size (:func:`area_tables`). No k nearest and no
+    # previous sale (both are row-to-row joins). With ``ring_cells`` > 0, ``<p>ring_<w>d_mean`` / ``_n``:
+    # the same over the (2 ring_cells + 1)^2 cells centred on the row's cell, the k nearest's stand-in.
+    aggregated: bool = False
+    ring_cells: int = Field(default=0, ge=0)
+    ring_windows_days: list[int] = Field(default=[90, 365])
 
     def lookback_days(self) -> int:
         """How many days of history before the first row any configured feature can reach."""
         reach = [*self.market_windows_days, *(self.group_windows_days if self.groups else []),
-                 *self.cell_windows_days, *([self.knn_max_age_days] if self.knn_k else [])]
+                 *self.cell_windows_days, *([self.knn_max_age_days] if self.knn_k else []),
+                 *(self.ring_windows_days if self.ring_cells else [])]
         return max(reach, default=0) + self.adjust_window_days
 
     def market_only(self) -> "CompsConfig":
         """This configuration with only the market index (no groups, cells, k nearest or previous sale)."""
-        return self.model_copy(update={"groups": [], "cell_windows_days": [], "knn_k": [], "id": None})
+        return self.model_copy(update={"groups": [], "cell_windows_days": [], "knn_k": [], "id": None,
+                                       "aggregated": False, "ring_cells": 0})
+
+    def area_only(self, ring_cells: int = 1) -> "CompsConfig":
+        """The market index, and the group, cell and ring windows as means from per-(area, day) sums:
+        linear in the rows, memory one row per area and day (``HOMEWORTH_COMPS=area``)."""
+        return self.model_copy(update={"knn_k": [], "id": None, "aggregated": True, "ring_cells": ring_cells})
 
     def is_market_only(self) -> bool:
-        return not (self.groups or self.cell_windows_days or self.knn_k or self.id)
+        return not (self.groups or self.cell_windows_days or self.knn_k or self.id or self.ring_cells)
 
     def columns(self) -> list[str]:
         """The feature columns :func:`comps` adds, in order."""
@@ -105,10 +122,13 @@ class CompsConfig(BaseModel):
         cols = [f"{p}mkt_{w}" for w in self.market_windows_days]
         if self.market_nowcast:
             cols.append(f"{p}mkt_now")
+        stat = "mean" if self.aggregated else "med"
         for g in self.groups:
-            cols += [f"{p}{g}_{w}d_{s}" for w in self.group_windows_days for s in ("med", "n")]
+            cols += [f"{p}{g}_{w}d_{s}" for w in self.group_windows_days for s in (stat, "n")]
             cols.append(f"{p}{g}_days_since")
-        cols += [f"{p}cell_{w}d_{s}" for w in self.cell_windows_days for s in ("med", "n")]
+        cols += [f"{p}cell_{w}d_{s}" for w in self.cell_windows_days for s in (stat, "n")]
+        if self.ring_cells:
+            cols += [f"{p}ring_{w}d_{s}" for w in self.ring_windows_days for s in ("mean", "n")]
         for k in self.knn_k:
             cols += [f"{p}knn{k}_{s}" for s in ("med", "est", "dist_km", "age_days", "size")]
         if self.knn_k:
@@ -128,6 +148,10 @@ class CompsConfig(BaseModel):
     def _two_windows_for_the_nowcast(self) -> "CompsConfig":
         if self.market_nowcast and len(set(self.market_windows_days)) < 2:
             raise ValueError("market_nowcast needs two market windows (market_windows_days)")
+        if self.aggregated and (self.knn_k or self.id):
+            raise ValueError("aggregated (area) comps have no k nearest (knn_k) and no previous sale (id)")
+        if self.ring_cells and not self.aggregated:
+            raise ValueError("ring_cells needs aggregated (area) comps")
         return self
 
     def market_columns(self) -> list[pl.Expr]:
@@ -324,6 +348,116 @@ def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) ->
     return market.select(t, *cfg.market_columns()).collect().sort(t)
 
 
+@dataclass
+class AreaTables:
+    """What :func:`area_comps` joins to rows: small tables, one row per day and per area and day."""
+
+    market: pl.DataFrame  # the time column and the market columns, one row per day
+    areas: list[tuple[list[str], pl.DataFrame]]  # (join keys, table of keys + time + feature columns)
+
+
+def _sums(hist: pl.LazyFrame, keys: list[str], cfg: CompsConfig) -> pl.LazyFrame:
+    """Exact sum (128-bit decimal) and count of ln(price / size) per ``keys`` and day."""
+    return hist.group_by(*keys, cfg.time).agg(pl.col("_lnppsf").cast(pl.Decimal(38, 15)).sum().alias("_s"),
+                                              pl.len().cast(pl.Int64).alias("_n"))
+
+
+def _resum(df: pl.DataFrame, keys: list[str], t: str) -> pl.DataFrame:
+    return df.group_by(*keys, t).agg(pl.col("_s").sum(), pl.col("_n").sum())
+
+
+def _spread(cell_sums: pl.DataFrame, r: int, t: str) -> pl.DataFrame:
+    """Per cell and day, the sums over the (2r + 1)^2 cells centred on it: two passes of 2r + 1 shifts
+    (rows then columns of the grid). Decimal and integer sums: exact, so order-independent."""
+    shifts = pl.DataFrame({"_d": list(range(-r, r + 1))}, schema={"_d": pl.Int32})
+    out = cell_sums
+    for axis in ("_ci", "_cj"):
+        out = _resum(out.join(shifts, how="cross").with_columns(pl.col(axis) + pl.col("_d")).drop("_d"),
+                     ["_ci", "_cj"], t)
+    return out
+
+
+def _area_windows(sums: pl.DataFrame, keys: list[str], row_days: pl.DataFrame, mkt_adj: pl.DataFrame,
+                  windows: list[int], name: str, cfg: CompsConfig, days_since: bool) -> pl.DataFrame:
+    """Per area (``keys``) and row day: trailing-window mean and count of the market-adjusted
+    ln(price / size) of earlier days' sales, and days since the area's last earlier sale.
+
+    A day's adjusted sum is its exact sum minus its count times that day's market index (the same
+    for all its sales); the windows are rolling sums over each area's days, the day itself excluded.
+    """
+    t, p = cfg.time, cfg.prefix
+    adjusted = (sums.join(mkt_adj, on=t, how="left")
+                .select(*keys, t,
+                        pl.when(pl.col("_mkt_adj").is_not_null())
+                        .then(pl.col("_s").cast(pl.Float64) - pl.col("_n").cast(pl.Float64) * pl.col("_mkt_adj"))
+                        .otherwise(0.0).alias("_a"),
+                        pl.when(pl.col("_mkt_adj").is_not_null()).then(pl.col("_n")).otherwise(0).alias("_na"),
+                        pl.col("_n").alias("_nall")))
+    # Every area with a sale, on every row day (adding zeros leaves the sums exact).
+    grid = (adjusted.select(keys).unique().join(row_days, how="cross")
+            .with_columns(pl.lit(0.0).alias("_a"), pl.lit(0, pl.Int64).alias("_na"), pl.lit(0, pl.Int64).alias("_nall")))
+    u = (pl.concat([adjusted, grid.select(adjusted.columns)]).group_by(*keys, t)
+         .agg(pl.col("_a").sum(), pl.col("_na").sum(), pl.col("_nall").sum()).sort(*keys, t))
+    cols = []
+    for w in windows:
+        a = pl.col("_a").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(keys)
+        n = pl.col("_na").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(keys).fill_null(0)
+        cols += [pl.when(n > 0).then(a / n).otherwise(None).alias(f"{p}{name}_{w}d_mean"),
+                 n.cast(pl.Int32).alias(f"{p}{name}_{w}d_n")]
+    if days_since:
+        last = pl.when(pl.col("_nall") > 0).then(pl.col(t)).forward_fill().shift(1).over(keys)
+        cols.append((pl.col(t) - last).dt.total_days().cast(pl.Float64).alias(f"{p}{name}_days_since"))
+    return u.with_columns(cols).join(row_days, on=t, how="semi").drop("_a", "_na", "_nall")
+
+
+def area_tables(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> AreaTables:
+    """The tables of an aggregated configuration (:meth:`CompsConfig.area_only`) for the rows of ``days``.
+
+    One streaming aggregation of the history by (groups, cell, day), exact decimal sums and counts;
+    everything else is computed from that table, whose size is bounded by areas x days, not by rows:
+    the county market index per day (the same values as :func:`market_index`), then per group, per
+    cell and per ring of cells around a cell the trailing windows (:func:`_area_windows`).
+    """
+    t = cfg.time
+    with_cells = bool(cfg.cell_windows_days or cfg.ring_cells)
+    hist = _history_values(history, cfg)
+    if with_cells:
+        hist = hist.with_columns(_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg))
+    fine_keys = [*cfg.groups, *(["_ci", "_cj"] if with_cells else [])]
+    fine = _sums(hist, fine_keys, cfg).collect(engine="streaming")
+    row_days = days.select(t).unique().collect(engine="streaming").drop_nulls()
+    daily = _resum(fine, [], t).select(t, pl.col("_s").cast(pl.Float64), pl.col("_n").cast(pl.Float64))
+    market = _market_from_daily(daily.lazy(), pl.concat([daily.select(t), row_days]).lazy(), cfg).collect()
+    mkt_adj = market.select(t, pl.col(f"_mkt{cfg.adjust_window_days}").alias("_mkt_adj"))
+    areas = []
+    for g in cfg.groups:
+        areas.append(([g], _area_windows(_resum(fine, [g], t), [g], row_days, mkt_adj, cfg.group_windows_days,
+                                         g, cfg, days_since=True)))
+    if with_cells:
+        cells = _resum(fine, ["_ci", "_cj"], t)
+        if cfg.cell_windows_days:
+            areas.append((["_ci", "_cj"], _area_windows(cells, ["_ci", "_cj"], row_days, mkt_adj,
+                                                        cfg.cell_windows_days, "cell", cfg, days_since=False)))
+        if cfg.ring_cells:
+            areas.append((["_ci", "_cj"], _area_windows(_spread(cells, cfg.ring_cells, t), ["_ci", "_cj"], row_days,
+                                                        mkt_adj, cfg.ring_windows_days, "ring", cfg, days_since=False)))
+    return AreaTables(market=market.select(t, *cfg.market_columns()), areas=areas)
+
+
+def area_comps(rows: pl.LazyFrame, tables: AreaTables, cfg: CompsConfig) -> pl.LazyFrame:
+    """``rows`` with the columns of an aggregated configuration: left joins with the small tables of
+    :func:`area_tables` (by day, and by area and day), row order kept; streams in a sink."""
+    t = cfg.time
+    original = [c for c in rows.collect_schema().names() if c not in cfg.columns()]
+    out = rows.join(tables.market.lazy(), on=t, how="left", maintain_order="left")
+    if any("_ci" in keys for keys, _ in tables.areas):
+        out = out.with_columns(_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg))
+    for keys, table in tables.areas:
+        out = out.join(table.lazy(), on=[*keys, t], how="left", maintain_order="left")
+    counts = [c for c in cfg.columns() if c.endswith("_n")]
+    return out.with_columns(pl.col(counts).fill_null(0)).select(*original, *cfg.columns())
+
+
 def knn_candidates(history: pl.LazyFrame, ordered: pl.DataFrame, cfg: CompsConfig) -> np.ndarray:
     """Per row of ``ordered``: an upper bound of its k-nearest candidates (the join pairs it makes).
 
@@ -392,6 +526,8 @@ def comps(history: pl.LazyFrame | pl.DataFrame, rows: pl.LazyFrame | pl.DataFram
     definitions, so the same values up to float rounding (a row depends only on the sales before it).
     """
     history = history.lazy()
+    if cfg.aggregated:  # no row depends on another row: no chunks
+        return area_comps(rows.lazy(), area_tables(history, rows.lazy().select(cfg.time), cfg), cfg).collect()
     rows = rows.lazy().with_row_index("_order")
     ordered = rows.sort(cfg.time, "_order").collect()
     out = []

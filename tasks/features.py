@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks import storage
-from tasks.comps import MAX_KNN_PAIRS, CompsConfig, comps, market_index
+from tasks.comps import MAX_KNN_PAIRS, CompsConfig, area_comps, area_tables, comps, market_index
 from tasks.ingest import DS, days_in_interval
 from tasks.spec import DatasetSpec
 
@@ -69,6 +69,8 @@ def feature_set(spec: DatasetSpec) -> FeatureSet:
     comps = getattr(module, "COMPS", None) if mode != "off" else None
     if comps is not None and mode == "market":
         comps = comps.market_only()
+    elif comps is not None and mode == "area":
+        comps = comps.area_only()
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
                       spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), comps,
                       tuple(getattr(module, "TARGET_OFFSET", ())))
@@ -620,10 +622,15 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         chunk_rows = fset.comps.chunk_rows if fset.comps is not None else PLAIN_CHUNK_ROWS
     # A market-only configuration needs one row per day, not the rows around each row: one aggregation
     # of the history, then a join by day inside the streaming plan below.
-    market = None
+    # An aggregated configuration (HOMEWORTH_COMPS=area) needs one row per area and day: one
+    # aggregation of the history, then joins by (area,) day inside the streaming plan below.
+    market = tables = None
     if fset.comps is not None and fset.comps.is_market_only():
         market = market_index(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
                               fset.comps)
+    elif fset.comps is not None and fset.comps.aggregated:
+        tables = area_tables(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
+                             fset.comps)
 
     def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
         rows = pl.scan_parquet([p["uri"] for p in chunk])
@@ -631,6 +638,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
             # A join with the small per-day table streams (a replace_strict lookup made Polars hold
             # every row: 2.7 GiB at 10M rows against 0.2 GiB); order kept as in a plain scan.
             rows = rows.join(market.lazy(), on=fset.comps.time, how="left", maintain_order="left")
+        elif tables is not None:
+            rows = area_comps(rows, tables, fset.comps)
         elif fset.comps is not None:
             history = pl.scan_parquet(_chunk_history(chunk, candidates, fset.comps))
             rows = comps(history, rows, fset.comps, max_pairs=max_knn_pairs).lazy()
@@ -643,7 +652,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    if fset.comps is None or market is not None:
+    if fset.comps is None or market is not None or tables is not None:
         # Row-level features (and the market index joined by day): no row depends on another, so one
         # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
         # bounded by the engine's morsels. One consumer only: a collect_all that also aggregated the

@@ -39,12 +39,13 @@ class Settings(BaseSettings):
     dataset_spec: Path = REPO_ROOT / "datasets" / "king_county.yaml"
     # Torch threads for training and scoring; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
-    # Comparable-sales features (the dataset module's COMPS): "full" (all of them), "market" (only the
-    # county market index: one grouped pass over the history, linear in rows, for histories of many
-    # millions of sales, docs/out-of-core.md) or "off" (row-level features only). The k-nearest search
-    # of "full" costs rows x nearby earlier sales. true/false are read as full/off. A model records
-    # which it was trained with (its preprocessing).
-    comps: Literal["full", "market", "off"] = "full"
+    # Comparable-sales features (the dataset module's COMPS): "full" (all of them), "area" (the market
+    # index and per-zipcode, per-cell and neighbouring-cells trailing means from per-(area, day) sums:
+    # linear in rows, memory one row per area and day, for histories of many millions of sales,
+    # docs/out-of-core.md), "market" (only the county market index) or "off" (row-level features
+    # only). The k-nearest search and rolling medians of "full" cost rows x nearby earlier sales.
+    # true/false are read as full/off. A model records which it was trained with (its preprocessing).
+    comps: Literal["full", "area", "market", "off"] = "full"
     # Promotion gate (tasks/promote.py): paired bootstrap of the metric differences on the same test rows.
     gate_resamples: int = Field(default=1000, ge=100, le=100_000)
     gate_confidence: float = Field(default=0.95, gt=0.5, lt=1)

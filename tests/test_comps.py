@@ -26,6 +26,9 @@ CFG = CompsConfig(time="date", target="price", size="sqft", lat="lat", long="lon
                   market_windows_days=[7, 30], adjust_window_days=14, group_windows_days=[10, 30],
                   cell_deg=0.01, cell_windows_days=[30], knn_k=[4, 40], knn_max_age_days=40, knn_cell_deg=0.01,
                   knn_radius_cells=1, market_nowcast=True)
+# HOMEWORTH_COMPS=area: the same windows as means from per-(area, day) sums, and a ring of 3 x 3 cells.
+AREA = CFG.area_only().model_copy(update={"ring_windows_days": [20, 60]})
+CONFIGS = pytest.mark.parametrize("cfg", [CFG, AREA], ids=["full", "area"])
 
 
 def sales(n: int = 320, days: int = 90, seed: int = 0) -> pl.DataFrame:
@@ -57,9 +60,10 @@ def _changed(a: pl.DataFrame, b: pl.DataFrame, col: str) -> np.ndarray:
     return ~same
 
 
-def test_no_feature_sees_its_own_or_a_later_sale():
+@CONFIGS
+def test_no_feature_sees_its_own_or_a_later_sale(cfg):
     df = sales()
-    base = comps(df, df, CFG)
+    base = comps(df, df, cfg)
     reached: set[str] = set()
     for pivot_day in (10, 35, 60):
         pivot = START + timedelta(days=pivot_day)
@@ -75,48 +79,51 @@ def test_no_feature_sees_its_own_or_a_later_sale():
                                     pl.col("lat") + shift, pl.col("long") - shift).filter(pl.Series(keep))
         # The rows keep their own attributes but every row's own price changes too.
         rows = df.with_columns(pl.col("price") * np.exp(rng.normal(0, 0.5, df.height)))
-        after = comps(perturbed, rows, CFG)
+        after = comps(perturbed, rows, cfg)
         up_to_pivot = (df["date"] <= pivot).to_numpy()
-        for col in CFG.columns():
+        for col in cfg.columns():
             moved = _changed(base, after, col)
             assert not moved[up_to_pivot].any(), f"{col} of a sale on or before {pivot} depends on a later sale"
             if moved[~up_to_pivot].any():
                 reached.add(col)
     # The check has power: every feature of some later sale did move.
-    assert reached == set(CFG.columns()), f"the perturbations never reached {set(CFG.columns()) - reached}"
+    assert reached == set(cfg.columns()), f"the perturbations never reached {set(cfg.columns()) - reached}"
 
 
-def test_a_sale_never_counts_itself_or_its_own_day():
+@CONFIGS
+def test_a_sale_never_counts_itself_or_its_own_day(cfg):
     df = sales(n=60)
     one_day = df.filter(pl.col("date") == df["date"][30])
-    alone = comps(one_day, one_day, CFG)  # history = only the sales of that day
-    for col in CFG.columns():
+    alone = comps(one_day, one_day, cfg)  # history = only the sales of that day
+    for col in cfg.columns():
         values = alone[col].cast(pl.Float64)
         assert values.is_null().all() or (values.fill_null(0) == 0).all(), col
 
 
-def test_every_comp_column_is_populated_somewhere():
-    out = comps(sales(), sales(), CFG)
-    assert out.columns[-len(CFG.columns()):] == CFG.columns()
-    for col in CFG.columns():
+@CONFIGS
+def test_every_comp_column_is_populated_somewhere(cfg):
+    out = comps(sales(), sales(), cfg)
+    assert out.columns[-len(cfg.columns()):] == cfg.columns()
+    for col in cfg.columns():
         assert out[col].drop_nulls().len() > 0, col
 
 
-def test_row_order_and_columns_are_kept():
+@CONFIGS
+def test_row_order_and_columns_are_kept(cfg):
     df = sales(n=120)
     shuffled = df.sample(fraction=1.0, shuffle=True, seed=3).with_columns(pl.lit(1).alias("extra"))
-    out = comps(df, shuffled, CFG)
+    out = comps(df, shuffled, cfg)
     assert out.select(shuffled.columns).equals(shuffled)
-    again = comps(df, df, CFG)
+    again = comps(df, df, cfg)
     keyed = out.drop("extra").sort("id", "date")
     assert_frame_equal(keyed, again.sort("id", "date"))
 
 
-def test_market_index_does_not_depend_on_history_order():
-    """A day's sum of ln(price / size) is exact (decimal): the history in any row order gives
-    bit-identical market columns (a float sum depends on the order the engine's threads add)."""
+@pytest.mark.parametrize("cfg", [CFG.market_only(), AREA], ids=["market", "area"])
+def test_market_index_does_not_depend_on_history_order(cfg):
+    """A day's (an area's day's) sum of ln(price / size) is exact (decimal): the history in any row
+    order gives bit-identical columns (a float sum depends on the order the engine's threads add)."""
     df = sales(n=3000, days=60)
-    cfg = CFG.market_only()
     first = comps(df, df, cfg)
     for seed in (1, 2):
         shuffled = df.sample(fraction=1.0, shuffle=True, seed=seed)
@@ -146,6 +153,7 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
     for h in rows:
         m = mkt(cfg.adjust_window_days, h["date"])
         h["adj"] = None if m is None else h["lnppsf"] - m
+    stat, summary = ("mean", statistics.fmean) if cfg.aggregated else ("med", statistics.median)
     out = []
     for r in rows:
         d, f = r["date"], {}
@@ -160,7 +168,7 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
         for w in cfg.group_windows_days:
             vals = [h["adj"] for h in earlier if h["zip"] == r["zip"] and h["date"] >= d - timedelta(days=w)
                     and h["adj"] is not None]
-            f[f"comp_zip_{w}d_med"] = statistics.median(vals) if vals else None
+            f[f"comp_zip_{w}d_{stat}"] = summary(vals) if vals else None
             f[f"comp_zip_{w}d_n"] = len(vals)
         same_zip = [h["date"] for h in earlier if h["zip"] == r["zip"]]
         f["comp_zip_days_since"] = (d - max(same_zip)).days if same_zip else None
@@ -168,8 +176,17 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
         for w in cfg.cell_windows_days:
             vals = [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w)
                     and (math.floor(h["lat"] / cfg.cell_deg), math.floor(h["long"] / cfg.cell_deg)) == cell]
-            f[f"comp_cell_{w}d_med"] = statistics.median(vals) if vals else None
+            f[f"comp_cell_{w}d_{stat}"] = summary(vals) if vals else None
             f[f"comp_cell_{w}d_n"] = len(vals)
+        for w in cfg.ring_windows_days if cfg.ring_cells else []:
+            vals = [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w)
+                    and abs(math.floor(h["lat"] / cfg.cell_deg) - cell[0]) <= cfg.ring_cells
+                    and abs(math.floor(h["long"] / cfg.cell_deg) - cell[1]) <= cfg.ring_cells]
+            f[f"comp_ring_{w}d_mean"] = statistics.fmean(vals) if vals else None
+            f[f"comp_ring_{w}d_n"] = len(vals)
+        if not cfg.knn_k:  # an aggregated configuration: no k nearest, no previous sale
+            out.append(f)
+            continue
         g, rad = cfg.knn_cell_deg, cfg.knn_radius_cells
         ci, cj = math.floor(r["lat"] / g), math.floor(r["long"] / g)
         cands = []
@@ -205,9 +222,9 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
     return out
 
 
-def test_features_match_a_brute_force_oracle():
+@CONFIGS
+def test_features_match_a_brute_force_oracle(cfg):
     df = sales(n=200, days=70, seed=4)
-    cfg = CFG.model_copy(update={"prefix": "comp_"})
     got = comps(df, df, cfg).select(cfg.columns()).to_dicts()
     want = _oracle(df, cfg)
     assert set(want[0]) == set(cfg.columns())
@@ -284,6 +301,32 @@ def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
     np.testing.assert_allclose(bundle.predict(rows), bundle.predict_features(stored), rtol=1e-6)
 
 
+def test_scoring_an_area_model_recomputes_its_comps_from_the_lake(small_lake, spec, monkeypatch):
+    """HOMEWORTH_COMPS=area: the streamed feature table and scoring (``comps`` on the lake's history,
+    rows without a price) agree, and the preprocessing records the aggregated configuration."""
+    from tasks.datasets import king_county as kc
+    from tasks.features import SPLIT, build_features, load_preprocessing
+    from tasks.settings import get_settings
+
+    lake, _, _ = small_lake
+    monkeypatch.setenv("HOMEWORTH_COMPS", "area")
+    get_settings.cache_clear()
+    try:
+        features = build_features(spec, str(lake), date(2014, 5, 28), date(2015, 5, 28))
+    finally:
+        monkeypatch.delenv("HOMEWORTH_COMPS")
+        get_settings.cache_clear()
+    prep = load_preprocessing(features["preprocessing_uri"])
+    assert prep.comps == kc.COMPS.area_only() and prep.comps.aggregated
+    stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")
+    rows = stored.select(list(spec.columns)).with_columns(pl.lit(None, pl.Float64).alias(spec.target))
+    history = LakeHistory(str(lake), prep.comps.input_columns(with_target=True))
+    recomputed = prep.features(rows, history.frame()).collect()
+    cols = [s.name for s in prep.numeric]
+    assert {"comp_zipcode_365d_mean", "comp_ring_90d_n"} <= set(cols)
+    assert_frame_equal(recomputed.select(cols), stored.select(cols), check_exact=False, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def test_lake_history_rereads_only_when_partitions_change(small_lake, tmp_path):
     import shutil
 
@@ -296,3 +339,19 @@ def test_lake_history_rereads_only_when_partitions_change(small_lake, tmp_path):
     day = sorted(p.name for p in (copy / "validated").iterdir())[-1]
     shutil.rmtree(copy / "validated" / day)
     assert h.frame().height < sold.height
+
+
+def test_area_configuration_has_no_row_to_row_joins():
+    from tasks.datasets import king_county as kc
+
+    area = kc.COMPS.area_only()
+    assert area.aggregated and not area.knn_k and area.id is None and not area.is_market_only()
+    assert area.lookback_days() == max(*area.group_windows_days, *area.ring_windows_days) + area.adjust_window_days
+    assert [c for c in area.columns() if "_mean" in c] == [
+        "comp_zipcode_90d_mean", "comp_zipcode_365d_mean", "comp_cell_365d_mean", "comp_ring_90d_mean",
+        "comp_ring_365d_mean"]
+    assert area.market_only() == kc.COMPS.market_only()
+    with pytest.raises(ValueError, match="no k nearest"):
+        CompsConfig.model_validate({**kc.COMPS.model_dump(), "aggregated": True})
+    with pytest.raises(ValueError, match="ring_cells needs"):
+        CompsConfig.model_validate({**kc.COMPS.model_dump(), "ring_cells": 1})

@@ -356,6 +356,34 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
     assert prep.comps == cfg and [t.name for t in prep.target_offset] == kc.TARGET_OFFSET
 
 
+def test_build_features_area_streams_the_same_values_as_comps(spec, lake, monkeypatch):
+    """HOMEWORTH_COMPS=area: one streaming plan joining the per-(area, day) tables; the values are those
+    ``comps`` computes for the aggregated configuration from the whole lake, the market columns are
+    those of the full run, and a rerun writes the same bytes."""
+    from tasks.comps import comps
+
+    lake_uri, _, _ = lake
+    full = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
+    meta, area = _build_with_comps(spec, lake_uri, "area", monkeypatch)
+    cfg = kc.COMPS.area_only()
+    cols = cfg.columns()
+    assert [c for c in area.columns if c.startswith(cfg.prefix)] == cols
+    assert {"comp_zipcode_90d_mean", "comp_cell_365d_n", "comp_ring_365d_mean"} <= set(cols)
+    assert not [c for c in cols if "knn" in c or "prev" in c or c.endswith("_med")]
+    plain = [c for c in area.columns if not c.startswith(cfg.prefix)]
+    assert_frame_equal(area.select(plain), full.select(plain))
+    mkt = cfg.market_only().columns()
+    assert_frame_equal(area.select(mkt), full.select(mkt))
+    validated = pl.scan_parquet(f"{lake_uri}/validated/**/*.parquet")
+    direct = comps(validated, area.select(*cfg.input_columns(with_target=False)), cfg)
+    assert_frame_equal(area.select(cols), direct.select(cols), check_exact=False, rel_tol=1e-9, abs_tol=1e-12)
+    assert area["comp_zipcode_365d_n"].sum() > 0 and area["comp_ring_365d_mean"].drop_nulls().len() > 0
+    prep = load_preprocessing(meta["preprocessing_uri"])
+    assert prep.comps == cfg and [t.name for t in prep.target_offset] == kc.TARGET_OFFSET
+    again, _ = _build_with_comps(spec, lake_uri, "area", monkeypatch)
+    assert again["features_sha256"] == meta["features_sha256"]
+
+
 def test_market_only_configuration_reaches_back_only_as_far_as_its_windows():
     cfg = kc.COMPS.market_only()
     assert cfg.is_market_only() and not kc.COMPS.is_market_only()
@@ -453,13 +481,16 @@ def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
         fset = feature_set(spec)
         assert fset.comps is None and fset.comp_columns() == []
         assert fset.numeric == kc.NUMERIC and not set(fset.target_offset) <= set(fset.numeric)
-        for value, mode in (("market", "market"), ("true", "full"), ("0", "off"), ("FULL", "full")):
+        for value, mode in (("market", "market"), ("area", "area"), ("true", "full"), ("0", "off"), ("FULL", "full")):
             monkeypatch.setenv("HOMEWORTH_COMPS", value)
             get_settings.cache_clear()
             assert get_settings().comps == mode
         monkeypatch.setenv("HOMEWORTH_COMPS", "market")
         get_settings.cache_clear()
         assert feature_set(spec).comps == kc.COMPS.market_only()
+        monkeypatch.setenv("HOMEWORTH_COMPS", "area")
+        get_settings.cache_clear()
+        assert feature_set(spec).comps == kc.COMPS.area_only()
         monkeypatch.setenv("HOMEWORTH_COMPS", "knn")
         get_settings.cache_clear()
         with pytest.raises(ValueError, match="comps"):
