@@ -92,6 +92,15 @@ class CompsConfig(BaseModel):
     # one row per area and day, whatever the history's size (:func:`area_tables`). No k nearest and no
     # previous sale (both are row-to-row joins). With ``ring_cells`` > 0, ``<p>ring_<w>d_mean`` / ``_n``:
     # the same over the (2 ring_cells + 1)^2 cells centred on the row's cell, the k nearest's stand-in.
+    # ``<p>mktloc_<w>`` (and ``<p>mktloc_now`` with the nowcast): the market index of sales adjusted for
+    # their location. The plain index is a mean over whichever houses sold, so it moves with the mix
+    # of places that sell (King County's winter sales are in cheaper zipcodes than its summer ones).
+    # Here each sale's ln(price / size) first loses its location's effect: the mean market-adjusted
+    # value of that location's (``market_location``, a column such as the zipcode) sales of the
+    # trailing ``location_window_days`` before the sale's day; sales of a location without earlier
+    # sales are left out. Point in time like the rest: a day's value uses earlier days only.
+    market_location: str | None = None
+    location_window_days: int = Field(default=365, gt=0)
     aggregated: bool = False
     ring_cells: int = Field(default=0, ge=0)
     ring_windows_days: list[int] = Field(default=[90, 365])
@@ -100,7 +109,9 @@ class CompsConfig(BaseModel):
         """How many days of history before the first row any configured feature can reach."""
         reach = [*self.market_windows_days, *(self.group_windows_days if self.groups else []),
                  *self.cell_windows_days, *([self.knn_max_age_days] if self.knn_k else []),
-                 *(self.ring_windows_days if self.ring_cells else [])]
+                 *(self.ring_windows_days if self.ring_cells else []),
+                 *([max(self.market_windows_days, default=0) + self.location_window_days]
+                   if self.market_location else [])]
         return max(reach, default=0) + self.adjust_window_days
 
     def market_only(self) -> "CompsConfig":
@@ -122,6 +133,10 @@ class CompsConfig(BaseModel):
         cols = [f"{p}mkt_{w}" for w in self.market_windows_days]
         if self.market_nowcast:
             cols.append(f"{p}mkt_now")
+        if self.market_location:
+            cols += [f"{p}mktloc_{w}" for w in self.market_windows_days]
+            if self.market_nowcast:
+                cols.append(f"{p}mktloc_now")
         stat = "mean" if self.aggregated else "med"
         for g in self.groups:
             cols += [f"{p}{g}_{w}d_{s}" for w in self.group_windows_days for s in (stat, "n")]
@@ -141,8 +156,7 @@ class CompsConfig(BaseModel):
         """Columns the preprocessing never clips: the market index with ``extrapolate_market``, else none."""
         if not self.extrapolate_market:
             return []
-        return [f"{self.prefix}mkt_{w}" for w in self.market_windows_days] + ([f"{self.prefix}mkt_now"]
-                                                                              if self.market_nowcast else [])
+        return [c for c in self.columns() if c.startswith((f"{self.prefix}mkt_", f"{self.prefix}mktloc_"))]
 
     @model_validator(mode="after")
     def _two_windows_for_the_nowcast(self) -> "CompsConfig":
@@ -155,17 +169,21 @@ class CompsConfig(BaseModel):
         return self
 
     def market_columns(self) -> list[pl.Expr]:
-        """The market columns from the per-day ``_mkt<w>`` means (see :func:`_market`)."""
+        """The market columns from the per-day ``_mkt<w>`` (and ``_loc<w>``) means (see :func:`_market`)."""
         p = self.prefix
-        cols = [pl.col(f"_mkt{w}").alias(f"{p}mkt_{w}") for w in self.market_windows_days]
-        if self.market_nowcast:
-            short, long_ = sorted(set(self.market_windows_days))[:2]
-            ms, ml = pl.col(f"_mkt{short}"), pl.col(f"_mkt{long_}")
-            cols.append((ms + (short + 1) / (long_ - short) * (ms - ml)).alias(f"{p}mkt_now"))
+        cols = []
+        for src, name in (("_mkt", "mkt"), *((("_loc", "mktloc"),) if self.market_location else ())):
+            cols += [pl.col(f"{src}{w}").alias(f"{p}{name}_{w}") for w in self.market_windows_days]
+            if self.market_nowcast:
+                short, long_ = sorted(set(self.market_windows_days))[:2]
+                ms, ml = pl.col(f"{src}{short}"), pl.col(f"{src}{long_}")
+                cols.append((ms + (short + 1) / (long_ - short) * (ms - ml)).alias(f"{p}{name}_now"))
         return cols
 
     def input_columns(self, with_target: bool) -> list[str]:
-        cols = [self.time, self.size, self.lat, self.long, *self.groups, *([self.id] if self.id else [])]
+        cols = [self.time, self.size, self.lat, self.long, *self.groups,
+                *([self.market_location] if self.market_location else []), *([self.id] if self.id else [])]
+        cols = list(dict.fromkeys(cols))
         return [*cols, self.target] if with_target else cols
 
 
@@ -195,8 +213,42 @@ def _daily(hist: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
 
 
 def _market(hist: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
-    """One row per day: trailing means of ln(price / size) over sales of EARLIER days."""
+    """One row per day: trailing means of ln(price / size) over sales of EARLIER days (and, with
+    ``market_location``, of the location-adjusted values, :func:`_with_location`)."""
+    if cfg.market_location:
+        return _with_location(_sums(hist, [cfg.market_location], cfg), days, cfg)
     return _market_from_daily(_daily(hist, cfg), days, cfg)
+
+
+def _with_location(sums: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """The market table (``_mkt<w>``) plus the location-adjusted index ``_loc<w>``, from the exact sums
+    and counts of ln(price / size) per (``market_location``, day) (:func:`_sums`).
+
+    A location's effect on day d is the mean of its sales' market-adjusted values (ln(price / size)
+    minus the ``adjust_window_days`` index of their day) over days in [d - location_window_days, d);
+    a day's location-adjusted sum is, over its locations with an effect, sum - count x effect (one
+    effect per location and day), rounded to 1e-15 and added exactly, so it does not depend on order.
+    """
+    t, g, w = cfg.time, cfg.market_location, cfg.location_window_days
+    daily = sums.group_by(t).agg(pl.col("_s").sum().cast(pl.Float64), pl.col("_n").sum().cast(pl.Float64))
+    market = _market_from_daily(daily, days, cfg)
+    adj = market.select(t, pl.col(f"_mkt{cfg.adjust_window_days}").alias("_mkt_adj"))
+    known = pl.col("_mkt_adj").is_not_null()
+    per_day = (sums.join(adj, on=t, how="left")
+               .with_columns(pl.col("_s").cast(pl.Float64).alias("_sf"),
+                             pl.when(known).then(pl.col("_s").cast(pl.Float64) - pl.col("_n") * pl.col("_mkt_adj"))
+                             .otherwise(0.0).alias("_a"),
+                             pl.when(known).then(pl.col("_n")).otherwise(0).alias("_na"))
+               .sort(g, t))
+    a = pl.col("_a").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(g)
+    n = pl.col("_na").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(g)
+    effect = pl.when(n > 0).then(a / n).otherwise(None)
+    loc_daily = (per_day.with_columns(effect.alias("_z")).filter(pl.col("_z").is_not_null())
+                 .group_by(t).agg((pl.col("_sf") - pl.col("_n") * pl.col("_z")).cast(pl.Decimal(38, 15)).sum()
+                                  .cast(pl.Float64).alias("_s"), pl.col("_n").sum().cast(pl.Float64)))
+    loc = (_market_from_daily(loc_daily, days, cfg)
+           .select(t, *[pl.col(f"_mkt{w}").alias(f"_loc{w}") for w in cfg.market_windows_days]))
+    return market.join(loc, on=t, how="left")
 
 
 def _market_from_daily(daily: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
@@ -339,21 +391,28 @@ def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) ->
     features of a market-only configuration, :meth:`CompsConfig.market_only`).
     """
     t = cfg.time
-    # Two streaming aggregations, each one row per day (the history is never held whole); then
-    # the trailing windows over those few rows.
-    daily = _daily(_history_values(history, cfg), cfg).collect(engine="streaming")
+    # Two streaming aggregations, each one row per day (per location and day with
+    # ``market_location``; the history is never held whole); then the trailing windows over those rows.
+    hist = _history_values(history, cfg)
     row_days = days.select(t).unique().collect(engine="streaming")
-    grid = pl.concat([daily.select(t), row_days]).lazy()
-    market = _market_from_daily(daily.lazy(), grid, cfg)
+    if cfg.market_location:
+        sums = _sums(hist, [cfg.market_location], cfg).collect(engine="streaming")
+        grid = pl.concat([sums.select(t).unique(), row_days]).lazy()
+        market = _with_location(sums.lazy(), grid, cfg)
+    else:
+        daily = _daily(hist, cfg).collect(engine="streaming")
+        grid = pl.concat([daily.select(t), row_days]).lazy()
+        market = _market_from_daily(daily.lazy(), grid, cfg)
     return market.select(t, *cfg.market_columns()).collect().sort(t)
 
 
 @dataclass
-class AreaTables:
-    """What :func:`area_comps` joins to rows: small tables, one row per day and per area and day."""
+class AreaTable:
+    """What :func:`area_comps` joins to rows: one row per (group, cell, day) of the rows, with every
+    column of the aggregated configuration (its size is bounded by areas x days, not by rows)."""
 
-    market: pl.DataFrame  # the time column and the market columns, one row per day
-    areas: list[tuple[list[str], pl.DataFrame]]  # (join keys, table of keys + time + feature columns)
+    keys: list[str]  # the join keys: the groups, the cell (``_ci``, ``_cj``) when used, the time column
+    table: pl.DataFrame
 
 
 def _sums(hist: pl.LazyFrame, keys: list[str], cfg: CompsConfig) -> pl.LazyFrame:
@@ -377,83 +436,124 @@ def _spread(cell_sums: pl.DataFrame, r: int, t: str) -> pl.DataFrame:
     return out
 
 
-def _area_windows(sums: pl.DataFrame, keys: list[str], row_days: pl.DataFrame, mkt_adj: pl.DataFrame,
-                  windows: list[int], name: str, cfg: CompsConfig, days_since: bool) -> pl.DataFrame:
-    """Per area (``keys``) and row day: trailing-window mean and count of the market-adjusted
-    ln(price / size) of earlier days' sales, and days since the area's last earlier sale.
+def _area_windows(parts: list[tuple[pl.DataFrame, list[int], str, bool]], keys: list[str], needed: pl.DataFrame,
+                  mkt_adj: pl.DataFrame, cfg: CompsConfig) -> pl.DataFrame:
+    """``needed`` (unique area ``keys`` + day pairs) with, for each part (exact sums per area and day, its
+    windows, its name, whether it has days-since), the trailing-window mean and count of the
+    market-adjusted ln(price / size) of earlier days' sales, and days since the area's last earlier sale.
 
     A day's adjusted sum is its exact sum minus its count times that day's market index (the same
-    for all its sales); the windows are rolling sums over each area's days, the day itself excluded.
+    for all its sales). The windows are differences of prefix sums over a dense areas x days array
+    (NumPy; its size is areas x days, whatever the number of rows): [d - w, d), the day itself
+    excluded. An area with no sale in a part has null means and zero counts there.
     """
     t, p = cfg.time, cfg.prefix
-    adjusted = (sums.join(mkt_adj, on=t, how="left")
-                .select(*keys, t,
-                        pl.when(pl.col("_mkt_adj").is_not_null())
-                        .then(pl.col("_s").cast(pl.Float64) - pl.col("_n").cast(pl.Float64) * pl.col("_mkt_adj"))
-                        .otherwise(0.0).alias("_a"),
-                        pl.when(pl.col("_mkt_adj").is_not_null()).then(pl.col("_n")).otherwise(0).alias("_na"),
-                        pl.col("_n").alias("_nall")))
-    # Every area with a sale, on every row day (adding zeros leaves the sums exact).
-    grid = (adjusted.select(keys).unique().join(row_days, how="cross")
-            .with_columns(pl.lit(0.0).alias("_a"), pl.lit(0, pl.Int64).alias("_na"), pl.lit(0, pl.Int64).alias("_nall")))
-    u = (pl.concat([adjusted, grid.select(adjusted.columns)]).group_by(*keys, t)
-         .agg(pl.col("_a").sum(), pl.col("_na").sum(), pl.col("_nall").sum()).sort(*keys, t))
+    adjusted = []
+    for sums, _, _, _ in parts:
+        known = pl.col("_mkt_adj").is_not_null()
+        adjusted.append(sums.join(mkt_adj, on=t, how="left").select(
+            *keys, t,
+            pl.when(known).then(pl.col("_s").cast(pl.Float64) - pl.col("_n").cast(pl.Float64) * pl.col("_mkt_adj"))
+            .otherwise(0.0).alias("_a"),
+            pl.when(known).then(pl.col("_n")).otherwise(0).cast(pl.Float64).alias("_na"),
+            pl.col("_n").cast(pl.Float64).alias("_nall")))
+    area_keys = pl.concat([a.select(keys) for a in adjusted]).unique().sort(keys).with_row_index("_k")
+    days = pl.concat([*(a.select(t) for a in adjusted), needed.select(t)]).drop_nulls()
+    out = needed
+    if needed.height == 0 or days.height == 0:
+        return out.with_columns([pl.lit(None, pl.Int32 if c.endswith("_n") else pl.Float64).alias(c)
+                                 for c in _part_columns(parts, p)])
+    t0 = days[t].min()
+    n_keys, n_days = max(area_keys.height, 1), (days[t].max() - t0).days + 1
+    q = needed.join(area_keys, on=keys, how="left", nulls_equal=False, maintain_order="left")
+    found = q["_k"].is_not_null().to_numpy() & q[t].is_not_null().to_numpy()
+    kq = q["_k"].fill_null(0).to_numpy().astype(np.int64)
+    dq = (q[t] - t0).dt.total_days().fill_null(0).to_numpy().astype(np.int64)
     cols = []
-    for w in windows:
-        a = pl.col("_a").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(keys)
-        n = pl.col("_na").rolling_sum_by(t, window_size=f"{w}d", closed="left").over(keys).fill_null(0)
-        cols += [pl.when(n > 0).then(a / n).otherwise(None).alias(f"{p}{name}_{w}d_mean"),
-                 n.cast(pl.Int32).alias(f"{p}{name}_{w}d_n")]
-    if days_since:
-        last = pl.when(pl.col("_nall") > 0).then(pl.col(t)).forward_fill().shift(1).over(keys)
-        cols.append((pl.col(t) - last).dt.total_days().cast(pl.Float64).alias(f"{p}{name}_days_since"))
-    return u.with_columns(cols).join(row_days, on=t, how="semi").drop("_a", "_na", "_nall")
+    for a, (_, windows, name, days_since) in zip(adjusted, parts):
+        idx = a.join(area_keys, on=keys, how="left").select("_k", (pl.col(t) - pl.lit(t0)).dt.total_days().alias("_d"),
+                                                            "_a", "_na", "_nall")
+        k, d = idx["_k"].to_numpy().astype(np.int64), idx["_d"].to_numpy().astype(np.int64)
+        dense = {}
+        for c in ("_a", "_na", "_nall"):
+            m = np.zeros((n_keys, n_days + 1))  # column j + 1: day j; column 0: before the first day
+            m[k, d + 1] = idx[c].to_numpy()      # (area, day) pairs are unique: assignment, no summation
+            dense[c] = np.cumsum(m, axis=1)       # [:, j]: sum over the days before day j
+        for w in windows:
+            lo = np.maximum(dq - w, 0)
+            s_w = dense["_a"][kq, dq] - dense["_a"][kq, lo]
+            n_w = np.where(found, np.rint(dense["_na"][kq, dq] - dense["_na"][kq, lo]), 0)
+            mean = np.where(n_w > 0, s_w / np.where(n_w > 0, n_w, 1), np.nan)
+            cols += [pl.Series(f"{p}{name}_{w}d_mean", mean).fill_nan(None),
+                     pl.Series(f"{p}{name}_{w}d_n", n_w).cast(pl.Int32)]
+        if days_since:
+            has = np.diff(dense["_nall"], axis=1) > 0.5  # [:, j]: a sale on day j
+            last = np.maximum.accumulate(np.where(has, np.arange(n_days), -1), axis=1)
+            before = np.concatenate([np.full((n_keys, 1), -1), last[:, :-1]], axis=1)[kq, dq]
+            since = np.where(found & (before >= 0), dq - before, np.nan).astype(np.float64)
+            cols.append(pl.Series(f"{p}{name}_days_since", since).fill_nan(None))
+    return out.with_columns(cols)
 
 
-def area_tables(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> AreaTables:
-    """The tables of an aggregated configuration (:meth:`CompsConfig.area_only`) for the rows of ``days``.
+def _part_columns(parts: list[tuple[pl.DataFrame, list[int], str, bool]], p: str) -> list[str]:
+    cols = []
+    for _, windows, name, days_since in parts:
+        cols += [f"{p}{name}_{w}d_{s}" for w in windows for s in ("mean", "n")]
+        cols += [f"{p}{name}_days_since"] if days_since else []
+    return cols
 
-    One streaming aggregation of the history by (groups, cell, day), exact decimal sums and counts;
-    everything else is computed from that table, whose size is bounded by areas x days, not by rows:
-    the county market index per day (the same values as :func:`market_index`), then per group, per
-    cell and per ring of cells around a cell the trailing windows (:func:`_area_windows`).
+
+def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> AreaTable:
+    """The table of an aggregated configuration (:meth:`CompsConfig.area_only`) for ``rows`` (at least
+    the time, group and lat / long columns).
+
+    Two streaming aggregations: the history by (groups, cell, day), exact decimal sums and counts of
+    ln(price / size); the rows' distinct (groups, cell, day). Everything else is computed from those
+    small tables, whose size is bounded by areas x days, not by rows: the county market index per
+    day (the same values as :func:`market_index`), then per group, per cell and per ring of cells
+    around a cell the trailing windows (:func:`_area_windows`), put together per (groups, cell, day)
+    of the rows, so that :func:`area_comps` makes one join.
     """
     t = cfg.time
     with_cells = bool(cfg.cell_windows_days or cfg.ring_cells)
-    hist = _history_values(history, cfg)
-    if with_cells:
-        hist = hist.with_columns(_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg))
-    fine_keys = [*cfg.groups, *(["_ci", "_cj"] if with_cells else [])]
+    cell_cols = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg) if with_cells else []
+    hist = _history_values(history, cfg).with_columns(cell_cols)
+    fine_keys = list(dict.fromkeys([*cfg.groups, *([cfg.market_location] if cfg.market_location else []),
+                                    *(["_ci", "_cj"] if with_cells else [])]))
     fine = _sums(hist, fine_keys, cfg).collect(engine="streaming")
-    row_days = days.select(t).unique().collect(engine="streaming").drop_nulls()
+    keys = [*cfg.groups, *(["_ci", "_cj"] if with_cells else []), t]
+    needed = (rows.select(*dict.fromkeys([t, *cfg.groups, cfg.lat, cfg.long])).with_columns(cell_cols).select(keys)
+              .unique().collect(engine="streaming"))
+    row_days = needed.select(t).unique().drop_nulls()
     daily = _resum(fine, [], t).select(t, pl.col("_s").cast(pl.Float64), pl.col("_n").cast(pl.Float64))
-    market = _market_from_daily(daily.lazy(), pl.concat([daily.select(t), row_days]).lazy(), cfg).collect()
+    grid = pl.concat([daily.select(t), row_days]).lazy()
+    if cfg.market_location:
+        market = _with_location(_resum(fine, [cfg.market_location], t).lazy(), grid, cfg).collect()
+    else:
+        market = _market_from_daily(daily.lazy(), grid, cfg).collect()
     mkt_adj = market.select(t, pl.col(f"_mkt{cfg.adjust_window_days}").alias("_mkt_adj"))
-    areas = []
+    table = needed.join(market.select(t, *cfg.market_columns()), on=t, how="left", maintain_order="left")
     for g in cfg.groups:
-        areas.append(([g], _area_windows(_resum(fine, [g], t), [g], row_days, mkt_adj, cfg.group_windows_days,
-                                         g, cfg, days_since=True)))
+        part = _area_windows([(_resum(fine, [g], t), cfg.group_windows_days, g, True)], [g],
+                             needed.select(g, t).unique(), mkt_adj, cfg)
+        table = table.join(part, on=[g, t], how="left", nulls_equal=True, maintain_order="left")
     if with_cells:
         cells = _resum(fine, ["_ci", "_cj"], t)
-        if cfg.cell_windows_days:
-            areas.append((["_ci", "_cj"], _area_windows(cells, ["_ci", "_cj"], row_days, mkt_adj,
-                                                        cfg.cell_windows_days, "cell", cfg, days_since=False)))
-        if cfg.ring_cells:
-            areas.append((["_ci", "_cj"], _area_windows(_spread(cells, cfg.ring_cells, t), ["_ci", "_cj"], row_days,
-                                                        mkt_adj, cfg.ring_windows_days, "ring", cfg, days_since=False)))
-    return AreaTables(market=market.select(t, *cfg.market_columns()), areas=areas)
+        parts = ([(cells, cfg.cell_windows_days, "cell", False)] if cfg.cell_windows_days else []) + (
+            [(_spread(cells, cfg.ring_cells, t), cfg.ring_windows_days, "ring", False)] if cfg.ring_cells else [])
+        part = _area_windows(parts, ["_ci", "_cj"], needed.select("_ci", "_cj", t).unique(), mkt_adj, cfg)
+        table = table.join(part, on=["_ci", "_cj", t], how="left", nulls_equal=True, maintain_order="left")
+    return AreaTable(keys=keys, table=table.select(*keys, *cfg.columns()))
 
 
-def area_comps(rows: pl.LazyFrame, tables: AreaTables, cfg: CompsConfig) -> pl.LazyFrame:
-    """``rows`` with the columns of an aggregated configuration: left joins with the small tables of
-    :func:`area_tables` (by day, and by area and day), row order kept; streams in a sink."""
-    t = cfg.time
+def area_comps(rows: pl.LazyFrame, table: AreaTable, cfg: CompsConfig) -> pl.LazyFrame:
+    """``rows`` with the columns of an aggregated configuration: one left join with the table of
+    :func:`area_tables` by (groups, cell, day), row order kept; it streams in a sink."""
     original = [c for c in rows.collect_schema().names() if c not in cfg.columns()]
-    out = rows.join(tables.market.lazy(), on=t, how="left", maintain_order="left")
-    if any("_ci" in keys for keys, _ in tables.areas):
+    out = rows
+    if "_ci" in table.keys:
         out = out.with_columns(_cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg))
-    for keys, table in tables.areas:
-        out = out.join(table.lazy(), on=[*keys, t], how="left", maintain_order="left")
+    out = out.join(table.table.lazy(), on=table.keys, how="left", nulls_equal=True, maintain_order="left")
     counts = [c for c in cfg.columns() if c.endswith("_n")]
     return out.with_columns(pl.col(counts).fill_null(0)).select(*original, *cfg.columns())
 
@@ -527,7 +627,7 @@ def comps(history: pl.LazyFrame | pl.DataFrame, rows: pl.LazyFrame | pl.DataFram
     """
     history = history.lazy()
     if cfg.aggregated:  # no row depends on another row: no chunks
-        return area_comps(rows.lazy(), area_tables(history, rows.lazy().select(cfg.time), cfg), cfg).collect()
+        return area_comps(rows.lazy(), area_tables(history, rows.lazy(), cfg), cfg).collect()
     rows = rows.lazy().with_row_index("_order")
     ordered = rows.sort(cfg.time, "_order").collect()
     out = []

@@ -629,8 +629,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         market = market_index(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
                               fset.comps)
     elif fset.comps is not None and fset.comps.aggregated:
-        tables = area_tables(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
-                             fset.comps)
+        tables = area_tables(pl.scan_parquet([p["uri"] for p in candidates]),
+                             pl.scan_parquet([p["uri"] for p in info]), fset.comps)
 
     def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
         rows = pl.scan_parquet([p["uri"] for p in chunk])

@@ -25,7 +25,7 @@ START = date(2015, 1, 1)
 CFG = CompsConfig(time="date", target="price", size="sqft", lat="lat", long="long", groups=["zip"], id="id",
                   market_windows_days=[7, 30], adjust_window_days=14, group_windows_days=[10, 30],
                   cell_deg=0.01, cell_windows_days=[30], knn_k=[4, 40], knn_max_age_days=40, knn_cell_deg=0.01,
-                  knn_radius_cells=1, market_nowcast=True)
+                  knn_radius_cells=1, market_nowcast=True, market_location="zip", location_window_days=20)
 # HOMEWORTH_COMPS=area: the same windows as means from per-(area, day) sums, and a ring of 3 x 3 cells.
 AREA = CFG.area_only().model_copy(update={"ring_windows_days": [20, 60]})
 CONFIGS = pytest.mark.parametrize("cfg", [CFG, AREA], ids=["full", "area"])
@@ -153,6 +153,19 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
     for h in rows:
         m = mkt(cfg.adjust_window_days, h["date"])
         h["adj"] = None if m is None else h["lnppsf"] - m
+
+    def effect(zip_: str, day: date) -> float | None:  # the location's mean adjusted value before `day`
+        vals = [h["adj"] for h in rows if h["zip"] == zip_ and h["adj"] is not None
+                and day - timedelta(days=cfg.location_window_days) <= h["date"] < day]
+        return sum(vals) / len(vals) if vals else None
+
+    for h in rows:
+        z = effect(h["zip"], h["date"]) if cfg.market_location else None
+        h["v"] = None if z is None else h["lnppsf"] - z
+
+    def mktloc(w: int, day: date) -> float | None:
+        vals = [h["v"] for h in rows if day - timedelta(days=w) <= h["date"] < day and h["v"] is not None]
+        return sum(vals) / len(vals) if vals else None
     stat, summary = ("mean", statistics.fmean) if cfg.aggregated else ("med", statistics.median)
     out = []
     for r in rows:
@@ -164,6 +177,13 @@ def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
             short, long_ = sorted(set(cfg.market_windows_days))[:2]
             ms, ml = f[f"comp_mkt_{short}"], f[f"comp_mkt_{long_}"]
             f["comp_mkt_now"] = None if ms is None or ml is None else ms + (short + 1) / (long_ - short) * (ms - ml)
+        if cfg.market_location:
+            for w in cfg.market_windows_days:
+                f[f"comp_mktloc_{w}"] = mktloc(w, d)
+            if cfg.market_nowcast:
+                ms, ml = f[f"comp_mktloc_{short}"], f[f"comp_mktloc_{long_}"]
+                f["comp_mktloc_now"] = (None if ms is None or ml is None
+                                        else ms + (short + 1) / (long_ - short) * (ms - ml))
         m_row = mkt(cfg.adjust_window_days, d)
         for w in cfg.group_windows_days:
             vals = [h["adj"] for h in earlier if h["zip"] == r["zip"] and h["date"] >= d - timedelta(days=w)
