@@ -11,10 +11,14 @@ per-zipcode-and-month median price per square foot (over the training rows) join
 job usually looks like. Nothing in the pipeline imports it; ``benchmarks.run`` times it against
 ``tasks.features.build_features``.
 
-The Polars pipeline does not (yet) compute the zip-code-month median; it fits clip quantiles,
-means, standard deviations and vocabularies on the training rows instead (``fit_preprocessing``) and
-writes the features unscaled. The two do comparable work: one scan of the window, the same derived
-columns, one grouped statistic per feature family, one Parquet file out.
+The Polars pipeline computes no zip-code-month median; in the benchmark (``HOMEWORTH_COMPS=area``
+above 100k rows) it computes, for every sale, point-in-time statistics of the earlier sales instead:
+the county market index and trailing-window means and counts per zipcode, per grid cell and per 3 x 3
+cells (from one aggregation of the window and its lookback by zipcode, cell and day, joined back by
+zipcode, cell and day), and it fits clip quantiles, means, standard deviations and vocabularies on
+the training rows (``fit_preprocessing``) and writes the features unscaled. So the Polars job does
+more grouped work than this one: one scan of the history for the aggregates, one of the window, the
+same derived columns, one Parquet file out.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The retraining DAG on a large synthetic history, under the real scheduler: time and peak RSS per task.
 
-    python -m benchmarks.retrain_scale --lake DIR --as-of 2015-05-02 [--window-days 365] [--comps market]
+    python -m benchmarks.retrain_scale --lake DIR --as-of 2015-05-02 [--window-days 365] [--comps area]
                                        [--sigma 0.15] [--out docs/retrain-scale-50M.md]
 
 ``DIR`` is a lake whose ``validated/`` partitions hold synthetic sales (``tasks.synth`` landed, then
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the run's data interval end (default 2015-05-02: the day after a 365-day synth from 2014-05-02)")
     ap.add_argument("--window-days", type=int, default=365)
     ap.add_argument("--max-epochs", type=int, default=60)
-    ap.add_argument("--comps", choices=("market", "off", "full"), default="market")
+    ap.add_argument("--comps", choices=("area", "market", "off", "full"), default="area")
     ap.add_argument("--sigma", type=float, default=0.15, help="the synth's noise sigma (tasks.synth --sigma)")
     ap.add_argument("--home", default=None, help="Airflow home and MLflow store (default: a new /tmp/retrain-scale-*)")
     ap.add_argument("--keep-home", action="store_true")
