@@ -296,8 +296,8 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
     assert names[: len(kc.NUMERIC)] == kc.NUMERIC and names[len(kc.NUMERIC):] == kc.COMPS.columns()
     market = [s for s in prep.numeric if s.name.startswith("comp_mkt_")]
     assert market and all(s.lo is not None for s in market), "the market index is clipped unless extrapolate_market"
-    assert kc.COMPS.model_copy(update={"extrapolate_market": True}).unclipped() == ["comp_mkt_30", "comp_mkt_90",
-                                                                                   "comp_mkt_now"]
+    assert kc.COMPS.model_copy(update={"extrapolate_market": True}).unclipped() == [
+        "comp_mkt_30", "comp_mkt_90", "comp_mkt_now", "comp_mktloc_30", "comp_mktloc_90", "comp_mktloc_now"]
     with pytest.raises(ValueError, match="two market windows"):
         kc.COMPS.model_validate({**kc.COMPS.model_dump(), "market_windows_days": [30]})
 
@@ -366,7 +366,9 @@ def test_area_configuration_has_no_row_to_row_joins():
 
     area = kc.COMPS.area_only()
     assert area.aggregated and not area.knn_k and area.id is None and not area.is_market_only()
-    assert area.lookback_days() == max(*area.group_windows_days, *area.ring_windows_days) + area.adjust_window_days
+    # the location-adjusted index reaches furthest: its 90-day window of values adjusted by a 365-day effect
+    assert area.lookback_days() == max(*area.group_windows_days, *area.ring_windows_days,
+                                       max(area.market_windows_days) + area.location_window_days) + area.adjust_window_days
     assert [c for c in area.columns() if "_mean" in c] == [
         "comp_zipcode_90d_mean", "comp_zipcode_365d_mean", "comp_cell_365d_mean", "comp_ring_90d_mean",
         "comp_ring_365d_mean"]

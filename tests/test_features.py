@@ -343,7 +343,7 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
     meta, market = _build_with_comps(spec, lake_uri, "market", monkeypatch)
     cfg = kc.COMPS.market_only()
     mkt = cfg.columns()
-    assert mkt == [f"{cfg.prefix}mkt_{w}" for w in cfg.market_windows_days] + [f"{cfg.prefix}mkt_now"]
+    assert mkt == [f"{cfg.prefix}{m}_{w}" for m in ("mkt", "mktloc") for w in [*cfg.market_windows_days, "now"]]
     assert [c for c in market.columns if c.startswith(cfg.prefix)] == mkt
     # row for row the same as the full run, whose market columns come from the same definition
     assert_frame_equal(market.drop(mkt), full.select(market.drop(mkt).columns))
@@ -387,8 +387,12 @@ def test_build_features_area_streams_the_same_values_as_comps(spec, lake, monkey
 def test_market_only_configuration_reaches_back_only_as_far_as_its_windows():
     cfg = kc.COMPS.market_only()
     assert cfg.is_market_only() and not kc.COMPS.is_market_only()
-    assert cfg.lookback_days() == max(cfg.market_windows_days) + cfg.adjust_window_days
-    assert kc.COMPS.lookback_days() == kc.COMPS.knn_max_age_days + kc.COMPS.adjust_window_days
+    # the location-adjusted index: its longest window of values adjusted by the location's trailing effect
+    reach = max(cfg.market_windows_days) + cfg.location_window_days
+    assert cfg.lookback_days() == reach + cfg.adjust_window_days
+    plain = cfg.model_copy(update={"market_location": None})
+    assert plain.lookback_days() == max(cfg.market_windows_days) + cfg.adjust_window_days
+    assert kc.COMPS.lookback_days() == max(kc.COMPS.knn_max_age_days, reach) + kc.COMPS.adjust_window_days
 
 
 def test_build_features_without_partitions_raises(spec, tmp_path):

@@ -31,13 +31,15 @@ TARGET_TRANSFORM = "log"
 # The model fits ln(price) - (county market index nowcast to the sale day + ln(living area)): the value
 # of a house relative to the market of its sale date, so a market that moves past the training window
 # moves the predictions with it (docs/model.md). Both columns are point in time (comps, the row itself).
-# comp_mkt_now is the trailing 30-day index carried forward by its 15.5-day lag along the 30-vs-90-day
-# slope (CompsConfig.market_nowcast).
-TARGET_OFFSET = ["comp_mkt_now", "log_sqft_living"]
+# comp_mktloc_now is the location-adjusted index (each sale's ln price per sqft minus its zipcode's
+# effect over the trailing year: the mix of zipcodes that sell changes with the season) nowcast to
+# the sale day: its trailing 30-day mean carried forward by its 15.5-day lag along the 30-vs-90-day
+# slope (CompsConfig.market_location, market_nowcast). Chosen over the plain index on the backtests.
+TARGET_OFFSET = ["comp_mktloc_now", "log_sqft_living"]
 # Comparable sales: price per square foot of living space, by zipcode, 0.01-degree cell and the k
 # nearest by latitude and longitude (candidates within +-2 cells, sold within the last 365 days).
 COMPS = CompsConfig(time="date", target="price", size="sqft_living", lat="lat", long="long", groups=["zipcode"],
-                    id="id", market_nowcast=True)
+                    id="id", market_nowcast=True, market_location="zipcode")
 
 
 def derive(lf: pl.LazyFrame) -> pl.LazyFrame:
