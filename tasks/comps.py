@@ -5,7 +5,9 @@ recently. ``comps(history, rows, cfg)`` computes that from a history of validate
 
 - **market index** ``<p>mkt_<w>``: the county-wide mean of ln(price / size) over the trailing ``w``
   days, the day itself excluded; with ``market_nowcast``, ``<p>mkt_now``: the shortest window's
-  index carried forward to the row's day along the slope between the two shortest windows;
+  index carried forward to the row's day along the slope between the two shortest windows; with
+  ``market_location``, ``<p>mktloc_<w>`` / ``<p>mktloc_now``: the same of each sale's value net of
+  its location's (e.g. zipcode's) effect over the trailing ``location_window_days``;
 - **group windows** ``<p><group>_<w>d_med`` / ``_n`` (e.g. per zipcode): median market-adjusted
   ln(price / size) and count of the group's sales in the trailing ``w`` days, and
   ``<p><group>_days_since``, days since the group's last earlier sale;
@@ -34,7 +36,11 @@ daily group_by plus rolling sums over days (memory: one row per day); group and 
 rolling medians over each group's rows sorted by date (cost ~ rows x sales in a window); the k
 nearest are an equi-join on neighbouring grid cells, filtered by date and ranked by distance (memory
 ~ rows x candidates per neighbourhood, so :func:`comps` processes rows in date-ordered chunks of
-``chunk_rows``); the previous sale is a ``join_asof``. See ``docs/model.md``.
+``chunk_rows``); the previous sale is a ``join_asof``. See ``docs/model.md``. For histories of many
+millions of sales, :meth:`CompsConfig.area_only` (``HOMEWORTH_COMPS=area``) keeps what decomposes into
+sums per area and day: trailing means (not medians) per group, cell and ring of cells, no k nearest
+and no previous sale (:func:`area_tables`, :func:`area_comps`; linear in rows, memory bounded by areas
+x days; ``docs/out-of-core.md``).
 """
 
 from __future__ import annotations

@@ -598,7 +598,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     sales dated before it (``tests/test_outofcore.py``). Peak memory ~ one chunk plus the history it
     reaches, whatever the window's size (docs/out-of-core.md).
 
-    Without row-by-row comps (``HOMEWORTH_COMPS=market`` or ``off``) no row depends on another: one
+    Without row-by-row comps (``HOMEWORTH_COMPS=area``, ``market`` or ``off``) no row depends on another: one
     streaming plan writes the whole table. :func:`fit_preprocessing` then reads only the columns it
     needs, and above 250k training rows takes its statistics from a sample. The input partitions'
     hashes (lineage) come from the sidecars validation wrote (``storage.cached_file_sha256``). Sums
@@ -622,8 +622,8 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         chunk_rows = fset.comps.chunk_rows if fset.comps is not None else PLAIN_CHUNK_ROWS
     # A market-only configuration needs one row per day, not the rows around each row: one aggregation
     # of the history, then a join by day inside the streaming plan below.
-    # An aggregated configuration (HOMEWORTH_COMPS=area) needs one row per area and day: one
-    # aggregation of the history, then joins by (area,) day inside the streaming plan below.
+    # An aggregated configuration (HOMEWORTH_COMPS=area) needs one row per (zipcode, cell, day): an
+    # aggregation of the history and one of the rows' keys, then one join inside the streaming plan.
     market = tables = None
     if fset.comps is not None and fset.comps.is_market_only():
         market = market_index(pl.scan_parquet([p["uri"] for p in candidates]), _row_days(info, fset.comps.time),
