@@ -86,3 +86,28 @@ def test_retrain_scale_report_flags_tasks_over_the_memory_limit():
     assert "1.040 x sigma" in md and "met)" in md and "not met" not in md
     r["tasks"]["evaluate"]["xcom"]["metrics"]["new"]["rmse_ln"] = 0.16
     assert "not met" in markdown(r)
+
+
+def test_the_pandas_area_comps_compute_the_polars_values(spec):
+    """The pandas side of the comparison does the same work: ``benchmarks.pandas_features.area_comps``
+    gives the columns and values of ``tasks.comps`` under ``HOMEWORTH_COMPS=area`` (every 4th King County sale)."""
+    import numpy as np
+    import polars as pl
+
+    from benchmarks.pandas_features import area_comps
+    from tasks.comps import comps
+    from tasks.datasets import king_county as kc
+    from tasks.ingest import POLARS_TYPES
+
+    raw = pl.read_csv(Path(__file__).resolve().parent.parent / "data" / "kc_house_data.csv.gz",
+                      infer_schema=False).gather_every(4)
+    df = raw.select([(pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date"
+                      else pl.col(c).cast(POLARS_TYPES[cs.type])).alias(c) for c, cs in spec.columns.items()])
+    cfg = kc.COMPS.area_only()
+    want = comps(df, df, cfg)
+    got = area_comps(df.to_pandas())
+    assert len(got) == df.height and got["id"].tolist() == df["id"].to_list()
+    for col in cfg.columns():
+        a, b = want[col].cast(pl.Float64).to_numpy(), got[col].to_numpy(dtype=float)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), col
+        assert np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-9, atol=1e-12), col
