@@ -207,28 +207,25 @@ def _history_values(history: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
     )
 
 
-def _daily(hist: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
-    """One row per day of the history: the sum and count of its sales' ln(price / size).
-
-    The sum is taken in 128-bit decimal (to 1e-15), which is exact, then rounded to a float once: a
-    float sum depends on the order in which the streaming engine's threads add a day's rows, so a
-    rerun could change the market index (and every feature built on it) in its last digits.
-    """
-    return hist.group_by(cfg.time).agg(pl.col("_lnppsf").cast(pl.Decimal(38, 15)).sum().cast(pl.Float64).alias("_s"),
-                                       pl.len().cast(pl.Float64).alias("_n"))
+def _location_keys(cfg: CompsConfig) -> list[str]:
+    """The keys, beside the day, of the sums the market table is computed from."""
+    return [cfg.market_location] if cfg.market_location else []
 
 
 def _market(hist: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
     """One row per day: trailing means of ln(price / size) over sales of EARLIER days (and, with
-    ``market_location``, of the location-adjusted values, :func:`_with_location`)."""
-    if cfg.market_location:
-        return _with_location(_sums(hist, [cfg.market_location], cfg), days, cfg)
-    return _market_from_daily(_daily(hist, cfg), days, cfg)
+    ``market_location``, of the location-adjusted values), :func:`_market_from_sums`."""
+    return _market_from_sums(_sums(hist, _location_keys(cfg), cfg), days, cfg)
 
 
-def _with_location(sums: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
-    """The market table (``_mkt<w>``) plus the location-adjusted index ``_loc<w>``, from the exact sums
-    and counts of ln(price / size) per (``market_location``, day) (:func:`_sums`).
+def _market_from_sums(sums: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
+    """The market table (``_mkt<w>``, and with ``market_location`` the location-adjusted index
+    ``_loc<w>``) for every day of ``days``, from the exact sums and counts of ln(price / size) per
+    day, or per (``market_location``, day) (:func:`_sums`).
+
+    The sums are 128-bit decimals (to 1e-15), exact, rounded to a float once per day: a float sum
+    depends on the order in which the streaming engine's threads add a day's rows, so a rerun could
+    change the market index (and every feature built on it) in its last digits.
 
     A location's effect on day d is the mean of its sales' market-adjusted values (ln(price / size)
     minus the ``adjust_window_days`` index of their day) over days in [d - location_window_days, d);
@@ -238,6 +235,8 @@ def _with_location(sums: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) -> 
     t, g, w = cfg.time, cfg.market_location, cfg.location_window_days
     daily = sums.group_by(t).agg(pl.col("_s").sum().cast(pl.Float64), pl.col("_n").sum().cast(pl.Float64))
     market = _market_from_daily(daily, days, cfg)
+    if not g:
+        return market
     adj = market.select(t, pl.col(f"_mkt{cfg.adjust_window_days}").alias("_mkt_adj"))
     known = pl.col("_mkt_adj").is_not_null()
     per_day = (sums.join(adj, on=t, how="left")
@@ -399,16 +398,10 @@ def market_index(history: pl.LazyFrame, days: pl.LazyFrame, cfg: CompsConfig) ->
     t = cfg.time
     # Two streaming aggregations, each one row per day (per location and day with
     # ``market_location``; the history is never held whole); then the trailing windows over those rows.
-    hist = _history_values(history, cfg)
+    sums = _sums(_history_values(history, cfg), _location_keys(cfg), cfg).collect(engine="streaming")
     row_days = days.select(t).unique().collect(engine="streaming")
-    if cfg.market_location:
-        sums = _sums(hist, [cfg.market_location], cfg).collect(engine="streaming")
-        grid = pl.concat([sums.select(t).unique(), row_days]).lazy()
-        market = _with_location(sums.lazy(), grid, cfg)
-    else:
-        daily = _daily(hist, cfg).collect(engine="streaming")
-        grid = pl.concat([daily.select(t), row_days]).lazy()
-        market = _market_from_daily(daily.lazy(), grid, cfg)
+    grid = pl.concat([sums.select(t).unique(), row_days]).lazy()
+    market = _market_from_sums(sums.lazy(), grid, cfg)
     return market.select(t, *cfg.market_columns()).collect().sort(t)
 
 
@@ -524,19 +517,15 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> 
     with_cells = bool(cfg.cell_windows_days or cfg.ring_cells)
     cell_cols = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg) if with_cells else []
     hist = _history_values(history, cfg).with_columns(cell_cols)
-    fine_keys = list(dict.fromkeys([*cfg.groups, *([cfg.market_location] if cfg.market_location else []),
+    fine_keys = list(dict.fromkeys([*cfg.groups, *_location_keys(cfg),
                                     *(["_ci", "_cj"] if with_cells else [])]))
     fine = _sums(hist, fine_keys, cfg).collect(engine="streaming")
     keys = [*cfg.groups, *(["_ci", "_cj"] if with_cells else []), t]
     needed = (rows.select(*dict.fromkeys([t, *cfg.groups, cfg.lat, cfg.long])).with_columns(cell_cols).select(keys)
               .unique().collect(engine="streaming"))
     row_days = needed.select(t).unique().drop_nulls()
-    daily = _resum(fine, [], t).select(t, pl.col("_s").cast(pl.Float64), pl.col("_n").cast(pl.Float64))
-    grid = pl.concat([daily.select(t), row_days]).lazy()
-    if cfg.market_location:
-        market = _with_location(_resum(fine, [cfg.market_location], t).lazy(), grid, cfg).collect()
-    else:
-        market = _market_from_daily(daily.lazy(), grid, cfg).collect()
+    grid = pl.concat([fine.select(t).unique(), row_days]).lazy()
+    market = _market_from_sums(_resum(fine, _location_keys(cfg), t).lazy(), grid, cfg).collect()
     mkt_adj = market.select(t, pl.col(f"_mkt{cfg.adjust_window_days}").alias("_mkt_adj"))
     table = needed.join(market.select(t, *cfg.market_columns()), on=t, how="left", maintain_order="left")
     for g in cfg.groups:
