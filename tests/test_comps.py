@@ -256,6 +256,44 @@ def test_features_match_a_brute_force_oracle(cfg):
                 assert g[col] is not None and g[col] == pytest.approx(w[col], rel=1e-9, abs=1e-9), (i, col, g[col], w[col])
 
 
+def test_area_lookup_by_grid_and_by_join_agree_across_the_zero_meridian_and_equator(monkeypatch):
+    """The area table finds a row's cell through a dense grid over the cells' bounding box, or, when
+    the box is larger than MAX_CELL_GRID, a join on the packed (row, column) key: both give the oracle's
+    values, also for cells on both sides of latitude and longitude 0 (negative cell indices)."""
+    import tasks.comps as comps_module
+
+    df = sales(n=200, days=70, seed=5).with_columns(pl.col("lat") - 47.515, pl.col("long") + 122.285)
+    assert (df["lat"] < 0).any() and (df["lat"] > 0).any() and (df["long"] < 0).any() and (df["long"] > 0).any()
+    by_grid = comps(df, df, AREA)
+    monkeypatch.setattr(comps_module, "MAX_CELL_GRID", 0)
+    by_join = comps(df, df, AREA)
+    assert_frame_equal(by_grid, by_join, check_exact=True)
+    want = _oracle(df, AREA)
+    for col in [c for c in AREA.columns() if c.startswith(("comp_cell", "comp_ring"))]:
+        got = by_grid[col].to_list()
+        for i, w in enumerate(want):
+            assert (got[i] is None) if w[col] is None else got[i] == pytest.approx(w[col], rel=1e-9, abs=1e-9), (i, col)
+
+
+def test_area_rows_with_unknown_keys_get_null_means_and_zero_counts():
+    """A row in a zipcode or cell without history, or without a date or location, gets null means
+    (and days since) and zero counts; the market columns need only its date."""
+    df = sales(n=200, days=70, seed=6)
+    last = df["date"].max()
+    rows = pl.DataFrame({"id": ["new1", "new2", "new3"], "date": [last, None, last], "price": [1.0, 1.0, 1.0],
+                         "sqft": [1000.0, 1000.0, 1000.0], "lat": [10.0, 47.51, None], "long": [10.0, -122.29, None],
+                         "zip": ["00000", "98001", None]})
+    out = comps(df, rows, AREA)
+    known = comps(df, df.filter(pl.col("date") == last).head(1), AREA)
+    for col in AREA.columns():
+        if col.endswith("_n"):
+            assert out[col].to_list() == [0, 0, 0], col
+        elif col.startswith(("comp_mkt", "comp_mktloc")):
+            assert out[col][0] == known[col][0] and out[col][2] == known[col][0] and out[col][1] is None, col
+        else:
+            assert out[col].is_null().all(), col
+
+
 # ---------------------------------------------------------------------------------------------
 # The lake: build_features, and scoring from the lake's history (train/serve parity)
 
