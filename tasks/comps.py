@@ -485,25 +485,28 @@ def _daily(sums: pl.DataFrame, k: np.ndarray, day0: int, t: str, n_keys: int, n_
            mkt_adj: np.ndarray, days_since: bool) -> dict[str, np.ndarray]:
     """((days + 1) x keys) arrays of one part's daily values, row j + 1 holding day j (row 0: before
     the first day): ``_a`` the market-adjusted sum (exact sum, rounded once, minus count x the day's
-    index; 0 where the day has no index), ``_na`` its count, and with ``days_since`` ``_nall`` every
-    sale's count. (key, day) pairs are unique: assignment, no summation, so the result does not
-    depend on row order."""
+    index; 0 where the day has no index), ``_na`` its count (integers), and with ``days_since``
+    ``_has`` whether the key had a sale that day. (key, day) pairs are unique: assignment, no
+    summation, so the result does not depend on row order."""
     d = sums[t].cast(pl.Int32).to_numpy().astype(np.int64) - day0
-    s, n = sums["_s"].cast(pl.Float64).to_numpy(), sums["_n"].cast(pl.Float64).to_numpy()
+    s, n = sums["_s"].cast(pl.Float64).to_numpy(), sums["_n"].to_numpy()
     m = mkt_adj[d]
     known = ~np.isnan(m)
-    out = {}
-    for c, v in (("_a", np.where(known, s - n * np.where(known, m, 0.0), 0.0)), ("_na", np.where(known, n, 0.0)),
-                 *((("_nall", n),) if days_since else ())):
-        dense = np.zeros((n_days + 1, n_keys))
-        dense[d + 1, k] = v
-        out[c] = dense
-    return out
+    flat = (d + 1) * n_keys + k
+    out = {"_a": np.zeros((n_days + 1) * n_keys), "_na": np.zeros((n_days + 1) * n_keys, np.int64)}
+    out["_a"][flat[known]] = s[known] - n[known] * m[known]
+    out["_na"][flat[known]] = n[known]
+    if days_since:
+        out["_has"] = np.zeros((n_days + 1) * n_keys, bool)
+        out["_has"][flat] = n > 0
+    return {c: v.reshape(n_days + 1, n_keys) for c, v in out.items()}
 
 
-def _unknown_last(a: np.ndarray) -> pl.Series:
-    """``a`` flattened, with the value of an unknown key appended (null, or 0 for a count), NaN as null."""
-    return pl.Series(np.append(a.ravel(), np.array([0 if a.dtype.kind == "i" else np.nan], a.dtype)), nan_to_null=True)
+def _flat(shape: tuple[int, int], dtype: type, unknown: float) -> tuple[np.ndarray, np.ndarray]:
+    """A flat array of ``shape``'s size + 1 with the unknown key's value last, and its 2-D view."""
+    buf = np.empty(shape[0] * shape[1] + 1, dtype)
+    buf[-1] = unknown
+    return buf, buf[:-1].reshape(shape)
 
 
 def _windows_dense(daily: dict[str, np.ndarray], windows: list[int], name: str, days_since: bool, first: int,
@@ -511,31 +514,39 @@ def _windows_dense(daily: dict[str, np.ndarray], windows: list[int], name: str, 
     """From :func:`_daily`'s arrays, per (day, key) for the days from ``first`` on: the trailing-window
     mean and count of the market-adjusted values of earlier days' sales ([d - w, d), the day itself
     excluded; differences of prefix sums), and the days since the key's last earlier sale; flattened day
-    by day (a day's values of every key are adjacent: a day's rows read a small part of each array)."""
+    by day (a day's values of every key are adjacent: a day's rows read a small part of each array),
+    with the value of an unknown key or day last (null, or 0 for a count)."""
     n_days, n_keys = daily["_a"].shape[0] - 1, daily["_a"].shape[1]
     cum = {c: np.cumsum(daily[c][:-1], axis=0) for c in ("_a", "_na")}  # [j]: sum over the days before day j
     j = np.arange(first, n_days)
+    shape = (n_days - first, n_keys)
     out = {}
     for w in windows:
         # [lo]: the prefix at max(j - w, 0); a slice (a view) when every j - w >= 0, i.e. always
         # when ``first`` is the lookback (build_features, scoring).
         lo = slice(first - w, n_days - w) if first >= w else np.maximum(j - w, 0)
-        s_w = cum["_a"][first:] - cum["_a"][lo]
-        n_w = np.rint(cum["_na"][first:] - cum["_na"][lo])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"{p}{name}_{w}d_mean"] = _unknown_last(np.where(n_w > 0, s_w / np.where(n_w > 0, n_w, 1), np.nan))
-        out[f"{p}{name}_{w}d_n"] = _unknown_last(n_w.astype(np.int32))
+        n_w = cum["_na"][first:] - cum["_na"][lo]
+        mean, mean2 = _flat(shape, np.float64, np.nan)
+        mean2[...] = np.nan
+        np.divide(cum["_a"][first:] - cum["_a"][lo], n_w, out=mean2, where=n_w > 0)
+        count, count2 = _flat(shape, np.int32, 0)
+        count2[...] = n_w
+        out[f"{p}{name}_{w}d_mean"] = pl.Series(mean, nan_to_null=True)
+        out[f"{p}{name}_{w}d_n"] = pl.Series(count)
     if days_since:
-        has = daily["_nall"][1:] > 0.5  # [j]: a sale on day j
-        last = np.maximum.accumulate(np.where(has, np.arange(n_days)[:, None], -1), axis=0)
-        before = np.concatenate([np.full((1, n_keys), -1), last[:-1]], axis=0)[first:]
-        out[f"{p}{name}_days_since"] = _unknown_last(np.where(before >= 0, j[:, None] - before, np.nan))
+        last = np.maximum.accumulate(np.where(daily["_has"][1:], np.arange(n_days)[:, None], -1), axis=0)
+        before = (last[first - 1:-1] if first > 0 else np.concatenate([np.full((1, n_keys), -1), last[:-1]]))
+        since, since2 = _flat(shape, np.float64, np.nan)
+        since2[...] = np.where(before >= 0, j[:, None] - before, np.nan)
+        out[f"{p}{name}_days_since"] = pl.Series(since, nan_to_null=True)
     return out
 
 
-def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> AreaTable:
+def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig,
+                span: tuple[date, date] | None = None) -> AreaTable:
     """The table of an aggregated configuration (:meth:`CompsConfig.area_only`) for ``rows`` (only
-    their time column is read: its first and last day).
+    their time column is read: its first and last day; ``span``, when the caller knows them, e.g.
+    from the Parquet footers, and then the rows are not read at all).
 
     One streaming aggregation of the history (from ``lookback_days`` before the rows' first day to
     their last), exact decimal sums and counts of ln(price / size) per (groups, location, cell, day).
@@ -546,8 +557,10 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> 
     in a fixed order, so they do not depend on the history's row order either.
     """
     t, p = cfg.time, cfg.prefix
-    span = rows.select(pl.col(t).min().alias("lo"), pl.col(t).max().alias("hi")).collect(engine="streaming")
-    lo, hi = span["lo"][0], span["hi"][0]
+    if span is None:
+        first_last = rows.select(pl.col(t).min().alias("lo"), pl.col(t).max().alias("hi")).collect(engine="streaming")
+        span = first_last["lo"][0], first_last["hi"][0]
+    lo, hi = span
     with_cells = bool(cfg.cell_windows_days or cfg.ring_cells)
     cell_cols = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg) if with_cells else []
     fine_keys = list(dict.fromkeys([*cfg.groups, *_location_keys(cfg), *(["_ci", "_cj"] if with_cells else [])]))
@@ -573,7 +586,8 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> 
     market = _market_from_sums(resum(_location_keys(cfg)).lazy(), grid, cfg).collect().sort(t)
     mkt_adj = market[f"_mkt{cfg.adjust_window_days}"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     market = market.select(cfg.market_columns()).slice(first)
-    market_arrays = {c: _unknown_last(market[c].cast(pl.Float64).fill_null(np.nan).to_numpy()) for c in market.columns}
+    market_arrays = {c: pl.concat([market[c].cast(pl.Float64), pl.Series([None], dtype=pl.Float64)]).rechunk()
+                     for c in market.columns}  # the unknown day's value last
 
     groups = {}
     for g in cfg.groups:
@@ -594,16 +608,22 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> 
         arrays = (_windows_dense(daily, cfg.cell_windows_days, "cell", False, first, p)
                   if cfg.cell_windows_days else {})
         if r:
-            by_cell = {c: np.ascontiguousarray(v.T) for c, v in daily.items()}  # a cell's days adjacent: 3x faster
-            ring = {c: np.zeros_like(v) for c, v in by_cell.items()}
-            for o in offsets:  # a fixed order: the same float sums whatever the history's order
+            # The ring's daily values: daily (days x cells) times the cells' adjacency (cells x cells, a
+            # 1 where a cell is in another's ring), a sparse product whose sums run in a fixed order,
+            # so they do not depend on the history's order.
+            import scipy.sparse as sp
+
+            src, dst = [], []
+            for o in offsets:
                 pos = np.searchsorted(keys, keys + o)
                 hit = pos < keys.size
                 hit[hit] = keys[pos[hit]] == keys[hit] + o
-                for c in ring:
-                    ring[c][hit] += by_cell[c][pos[hit]]
-            arrays |= _windows_dense({c: np.ascontiguousarray(v.T) for c, v in ring.items()}, cfg.ring_windows_days,
-                                     "ring", False, first, p)
+                src.append(pos[hit])
+                dst.append(np.flatnonzero(hit))
+            src, dst = np.concatenate(src), np.concatenate(dst)
+            adj = sp.csc_matrix((np.ones(src.size, np.int64), (src, dst)), shape=(keys.size, keys.size))
+            ring = {c: np.ascontiguousarray(v @ adj) for c, v in daily.items()}
+            arrays |= _windows_dense(ring, cfg.ring_windows_days, "ring", False, first, p)
         cells = (CellIndex.of(keys), arrays)
     return AreaTable(day0 + first, n_days - first, market_arrays, groups, cells)
 

@@ -469,6 +469,17 @@ def _row_days(info: list[dict], time_col: str) -> pl.LazyFrame:
     return pl.LazyFrame({time_col: days}, schema={time_col: pl.Date})
 
 
+def _row_span(info: list[dict]) -> tuple[date, date] | None:
+    """The window's rows' first and last day from the Parquet footers (:func:`_partition_info`), or
+    None when a partition's range is unknown or not of dates (then the rows are scanned for it)."""
+    import datetime as dt
+
+    ranges = [(p["tmin"], p["tmax"]) for p in info if p["rows"]]
+    if not ranges or not all(type(lo) is dt.date and type(hi) is dt.date for lo, hi in ranges):
+        return None
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+
 def _partition_info(parts: list[dict], time_col: str | None) -> list[dict]:
     """Each partition with its row count and the min / max of ``time_col``, from the Parquet footer.
 
@@ -630,7 +641,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
                               fset.comps)
     elif fset.comps is not None and fset.comps.aggregated:
         tables = area_tables(pl.scan_parquet([p["uri"] for p in candidates]),
-                             pl.scan_parquet([p["uri"] for p in info]), fset.comps)
+                             pl.scan_parquet([p["uri"] for p in info]), fset.comps, _row_span(info))
 
     def chunk_frame(chunk: list[dict]) -> pl.LazyFrame:
         rows = pl.scan_parquet([p["uri"] for p in chunk])

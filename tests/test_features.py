@@ -356,6 +356,18 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
     assert prep.comps == cfg and [t.name for t in prep.target_offset] == kc.TARGET_OFFSET
 
 
+def test_row_span_comes_from_the_footers_or_is_left_to_a_scan():
+    from tasks.features import _row_span
+
+    d = date(2015, 1, 1)
+    info = [{"rows": 3, "tmin": d, "tmax": d + timedelta(days=2)}, {"rows": 0, "tmin": None, "tmax": None},
+            {"rows": 5, "tmin": d - timedelta(days=1), "tmax": d}]
+    assert _row_span(info) == (d - timedelta(days=1), d + timedelta(days=2))
+    assert _row_span([*info, {"rows": 2, "tmin": None, "tmax": None}]) is None  # a range unknown: scan
+    assert _row_span([{"rows": 2, "tmin": 1, "tmax": 5}]) is None  # not dates
+    assert _row_span([]) is None
+
+
 def test_build_features_area_streams_the_same_values_as_comps(spec, lake, monkeypatch):
     """HOMEWORTH_COMPS=area: one streaming plan joining the per-(area, day) tables; the values are those
     ``comps`` computes for the aggregated configuration from the whole lake, the market columns are
