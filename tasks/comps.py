@@ -445,7 +445,8 @@ class CellIndex:
                     .drop("_ckey"))
         i, j = ci.cast(pl.Int64) - self.ci0, cj.cast(pl.Int64) - self.cj0
         inside = (i >= 0) & (i < self.ni) & (j >= 0) & (j < self.nj)
-        at = pl.when(inside).then(i * self.nj + j).otherwise(self.ni * self.nj)  # null: not inside
+        # Outside the box or without a location: the grid's last element (null).
+        at = pl.when(inside).then(i * self.nj + j).otherwise(self.ni * self.nj)
         return rows.with_columns(pl.lit(self.grid).gather(at).alias("_cell"))
 
 
@@ -460,9 +461,9 @@ class AreaTable:
     day0: int  # the first day, in days since 1970-01-01
     n_days: int
     market: dict[str, pl.Series]  # per day: the market columns
-    # Per group column: its values in id order, and per column the (values x days) array.
+    # Per group column: its values in id order, and per column the (days x values) array.
     groups: dict[str, tuple[pl.DataFrame, dict[str, pl.Series]]]
-    # The cells of the history and their ring neighbours, and per column the (cells x days) array;
+    # The cells of the history and their ring neighbours, and per column the (days x cells) array;
     # None without cell or ring windows.
     cells: tuple[CellIndex, dict[str, pl.Series]] | None
 
@@ -553,8 +554,10 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig,
     Everything else is computed from that table, whose size is bounded by areas x days, not by rows:
     the county market index per day (the same values as :func:`market_index`), then per group, per
     cell and per ring of cells around a cell the trailing windows as prefix-sum differences over dense
-    areas x days NumPy arrays. The ring's daily sums add its (2 ring_cells + 1)^2 cells' daily values
-    in a fixed order, so they do not depend on the history's row order either.
+    days x areas NumPy arrays, for every day of the rows. The ring's daily sums are the cells' daily
+    values times the cells' adjacency (a sparse product: a fixed summation order, so they do not
+    depend on the history's row order either). Memory ~ (lookback + rows' days) x areas x 8 bytes per
+    array, about 20 arrays at a time: ~0.3 GB for 365 days and 5,400 cells, whatever the rows.
     """
     t, p = cfg.time, cfg.prefix
     if span is None:
