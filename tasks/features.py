@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -663,28 +664,43 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     tmp = local + ".tmp"
     fs, _ = storage.resolve(out_uri)
     fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    if fset.comps is None or market is not None or tables is not None:
-        # Row-level features (and the market index joined by day): no row depends on another, so one
-        # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
-        # bounded by the engine's morsels. One consumer only: a collect_all that also aggregated the
-        # rows it wrote buffered rows for the writer (2.1 GiB at 50M rows against 0.7).
-        chunk_frame(info).sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
-        counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
-    else:
-        counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
-    fs.move(tmp, local)
-    for split in SPLITS:
-        if not counts.get(split):
-            raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
-                             "widen the window or change the spec's split")
-    fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
-                 "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
-    # The table's hash (lineage) is read in a thread while the statistics are fitted: hashlib and
-    # Polars both release the GIL, and the hash is otherwise a read of the whole table on its own.
+    if os.path.exists(tmp):  # a crashed run's (the table's hash reads whatever file is at tmp)
+        os.remove(tmp)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        table_sha256 = pool.submit(storage.file_sha256, out_uri)
+        growing = None
+        if fset.comps is None or market is not None or tables is not None:
+            # Row-level features (and the market index joined by day): no row depends on another, so one
+            # streaming plan (Polars' engine, its multi-threaded writer) replaces the chunks; memory stays
+            # bounded by the engine's morsels. One consumer only: a collect_all that also aggregated the
+            # rows it wrote buffered rows for the writer (2.1 GiB at 50M rows against 0.7).
+            # The table's hash (lineage) is computed in a thread as the file grows: the writer leaves
+            # some CPU idle, and the hash is otherwise a read of the whole table (~4 s at 50M rows).
+            growing = storage.GrowingFileHash(tmp)
+            hashing = pool.submit(growing.run)
+            try:
+                chunk_frame(info).sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+            finally:
+                growing.finish()
+            counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
+        else:
+            counts = _write_chunks(plan_chunks(info, chunk_rows), chunk_frame, tmp)
+        fs.move(tmp, local)
+        for split in SPLITS:
+            if not counts.get(split):
+                raise ValueError(f"window {window_start}..{window_end}: split {split!r} has no rows (counts {counts}); "
+                                 "widen the window or change the spec's split")
+        fitted_on = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat(),
+                     "rows": {s: int(counts.get(s, 0)) for s in SPLITS}}
+        # Otherwise the table's hash is read in a thread while the statistics are fitted: hashlib and
+        # Polars both release the GIL.
+        if growing is None:
+            hashing = pool.submit(storage.file_sha256, out_uri)
         prep = fit_preprocessing(local, spec, fset, fitted_on)
-        features_sha256 = table_sha256.result()
+        hashed = hashing.result()
+        features_sha256 = hashed if growing is None else growing.result()
+    if features_sha256 is None:  # the writer did not only append: hash the file as it is
+        log.warning("%s: not hashed as it was written; hashing it again", out_uri)
+        features_sha256 = storage.file_sha256(out_uri)
     prep_sha = prep.sha256()
     prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())

@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import os
+import threading
+import time
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +100,61 @@ def file_sha256(uri: str, block: int = 8 * 2**20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+class GrowingFileHash:
+    """sha256 of a local file that another writer creates and appends to, hashed while it grows.
+
+    :meth:`run` (in a thread) waits for ``path`` to appear, opens it and hashes what is there, polling
+    for more, until :meth:`finish` says the writer is done; then it hashes the rest. The writer's
+    spare CPU absorbs the hash (Polars' streaming Parquet writer leaves ~10% of 2 cores idle). It
+    relies on the writer only appending (a Parquet writer writes its row groups, then the footer):
+    :meth:`result` returns None when the bytes hashed are not the file's size, and the caller hashes
+    the file again. The open file stays readable when it is renamed."""
+
+    def __init__(self, path: str, block: int = 8 * 2**20, poll_s: float = 0.05):
+        self.path, self.block, self.poll_s = path, block, poll_s
+        self._done, self._opened = threading.Event(), threading.Event()
+        self._sha: str | None = None
+        self._bytes = 0
+        self._size = -1
+
+    def run(self) -> None:
+        try:
+            self._hash()
+        finally:
+            self._opened.set()  # also when it failed: finish() must not wait for it
+
+    def _hash(self) -> None:
+        while not os.path.exists(self.path):
+            if self._done.is_set():  # the writer finished (or failed) without creating the file
+                return
+            time.sleep(self.poll_s)
+        h, buf = hashlib.sha256(), bytearray(self.block)
+        view = memoryview(buf)
+        with open(self.path, "rb", buffering=0) as f:
+            self._opened.set()
+            while True:
+                final = self._done.is_set()  # checked before the read: a read after it sees every byte
+                n = f.readinto(buf)
+                if n:
+                    h.update(view[:n])
+                    self._bytes += n
+                elif final:
+                    break
+                else:
+                    time.sleep(self.poll_s)
+            self._size = os.fstat(f.fileno()).st_size
+        self._sha = h.hexdigest()
+
+    def finish(self) -> None:
+        """The writer is done (or failed); returns once the file, if any, is open (it may then be renamed)."""
+        self._done.set()
+        self._opened.wait()
+
+    def result(self) -> str | None:
+        """The file's sha256, or None when it could not be hashed as it grew."""
+        return self._sha if self._sha is not None and self._bytes == self._size else None
 
 
 def _sha256_sidecar(path: str) -> str:

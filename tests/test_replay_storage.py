@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import threading
+import time
 from datetime import date
 from pathlib import Path
 
@@ -188,3 +190,54 @@ def test_cached_file_sha256_reuses_a_recorded_hash_until_the_file_changes(tmp_pa
     # Without a sidecar, the first call records one.
     sidecar.unlink()
     assert storage.cached_file_sha256(uri) == new and json.loads(sidecar.read_text())["sha256"] == new
+
+
+def _hash_while(tmp_path: Path, write) -> storage.GrowingFileHash:
+    path = str(tmp_path / "growing.bin")
+    growing = storage.GrowingFileHash(path, block=1000, poll_s=0.001)
+    hasher = threading.Thread(target=growing.run)
+    hasher.start()
+    try:
+        write(path)
+    finally:
+        growing.finish()
+    hasher.join()
+    return growing
+
+
+def test_a_file_hashed_as_it_grows_gets_the_hash_of_its_bytes(tmp_path):
+    """The writer appends in pieces, with pauses (the hasher catches up and waits); then the file is
+    renamed while the hasher may still be reading it."""
+    pieces = [bytes([i]) * (700 + 37 * i) for i in range(40)]
+
+    def write(path):
+        time.sleep(0.01)  # the hasher waits for the file to appear
+        with open(path, "wb") as f:
+            for i, piece in enumerate(pieces):
+                f.write(piece)
+                f.flush()
+                if i % 7 == 0:
+                    time.sleep(0.005)
+
+    path = tmp_path / "growing.bin"
+    growing = storage.GrowingFileHash(str(path), block=1000, poll_s=0.001)
+    hasher = threading.Thread(target=growing.run)
+    hasher.start()
+    write(str(path))
+    growing.finish()
+    path.rename(tmp_path / "final.bin")
+    hasher.join()
+    assert growing.result() == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+def test_a_growing_hash_is_refused_when_the_writer_did_not_only_append(tmp_path):
+    def shrink(path):
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+            f.flush()
+            time.sleep(0.05)  # the hasher reads the 5000 bytes
+            f.truncate(100)
+
+    assert _hash_while(tmp_path, shrink).result() is None
+    # A writer that fails before creating the file: no hash, and finish() does not wait forever.
+    assert _hash_while(tmp_path / "nowhere", lambda path: None).result() is None
