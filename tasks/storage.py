@@ -122,6 +122,8 @@ class GrowingFileHash:
     def run(self) -> None:
         try:
             self._hash()
+        except OSError:
+            self._sha = None  # result() says so; the caller hashes the file once it is written
         finally:
             self._opened.set()  # also when it failed: finish() must not wait for it
 
