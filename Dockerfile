@@ -36,8 +36,8 @@ COPY --chown=airflow:0 data/ /opt/airflow/data/
 COPY --chown=airflow:0 plugin[s]/ /opt/airflow/plugins/
 
 # /opt/airflow on the path makes `import tasks` and `import expectations` work in every component;
-# tasks/settings.py then finds datasets/ and data/ next to it (REPO_ROOT = /opt/airflow).
-# HOMEWORTH_GIT_COMMIT is read by tasks/tracking.py (the image has no .git): pass
+# tasks/core/settings.py then finds datasets/ and data/ next to it (REPO_ROOT = /opt/airflow).
+# HOMEWORTH_GIT_COMMIT is read by tasks/core/tracking.py (the image has no .git): pass
 # `--build-arg GIT_COMMIT=$(git rev-parse HEAD)` or set GIT_COMMIT for docker compose build.
 ARG GIT_COMMIT=unknown
 ENV PYTHONPATH=/opt/airflow \

@@ -4,12 +4,14 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv services bench clean
+.PHONY: demo test test-fast lint venv services bench clean
 
-$(STAMP): requirements.txt
+# The pinned lock, then the project itself in editable mode (the `homeworth` command; no PYTHONPATH).
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade "pip==26.3"
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VENV)/bin/python -m pip check
 	touch $(STAMP)
 
@@ -17,11 +19,18 @@ venv: $(STAMP)
 
 ## The main job end to end: replay King County sales, ingest through Airflow, retrain, summary.
 demo: $(STAMP)
-	source ./env.sh && python tools/demo.py
+	source ./env.sh && python -m tools.demo
 
-## The whole test suite (starts local PostgreSQL and Redis for the integration tests if they are down).
+## The whole test suite, every tier (starts local PostgreSQL and Redis for the integration tier if they are down).
 test: $(STAMP) services
-	source ./env.sh && python -m pytest -q -p no:cacheprovider tests
+	source ./env.sh && python -m pytest -q tests
+
+## Unit and DAG tiers only: no training, no scheduler, no services (under 2 minutes).
+test-fast: $(STAMP)
+	source ./env.sh && python -m pytest -q -m "unit or dag" tests
+
+lint: $(STAMP)
+	source ./env.sh && ruff check .
 
 services:
 	@bash tools/services.sh

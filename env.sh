@@ -8,9 +8,8 @@ if [ -f "$HOMEWORTH_ROOT/.venv/bin/activate" ]; then
   # shellcheck disable=SC1091
   . "$HOMEWORTH_ROOT/.venv/bin/activate"
 fi
-export PYTHONPATH="$HOMEWORTH_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# homeworth's own settings (tasks/settings.py); everything else derives from HOMEWORTH_HOME.
+# homeworth's own settings (tasks/core/settings.py); everything else derives from HOMEWORTH_HOME.
 export HOMEWORTH_HOME="${HOMEWORTH_HOME:-$HOMEWORTH_ROOT/.state}"
 
 # Airflow, embedded: SQLite metadata, LocalExecutor, no examples, sized for a 2-core machine.

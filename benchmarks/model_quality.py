@@ -7,7 +7,7 @@
 It runs the retrain's own steps in-process, in a private ``HOMEWORTH_HOME`` (a temporary folder unless
 ``--home`` is given): the bundled sales are replayed, ingested and validated (skipped when the lake
 already has validated partitions), then for each family ``features_step`` -> ``train_step`` ->
-``evaluate_step`` of ``tasks/retrain.py`` and ``tasks/evaluate.py`` exactly as the DAG's tasks call
+``evaluate_step`` of ``tasks/model/retrain.py`` and ``tasks/registry/evaluate.py`` exactly as the DAG's tasks call
 them (MLflow run, registered version, evaluation report). ``evaluate_step`` trains gradient boosting
 on the same features and split; its metrics are the ``gbm`` rows. The retrain window ends on
 ``--as-of`` (2015-05-28: test = sales on or after 2015-03-01, validation = January-February 2015).
@@ -27,8 +27,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- model_quality:begin -->", "<!-- model_quality:end -->"
 
@@ -41,13 +39,13 @@ def _timed(fn, *args):
 
 def ensure_lake(spec, settings) -> dict:
     """Replay, ingest and validate the bundled sales unless the lake already has validated partitions."""
-    from tasks import storage
+    from tasks.core import storage
 
     if storage.list_dir(storage.join(settings.lake_uri, "validated")):
         return {"reused_lake": True}
-    from tasks.ingest import ingest_interval
-    from tasks.replay import replay
-    from tasks.validate import validate_interval
+    from tasks.ingest.landing import ingest_interval
+    from tasks.ingest.replay import replay
+    from tasks.quality.validate import validate_interval
 
     replayed = replay(spec, settings.landing_uri)
     first, last = date.fromisoformat(replayed["first_day"]), date.fromisoformat(replayed["last_day"])
@@ -58,11 +56,11 @@ def ensure_lake(spec, settings) -> dict:
 
 
 def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: bool = True) -> dict:
-    from tasks.evaluate import evaluate_step
-    from tasks.params import RetrainParams
-    from tasks.retrain import Lineage, features_step, train_step, training_window
-    from tasks.settings import get_settings
-    from tasks.spec import get_spec
+    from tasks.core.params import RetrainParams
+    from tasks.core.settings import get_settings
+    from tasks.core.spec import get_spec
+    from tasks.model.retrain import Lineage, features_step, train_step, training_window
+    from tasks.registry.evaluate import evaluate_step
 
     settings, spec = get_settings(), get_spec()
     lake = ensure_lake(spec, settings)

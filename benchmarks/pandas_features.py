@@ -3,17 +3,17 @@
     build_features_pandas(paths, out_path, window_end, test_days=88, val_days=59, comps=False) -> dict
 
 Eager and in memory: ``pd.read_parquet`` of every validated partition, ``pd.concat``; the same derived
-columns as ``tasks.datasets.king_county.derive`` (logs, basement share, age, renovation, neighbour
-ratio, market time, month sine/cosine), the same time split as ``tasks.features.assign_split``, a
+columns as ``tasks.datasets.king_county.features.derive`` (logs, basement share, age, renovation, neighbour
+ratio, market time, month sine/cosine), the same time split as ``tasks.features.build.assign_split``, a
 per-zipcode-and-month median price per square foot (over the training rows) joined back with
 ``merge``, z-scores of every numeric feature (mean and standard deviation of the training rows), and
 ``to_parquet`` (zstd). It is deliberately idiomatic rather than tuned: what a notebook turned into a
 job usually looks like. Nothing in the pipeline imports it; ``benchmarks.run`` times it against
-``tasks.features.build_features``.
+``tasks.features.build.build_features``.
 
 With ``comps=True`` (what ``benchmarks.run`` passes when the Polars job runs
 ``HOMEWORTH_COMPS=area``, above 100k rows) it also computes :func:`area_comps`: the same comparable-sales
-columns as the Polars job, with the same values (checked against ``tasks.comps`` on King County), the
+columns as the Polars job, with the same values (checked against ``tasks.features.comps`` on King County), the
 pandas way. The Polars job in addition fits clip quantiles, means, standard deviations and
 vocabularies on the training rows (``fit_preprocessing``) and writes the features unscaled; it
 computes no zip-code-month median.
@@ -31,7 +31,7 @@ ZIP_MONTH_PPSF = "zip_month_median_ppsf"
 
 
 def derive(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns of ``tasks.datasets.king_county.derive``, in pandas."""
+    """The columns of ``tasks.datasets.king_county.features.derive``, in pandas."""
     when = pd.to_datetime(df["date"])
     year = when.dt.year
     renovated = df["yr_renovated"] > 0
@@ -66,7 +66,7 @@ def assign_split(df: pd.DataFrame, window_end: date, test_days: int, val_days: i
 def numeric_features() -> list[str]:
     """The numeric feature names the Polars pipeline uses (so new features show up here by name)."""
     try:
-        from tasks.datasets.king_county import NUMERIC
+        from tasks.datasets.king_county.features import NUMERIC
 
         return list(NUMERIC)
     except Exception:  # the feature module is being edited: fall back to the columns derive() makes
@@ -102,7 +102,7 @@ def area_comps(df: pd.DataFrame) -> pd.DataFrame:
     the sales of EARLIER days (the county market index, plain and net of each zipcode's effect, and
     trailing means and counts of market-adjusted ln price per sqft per zipcode, per 0.01-degree cell
     and per 3 x 3 cells), from daily sums pivoted to day x area frames, ``rolling`` windows and
-    ``merge`` back on (area, day). The same definitions as ``tasks.comps`` (point in time)."""
+    ``merge`` back on (area, day). The same definitions as ``tasks.features.comps`` (point in time)."""
     df["_day"] = pd.to_datetime(df["date"]).dt.normalize()
     df["_lnppsf"] = np.log(df["price"] / df["sqft_living"])
     df["_ci"] = np.floor(df["lat"] / CELL_DEG).astype("int64")

@@ -3,15 +3,15 @@
     python -m benchmarks.retrain_scale --lake DIR --as-of 2015-05-02 [--window-days 365] [--comps area]
                                        [--sigma 0.15] [--out docs/retrain-scale-50M.md]
 
-``DIR`` is a lake whose ``validated/`` partitions hold synthetic sales (``tasks.synth`` landed, then
+``DIR`` is a lake whose ``validated/`` partitions hold synthetic sales (``tasks.datasets.king_county.synth`` landed, then
 ingested and validated: ``python -m benchmarks.run --sizes 50M --keep --workdir W`` leaves one at
 ``W/n50000000/lake``). The script starts the embedded Airflow (api-server, scheduler, dag-processor,
 LocalExecutor: every task instance runs in a process of its own) in a fresh ``--home`` with a fresh
 MLflow store, points ``HOMEWORTH_LAKE_URI`` at ``DIR``, triggers ``price_model_retrain`` as of
 ``--as-of`` and waits. Each task returns its process's peak RSS in its XCom (``peak_rss_mib``,
-``tasks/resources.py``); the durations come from Airflow's task instances. The model's test RMSE of
+``tasks/core/resources.py``); the durations come from Airflow's task instances. The model's test RMSE of
 ln(price) is set against the noise of the synthetic prices: ``sigma`` and, on the very test rows, the
-RMSE of ln(price) - f(row) (``tasks.synth.ground_truth_log_price``), the best any model can do there.
+RMSE of ln(price) - f(row) (``tasks.datasets.king_county.synth.ground_truth_log_price``), the best any model can do there.
 Writes a Markdown report (``--out``) and its JSON beside it. No process is left running.
 """
 
@@ -37,8 +37,8 @@ def noise_floor(features_uri: str, spec_columns: list[str]) -> dict:
     """RMSE of ln(price) - f(row) over the test split (the best achievable RMSE on those rows)."""
     import numpy as np
 
-    from tasks.loader import iter_split
-    from tasks.synth import ground_truth_log_price
+    from tasks.datasets.king_county.synth import ground_truth_log_price
+    from tasks.model.data import iter_split
 
     sq, n = 0.0, 0
     for batch in iter_split(features_uri, "test", 1_000_000, columns=spec_columns):
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
            "sigma": args.sigma, "machine": machine(), "command": "python -m benchmarks.retrain_scale " + " ".join(sys.argv[1:])}
     feats = (tasks.get("build_features") or {}).get("xcom") or {}
     if feats.get("features_uri"):
-        from tasks.spec import get_spec
+        from tasks.core.spec import get_spec
 
         out["noise_floor"] = noise_floor(feats["features_uri"], list(get_spec().columns))
     if not args.keep_home:
@@ -160,7 +160,7 @@ def markdown(r: dict) -> str:
             lines += ["", f"Training: {tr.get('epochs', '-')} epochs run (best at {tr.get('best_epoch', '-')}), "
                           f"{_f(tr.get('train_seconds'), '{:,.0f}')} s; "
                           f"boosting trained on {_f((ev.get('gbm') or {}).get('train_rows'))} of the "
-                          f"{_f(rows.get('train'))} training rows (tasks.train.GBM_MAX_ROWS)."]
+                          f"{_f(rows.get('train'))} training rows (tasks.model.train.GBM_MAX_ROWS)."]
     lines.append("")
     return "\n".join(lines)
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window-days", type=int, default=365)
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--comps", choices=("area", "market", "off", "full"), default="area")
-    ap.add_argument("--sigma", type=float, default=0.15, help="the synth's noise sigma (tasks.synth --sigma)")
+    ap.add_argument("--sigma", type=float, default=0.15, help="the synth's noise sigma (tasks.datasets.king_county.synth --sigma)")
     ap.add_argument("--home", default=None, help="Airflow home and MLflow store (default: a new /tmp/retrain-scale-*)")
     ap.add_argument("--keep-home", action="store_true")
     ap.add_argument("--port", type=int, default=8097)

@@ -4,29 +4,29 @@
     python -m benchmarks.run --quick                    # 100k and 1M rows: a smoke run
     python -m benchmarks.run --sizes 1M,10M --out /tmp/b.md [--keep] [--workdir /tmp/bench-x]
 
-For each size N: ``tasks.synth`` writes N rows over ``--days`` days of landing Parquet files, then each
+For each size N: ``tasks.datasets.king_county.synth`` writes N rows over ``--days`` days of landing Parquet files, then each
 stage runs in a fresh child interpreter (so its peak RSS is its own, read from the kernel's
 high-water mark ``ru_maxrss``) while this process watches the child's resident memory and kills it
 past ``--mem-cap-gib`` (a stage whose memory, extrapolated linearly from a smaller size, would pass
 the cap is not started at all; the report says so). Stages, all through the project's public functions:
 
-- ingest: ``tasks.ingest.ingest_interval`` (``ingest_day`` for every day of the window);
-- validate: ``tasks.validate.validate_interval`` per chunk of consecutive days of at most
+- ingest: ``tasks.ingest.landing.ingest_interval`` (``ingest_day`` for every day of the window);
+- validate: ``tasks.quality.validate.validate_interval`` per chunk of consecutive days of at most
   ``--validate-chunk-rows`` rows (its memory grows with the interval; see the one-call stage);
 - validate_one_call: ``validate_interval`` over the whole window at once, where it fits the cap;
 - gx_partition / scan_partition: ``validate_interval`` of the busiest single day (warm: a first call
   is made and not timed) against a plain ``pl.scan_parquet(...).select(pl.all().null_count())`` of the
   same raw partition;
-- features: ``tasks.features.build_features`` on the validated lake (includes ``fit_preprocessing``);
+- features: ``tasks.features.build.build_features`` on the validated lake (includes ``fit_preprocessing``);
 - floor: ``pl.scan_parquet(validated partitions).sink_parquet(...)``, the same rows copied;
 - pandas: ``benchmarks.pandas_features.build_features_pandas``, the tutorial way;
-- train_load: ``tasks.train.load_splits`` + ``tasks.model.to_tensors`` of the whole window (what
-  ``tasks.train.train`` holds in memory before its first batch);
+- train_load: ``tasks.model.train.load_splits`` + ``tasks.model.networks.to_tensors`` of the whole window (what
+  ``tasks.model.train.train`` holds in memory before its first batch);
 - train_lightning / train_raw: ``--train-batches`` batches of ``--batch-size`` rows, Lightning through
-  ``tasks.train.train`` against a plain PyTorch loop over the same in-memory tensors (same
+  ``tasks.model.train.train`` against a plain PyTorch loop over the same in-memory tensors (same
   ``TabularNet``, AdamW settings, batch size and ``torch`` threads); throughput is samples / time from
   the first batch's start to the last batch's end;
-- score: ``tasks.model.ModelBundle.predict_features`` over up to ``--score-rows`` feature rows.
+- score: ``tasks.model.networks.ModelBundle.predict_features`` over up to ``--score-rows`` feature rows.
 
 Module imports are not timed (each child reports its import seconds). Data is written under a
 ``/tmp/bench-*`` directory that is removed at the end unless ``--keep``.
@@ -46,7 +46,17 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from benchmarks.common import (
-    GIB, MIB, ROOT, code_fingerprint, extract_ref, git_state, machine, parse_sizes, run_child, size_label, wait_quiet,
+    GIB,
+    MIB,
+    ROOT,
+    code_fingerprint,
+    extract_ref,
+    git_state,
+    machine,
+    parse_sizes,
+    run_child,
+    size_label,
+    wait_quiet,
 )
 
 DEFAULT_SIZES = "1M,10M,50M"
@@ -55,7 +65,7 @@ START = date(2014, 5, 2)
 
 # Stage key -> (label in the table, what its rows are)
 STAGES: dict[str, str] = {
-    "synth": "landing files (tasks.synth; setup, not a target)",
+    "synth": "landing files (tasks.datasets.king_county.synth; setup, not a target)",
     "ingest": "ingest (ingest_interval = ingest_day per day)",
     "validate": "validate (validate_interval per chunk of days)",
     "ingest_validate": "ingest + validate",
@@ -66,7 +76,7 @@ STAGES: dict[str, str] = {
     "floor": "floor: Polars scan_parquet -> sink_parquet copy",
     "pandas": "features, pandas tutorial way",
     "train_load": "train input (load_splits + to_tensors, whole window)",
-    "train_lightning": "train, Lightning (tasks.train.train)",
+    "train_lightning": "train, Lightning (tasks.model.train.train)",
     "train_raw": "train, raw PyTorch loop",
     "score": "score (ModelBundle.predict_features)",
 }
@@ -108,13 +118,13 @@ def _window(p: dict) -> tuple[date, date]:
 
 
 def _spec():
-    from tasks.spec import get_spec
+    from tasks.core.spec import get_spec
 
     return get_spec()
 
 
 def _partition(lake: str, table: str, day: date) -> str:
-    from tasks import storage
+    from tasks.core import storage
 
     return storage.local_path(storage.partition_uri(lake, table, day))
 
@@ -159,7 +169,7 @@ def _runs(n: int) -> str:
 
 
 def st_synth(p: dict, clock: _Clock) -> dict:
-    from tasks.synth import generate
+    from tasks.datasets.king_county.synth import generate
 
     clock.imported()
     seconds, s = _timed(generate, p["rows"], p["days"], p["seed"], p["landing"], start=date.fromisoformat(p["start"]))
@@ -167,7 +177,7 @@ def st_synth(p: dict, clock: _Clock) -> dict:
 
 
 def st_ingest(p: dict, clock: _Clock) -> dict:
-    from tasks.ingest import ingest_interval
+    from tasks.ingest.landing import ingest_interval
 
     spec = _spec()
     clock.imported()
@@ -193,7 +203,7 @@ def _validate_chunks(days: list[tuple[date, int]], budget: int) -> list[tuple[da
 def st_validate(p: dict, clock: _Clock) -> dict:
     import great_expectations  # noqa: F401  (imported outside the timer)
 
-    from tasks.validate import validate_interval
+    from tasks.quality.validate import validate_interval
 
     spec = _spec()
     clock.imported()
@@ -217,7 +227,7 @@ def st_validate(p: dict, clock: _Clock) -> dict:
 def st_validate_one_call(p: dict, clock: _Clock) -> dict:
     import great_expectations  # noqa: F401
 
-    from tasks.validate import validate_interval
+    from tasks.quality.validate import validate_interval
 
     spec = _spec()
     clock.imported()
@@ -234,7 +244,7 @@ def st_gx_partition(p: dict, clock: _Clock) -> dict:
     import great_expectations  # noqa: F401
     import polars as pl
 
-    from tasks.validate import run_gx, validate_interval
+    from tasks.quality.validate import run_gx, validate_interval
 
     spec = _spec()
     clock.imported()
@@ -272,8 +282,8 @@ def _validated_paths(p: dict) -> list[str]:
 def st_features(p: dict, clock: _Clock) -> dict:
     import polars as pl
 
-    from tasks import storage
-    from tasks.features import build_features
+    from tasks.core import storage
+    from tasks.features.build import build_features
 
     spec = _spec()
     clock.imported()
@@ -296,7 +306,7 @@ def st_floor(p: dict, clock: _Clock) -> dict:
 
     clock.imported()
     paths = _validated_paths(p)
-    from tasks.features import FEATURES_COMPRESSION
+    from tasks.features.build import FEATURES_COMPRESSION
 
     out = str(Path(p["size_dir"]) / "floor.parquet")
     sink = lambda codec: pl.scan_parquet(paths).sink_parquet(out, compression=codec, row_group_size=65_536)  # noqa: E731
@@ -337,7 +347,7 @@ def st_train_sample(p: dict, clock: _Clock) -> dict:
     """Setup (not measured): a features file with exactly batches x batch_size training rows."""
     import polars as pl
 
-    from tasks.features import SPLIT
+    from tasks.features.build import SPLIT
 
     clock.imported()
     lf = pl.scan_parquet(p["features_path"])
@@ -355,15 +365,15 @@ def st_train_sample(p: dict, clock: _Clock) -> dict:
 
 
 def _model_config(p: dict):
-    from tasks.model import ModelConfig
+    from tasks.model.networks import ModelConfig
 
     return ModelConfig(batch_size=p["batch_size"], max_epochs=1, seed=p["seed"])
 
 
 def st_train_load(p: dict, clock: _Clock) -> dict:
-    from tasks.features import load_preprocessing
-    from tasks.model import to_tensors
-    from tasks.train import load_splits
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import to_tensors
+    from tasks.model.train import load_splits
 
     clock.imported()
     prep = load_preprocessing(p["preprocessing_uri"])
@@ -399,9 +409,9 @@ def st_train_lightning(p: dict, clock: _Clock) -> dict:
 
     import torch
 
-    from tasks.features import load_preprocessing
-    from tasks.model import PriceModule
-    from tasks.train import train
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import PriceModule
+    from tasks.model.train import train
 
     clock.imported()
     cfg = _model_config(p)
@@ -446,9 +456,9 @@ def st_train_raw(p: dict, clock: _Clock) -> dict:
     import torch
     from torch import nn
 
-    from tasks.features import load_preprocessing
-    from tasks.model import TabularNet, to_tensors
-    from tasks.train import load_splits
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import TabularNet, to_tensors
+    from tasks.model.train import load_splits
 
     clock.imported()
     torch.set_num_threads(p["threads"])
@@ -495,8 +505,8 @@ def st_score(p: dict, clock: _Clock) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from tasks.features import load_preprocessing
-    from tasks.model import ModelBundle, TabularNet, save_bundle
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import ModelBundle, TabularNet, save_bundle
 
     clock.imported()
     torch.set_num_threads(p["threads"])
@@ -857,14 +867,14 @@ class Bench:
             f"pyarrow {m['pyarrow']}, NumPy {m['numpy']}, torch {m['torch']} (CPU), Lightning {m['lightning']}, "
             f"Great Expectations {m['great_expectations']}.",
             "",
-            f"**Data**: `tasks.synth`, N rows over {a.days} days from {START} (seed {a.seed}), Parquet landing files; "
+            f"**Data**: `tasks.datasets.king_county.synth`, N rows over {a.days} days from {START} (seed {a.seed}), Parquet landing files; "
             f"every stage in a fresh child process; peak RSS is the child's `ru_maxrss` (imports included); "
             f"times exclude module imports; a stage runs up to {a.repeats} times in its child while its runs add up "
             f"to under {a.repeat_under:g} s, and the best time is kept (the note says how many). Memory cap per "
             f"stage: {a.mem_cap_gib:g} GiB (a child is killed past it; a stage whose linear extrapolation passes it "
             f"is not started). Training: {a.train_batches} batches of {a.batch_size}, {a.threads} torch threads, "
             f"default `ModelConfig` network. Scoring: up to {a.score_rows:,} rows. **Comparable-sales features** "
-            f"(`tasks/comps.py`) at sizes up to {a.comps_max_rows:,} rows; above, `HOMEWORTH_COMPS={a.comps_above}` "
+            f"(`tasks/features/comps.py`) at sizes up to {a.comps_max_rows:,} rows; above, `HOMEWORTH_COMPS={a.comps_above}` "
             "(see the notes). **Other load** is the mean number "
             "of CPU cores other processes kept busy while the stage's child ran (this machine is shared: on 2 cores, "
             f"0.5 already slows a 2-thread stage noticeably); before each stage the harness waits up to "
@@ -916,7 +926,7 @@ NOTES = [
     "  features and writes Parquet. Where the Polars job runs `area` comparable sales, so does pandas",
     "  (`area_comps`: the same columns and values, from daily sums pivoted to day x area frames, `rolling`",
     "  windows and `merge` back by area and day); the Polars job also fits clip quantiles.",
-    "- **train input** is what `tasks.train.train` loads before its first batch: `load_splits` reads the",
+    "- **train input** is what `tasks.model.train.train` loads before its first batch: `load_splits` reads the",
     "  whole feature table into memory and `to_tensors` converts train and val. The two training rows run",
     "  on a fixed sample (`--train-batches` x `--batch-size` training rows cut from that size's features) so",
     "  their throughput does not depend on N; the Lightning row is timed from its own `on_train_batch_start`",

@@ -3,7 +3,7 @@
     python -m benchmarks.serving                       # the champion of HOMEWORTH_HOME, or a stand-in
     python -m benchmarks.serving --requests 300 --out docs/serving.md
 
-Starts ``python -m tasks.serving`` (uvicorn, one worker) on 127.0.0.1 at a free port, sends a
+Starts ``python -m tasks.serving.api`` (uvicorn, one worker) on 127.0.0.1 at a free port, sends a
 bounded number of ``POST /predict`` requests with batches of 1 and of 100 houses from the bundled
 data over one keep-alive connection (and then from several client threads), reports p50 / p99
 latency and throughput, writes the Markdown table and stops the server.
@@ -34,8 +34,6 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +51,7 @@ def sample_csv(spec, dst: Path, every: int = 20, offset: int = 0, limit: int | N
 
 def typed_rows(spec, csv_path: Path, day: date = date(2015, 1, 1)) -> pl.DataFrame:
     """A CSV read and coerced exactly as ingest does."""
-    from tasks.ingest import coerce, read_landing_file
+    from tasks.ingest.landing import coerce, read_landing_file
 
     typed, _ = coerce(read_landing_file(str(csv_path), spec), spec, str(csv_path), day)
     return typed
@@ -77,10 +75,10 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
     """
     import torch
 
-    from tasks import tracking
-    from tasks.features import SPLIT, feature_set, fit_preprocessing
-    from tasks.metrics import price_metrics
-    from tasks.model import ModelBundle, ModelConfig, TabularNet, save_bundle
+    from tasks.core import tracking
+    from tasks.core.metrics import price_metrics
+    from tasks.features.build import SPLIT, feature_set, fit_preprocessing
+    from tasks.model.networks import ModelBundle, ModelConfig, TabularNet, save_bundle
 
     fset = feature_set(spec)
     c = tracking.client(settings)
@@ -126,7 +124,7 @@ def free_port() -> int:
 
 def start_server(env: dict, port: int, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.serving", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.serving.api", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     log.close()
@@ -216,7 +214,7 @@ def markdown(results: list[dict], meta: dict) -> str:
             "workers.") if parts else "Scale out with more API-server or uvicorn workers."
     return f"""# Serving benchmark
 
-`POST /predict` of the FastAPI app in `tasks/serving.py`, served by uvicorn (one process) on
+`POST /predict` of the FastAPI app in `tasks/serving/api.py`, served by uvicorn (one process) on
 127.0.0.1, measured by `benchmarks/serving.py` with keep-alive `httpx` clients. Latency is the
 client-side wall time of one request (JSON encoding, HTTP, pydantic validation of every house,
 the Polars feature derivation, the network's forward pass and the JSON answer).
@@ -248,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "serving.md"), help="Markdown file to write ('' for none)")
     args = p.parse_args(argv)
 
-    from tasks import tracking
-    from tasks.settings import Settings
-    from tasks.spec import get_spec
+    from tasks.core import tracking
+    from tasks.core.settings import Settings
+    from tasks.core.spec import get_spec
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HOMEWORTH_SERVING_ALIAS_TTL_S="10")
     spec = get_spec()

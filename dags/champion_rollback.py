@@ -38,8 +38,8 @@ from airflow.sdk import Param, dag, task
 def champion_rollback():
     @task
     def rollback(dag_run=None, params=None) -> dict:
-        from tasks.promote import rollback as do_rollback
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
+        from tasks.registry.promote import rollback as do_rollback
 
         at = dag_run.logical_date or dag_run.run_after  # the run's time, not the clock's
         actor = {"type": "dag_run", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,

@@ -15,7 +15,7 @@ range) it:
    `listing_predictions` asset.
 
 Re-running a day replaces exactly that day's two files. One-off files:
-`python -m tasks.score --file listings.csv`.
+`python -m tasks.serving.score --file listings.csv`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from tasks.params import IngestParams, airflow_params
+from tasks.core.params import IngestParams, airflow_params
 
 LISTING_PREDICTIONS = Asset(name="listing_predictions", uri="homeworth://lake/predictions")
 
@@ -44,17 +44,17 @@ LISTING_PREDICTIONS = Asset(name="listing_predictions", uri="homeworth://lake/pr
 def listings_score():
     @task
     def champion() -> dict:
-        from tasks.score import champion as resolve
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
+        from tasks.serving.score import champion as resolve
 
         return resolve(get_settings())
 
     @task(outlets=[LISTING_PREDICTIONS])
     def score(model: dict, data_interval_start=None, data_interval_end=None, params=None, outlet_events=None) -> dict:
-        from tasks.params import interval_days
-        from tasks.score import score_interval
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.params import interval_days
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.serving.score import score_interval
 
         start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
         result = score_interval(get_spec(), get_settings(), start, end, model["model_version"])

@@ -10,7 +10,7 @@ Nightly retraining of the house-price model, and manual runs with the typed Para
    `seed`; logged to MLflow with lineage tags and registered as a new model version. The model
    configuration is the newest `price_model_tune` result for the dataset when there is one and
    `use_tuned_config` is on; a `model_family`, `max_epochs` or `seed` other than its default
-   overrides it; otherwise the family's defaults (`tasks/tune.py`, `docs/model.md`).
+   overrides it; otherwise the family's defaults (`tasks/model/tune.py`, `docs/model.md`).
 3. **evaluate**: the new model and the current `champion` on the same test rows (mdape, ppe10, rmse_ln,
    rmse, mae), beside gradient boosting trained on the same features and split; an HTML report is
    written and logged.
@@ -33,9 +33,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from tasks.params import RetrainParams, airflow_params
-from tasks.resources import with_peak_rss
-
+from tasks.core.params import RetrainParams, airflow_params
+from tasks.core.resources import with_peak_rss
 
 NIGHTLY = "0 3 * * *"
 
@@ -44,7 +43,7 @@ def _schedule():
     """Nightly; with HOMEWORTH_DRIFT_ACTION=trigger_retrain also on sales_ingest's `sales_drift` events."""
     from airflow.sdk import Asset, AssetOrTimeSchedule, CronDataIntervalTimetable
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     if get_settings().drift_action != "trigger_retrain":
         return NIGHTLY
@@ -58,8 +57,8 @@ def _as_of(dag_run, data_interval_end):
 
 
 def _lineage(dag_run, data_interval_end, params):
-    from tasks.params import RetrainParams
-    from tasks.retrain import Lineage, training_window
+    from tasks.core.params import RetrainParams
+    from tasks.model.retrain import Lineage, training_window
 
     start, end = training_window(_as_of(dag_run, data_interval_end), RetrainParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),
@@ -67,7 +66,7 @@ def _lineage(dag_run, data_interval_end, params):
 
 
 def _approval_enabled() -> bool:
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     return get_settings().promotion_approval
 
@@ -76,12 +75,12 @@ def _approval(evaluation):
     """assess (branch) -> approval (human in the loop) for inconclusive results; see the module doc."""
     from airflow.providers.standard.operators.hitl import HITLOperator
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     @task.branch
     def assess(evaluation: dict, params=None, ti=None) -> str:
-        from tasks.promote import assess_step
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
+        from tasks.registry.promote import assess_step
 
         verdict = assess_step(get_settings(), evaluation, RetrainParams(**params))
         ti.xcom_push(key="verdict", value=verdict)
@@ -93,7 +92,7 @@ def _approval(evaluation):
                 "over the champion?",
         body="The comparison with the champion is inconclusive:\n\n"
              "{{ ti.xcom_pull(task_ids='assess', key='verdict')['reason'] }}",
-        options=["Promote", "Keep champion"],  # tasks.promote.APPROVE / KEEP (not imported: parse time)
+        options=["Promote", "Keep champion"],  # tasks.registry.promote.APPROVE / KEEP (not imported: parse time)
         defaults=["Keep champion"],
         response_timeout=timedelta(hours=get_settings().promotion_approval_timeout_hours),
     )
@@ -116,41 +115,41 @@ def _approval(evaluation):
 def price_model_retrain():
     @task
     def build_features(dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.retrain import features_step
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.model.retrain import features_step
 
         as_of = _as_of(dag_run, data_interval_end)
         return with_peak_rss(features_step(get_spec(), get_settings(), as_of, RetrainParams(**params)))
 
     @task(execution_timeout=timedelta(hours=6))
     def train(features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.retrain import train_step
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
+        from tasks.model.retrain import train_step
 
         lineage = _lineage(dag_run, data_interval_end, params)
         return with_peak_rss(train_step(get_settings(), features, RetrainParams(**params), lineage))
 
     @task
     def evaluate(features: dict, trained: dict) -> dict:
-        from tasks.evaluate import evaluate_step
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.registry.evaluate import evaluate_step
 
         return with_peak_rss(evaluate_step(get_spec(), get_settings(), features, trained))
 
     @task
     def check_drift(features: dict, trained: dict) -> dict:
-        from tasks.drift import drift_step
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.quality.drift import drift_step
 
         return with_peak_rss(drift_step(get_spec(), get_settings(), features, trained))
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(evaluation: dict, drift: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
-        from tasks.promote import promote_step
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
+        from tasks.registry.promote import promote_step
 
         lineage = _lineage(dag_run, data_interval_end, params)
         approval = ti.xcom_pull(task_ids="approval") if "approval" in ti.task.dag.task_dict else None

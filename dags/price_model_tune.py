@@ -7,7 +7,7 @@ default configuration. Manual runs (no schedule; set `schedule="@weekly"` to re-
 1. **build_features**: once, exactly as the retrain does (the `window_days` before the run's
    interval end; comparable sales; time split).
 2. **plan_trials**: `n_trials` configurations from a seeded sampler over the search space documented
-   in `tasks/tune.py` (trial 0 is the current default configuration).
+   in `tasks/model/tune.py` (trial 0 is the current default configuration).
 3. **run_trial**: one mapped task per trial (dynamic task mapping), each training on the same
    features and logging a run in the MLflow experiment `<experiment>-tuning`.
 4. **record_best**: the trial with the lowest validation `rmse_ln` (test rows are never looked at)
@@ -23,11 +23,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from tasks.params import TuneParams, airflow_params
+from tasks.core.params import TuneParams, airflow_params
 
 
 def _lineage(dag_run, as_of, params):
-    from tasks.retrain import Lineage, training_window
+    from tasks.model.retrain import Lineage, training_window
 
     start, end = training_window(as_of.date(), TuneParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),
@@ -53,33 +53,33 @@ def _as_of(data_interval_end, dag_run):
 def price_model_tune():
     @task
     def build_features(data_interval_end=None, dag_run=None, params=None) -> dict:
-        from tasks.retrain import features_step
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.model.retrain import features_step
 
         as_of = _as_of(data_interval_end, dag_run)
         return features_step(get_spec(), get_settings(), as_of.date(), TuneParams(**params))
 
     @task
     def plan_trials(params=None) -> list[dict]:
-        from tasks.tune import sample_trials
+        from tasks.model.tune import sample_trials
 
         p = TuneParams(**params)
         return sample_trials(p.n_trials, p.seed, list(p.families), p.max_epochs, p.max_time_s)
 
     @task(execution_timeout=timedelta(hours=2))
     def run_trial(trial: dict, features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.settings import get_settings
-        from tasks.tune import run_trial as run
+        from tasks.core.settings import get_settings
+        from tasks.model.tune import run_trial as run
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
         return run(get_settings(), features, trial, lineage)
 
     @task
     def record_best(results: list[dict], features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
-        from tasks.tune import record_best as record
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.model.tune import record_best as record
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
         return record(get_settings(), get_spec().name, features, list(results), lineage)

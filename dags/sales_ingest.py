@@ -35,9 +35,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetAlias, BaseOperatorLink, dag, task
 
-from tasks.notify import failure_callbacks
-from tasks.params import IngestParams, airflow_params
-from tasks.settings import get_settings
+from tasks.core.notify import failure_callbacks
+from tasks.core.params import IngestParams, airflow_params
+from tasks.core.settings import get_settings
 
 VALIDATED_SALES = Asset(name="validated_sales", uri="homeworth://lake/validated")
 # Feature drift of the newest validated sales against the champion's training data. Events arrive
@@ -45,7 +45,7 @@ VALIDATED_SALES = Asset(name="validated_sales", uri="homeworth://lake/validated"
 # price_model_retrain on AssetOrTimeSchedule(timetable=<its cron>, assets=SALES_DRIFT) to retrain then.
 SALES_DRIFT = Asset(name="sales_drift", uri="homeworth://lake/drift")
 SALES_DRIFT_ALIAS = AssetAlias(name="sales_drift_detected")
-# Read when the DAG is parsed, like the failure e-mail (see tasks/settings.py).
+# Read when the DAG is parsed, like the failure e-mail (see tasks/core/settings.py).
 TRIGGER_RETRAIN = get_settings().drift_action == "trigger_retrain"
 DATA_DOCS_XCOM = "data_docs"  # the XCom key of the Data Docs page (pushed on success and on failure)
 
@@ -64,7 +64,7 @@ class DataDocsLink(BaseOperatorLink):
             return ""
         from airflow.sdk.configuration import conf
 
-        from tasks.settings import get_settings
+        from tasks.core.settings import get_settings
 
         root = get_settings().lake_uri.rstrip("/") + "/_validation/"
         if not str(path).startswith(root):
@@ -88,10 +88,10 @@ class DataDocsLink(BaseOperatorLink):
 def sales_ingest():
     @task
     def ingest(data_interval_start=None, data_interval_end=None, params=None) -> dict:
-        from tasks.ingest import ingest_interval
-        from tasks.params import interval_days
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
+        from tasks.core.params import interval_days
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.ingest.landing import ingest_interval
 
         start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
         result = ingest_interval(get_spec(), get_settings().landing_uri, get_settings().lake_uri, start, end)
@@ -102,9 +102,9 @@ def sales_ingest():
         import logging
         from datetime import date
 
-        from tasks.settings import get_settings
-        from tasks.spec import get_spec
-        from tasks.validate import ValidationFailed, validate_interval
+        from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
+        from tasks.quality.validate import ValidationFailed, validate_interval
 
         log = logging.getLogger("homeworth.sales_ingest")
         settings, spec = get_settings(), get_spec()
@@ -123,7 +123,7 @@ def sales_ingest():
         outlet_events[VALIDATED_SALES].extra = dict(summary)
         summary["data_docs"] = result["data_docs"]
         if TRIGGER_RETRAIN:
-            from tasks.drift import drift_vs_champion, event_extra
+            from tasks.quality.drift import drift_vs_champion, event_extra
 
             try:
                 drift = drift_vs_champion(spec, settings, end)

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 import great_expectations as gx
 
 if TYPE_CHECKING:
-    from tasks.spec import DatasetSpec
+    from tasks.core.spec import DatasetSpec
 
 ROW = {"severity": "row"}
 BATCH = {"severity": "batch"}
-# Batch-level checks against the reference window; tasks.validate leaves them out when there is none.
+# Batch-level checks against the reference window; tasks.quality.validate leaves them out when there is none.
 DISTRIBUTION = {"severity": "batch", "check": "distribution"}
 
-# Runtime parameters every suite may use through {"$PARAMETER": name}; set by tasks.validate.
+# Runtime parameters every suite may use through {"$PARAMETER": name}; set by tasks.quality.validate.
 INTERVAL_START = "interval_start"  # first day of the run's data interval (datetime)
 INTERVAL_LAST = "interval_last"  # last day inside the interval (datetime)
 MIN_ROWS = "min_rows"  # bounds on the batch's row count (None: unbounded); by default the per-day
@@ -29,7 +29,7 @@ MAX_ROWS = "max_rows"  # bounds below times the number of days in the interval
 MIN_ROWS_PER_DAY = "min_rows_per_day"
 MAX_ROWS_PER_DAY = "max_rows_per_day"
 # Checks against a reference window: the validated partitions of the REFERENCE_DAYS days before the
-# interval (tasks.validate.reference_window). None/absent reference: the checks are unbounded.
+# interval (tasks.quality.validate.reference_window). None/absent reference: the checks are unbounded.
 REFERENCE_DAYS = "reference_days"
 # Upper volume bound: this many times the reference's average rows per day (a duplicated or runaway feed).
 MAX_ROWS_VS_REFERENCE = "max_rows_vs_reference"

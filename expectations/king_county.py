@@ -1,4 +1,4 @@
-"""The data contract for King County sales (datasets/king_county.yaml).
+"""The data contract for King County sales (tasks/datasets/king_county/spec.yaml).
 
 Row-level bounds are wide enough for every plausible sale and tight enough to catch typing errors
 (a 33-bedroom house of 1,620 sq ft, a price of 0, a point outside the county). Known quirks of the
@@ -16,7 +16,7 @@ import polars as pl
 from expectations.common import ROW, spec_expectations
 
 if TYPE_CHECKING:
-    from tasks.spec import DatasetSpec
+    from tasks.core.spec import DatasetSpec
 
 SUITE_NAME = "king_county_sales"
 

@@ -1,6 +1,6 @@
 """Data Docs in the Airflow UI and API server.
 
-- ``fastapi_apps``: ``<lake>/_validation/`` (the Data Docs that ``tasks.validate`` writes) served read-only
+- ``fastapi_apps``: ``<lake>/_validation/`` (the Data Docs that ``tasks.quality.validate`` writes) served read-only
   at ``/homeworth-datadocs/``, behind Airflow's login: ``/homeworth-datadocs/`` lists the validated
   intervals, ``/homeworth-datadocs/ds=<day>/data_docs.html`` is a day's page (and ``result.json`` its
   JSON), ``/homeworth-datadocs/<start>_<end>.html`` an interval's index.
@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
-from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:  # the repository root holds the `tasks` package
-    sys.path.append(_ROOT)
-
-# Only the files tasks/datadocs.py writes can be read (no other path below the lake).
+# Only the files tasks/quality/datadocs.py writes can be read (no other path below the lake).
 ALLOWED = re.compile(r"^(ds=\d{4}-\d{2}-\d{2}/(data_docs\.html|result\.json)|\d{4}-\d{2}-\d{2}_\d{4}-\d{2}-\d{2}\.(html|json))$")
 
 
@@ -35,9 +29,9 @@ def create_app(dependencies: list | None = None):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, Response
 
-    from tasks import storage
-    from tasks.datadocs import DOCS_DIR
-    from tasks.settings import get_settings
+    from tasks.core import storage
+    from tasks.core.settings import get_settings
+    from tasks.quality.datadocs import DOCS_DIR
 
     app = FastAPI(title="homeworth Data Docs", dependencies=dependencies or [])
 
@@ -76,9 +70,8 @@ class LazyApp:
 
     @staticmethod
     def _build():
-        from fastapi import Depends
-
         from airflow.api_fastapi.core_api.security import get_user
+        from fastapi import Depends
 
         return create_app(dependencies=[Depends(get_user)])
 

@@ -1,6 +1,6 @@
 """homeworth in the Airflow UI and API server.
 
-- ``fastapi_apps``: the app of ``tasks/serving.py`` at ``/homeworth`` (``POST /homeworth/predict``,
+- ``fastapi_apps``: the app of ``tasks/serving/api.py`` at ``/homeworth`` (``POST /homeworth/predict``,
   ``GET /homeworth/model``, the ledger and report pages), behind Airflow's login: a bearer token
   from ``POST /auth/token`` or the UI's session cookie.
 - ``external_views``: "Promotion ledger" and "Evaluation reports" in the navigation, and an
@@ -14,18 +14,12 @@ server only).
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:  # the repository root holds the `tasks` package
-    sys.path.append(_ROOT)
-
 
 class LazyApp:
-    """An ASGI app that builds ``tasks.serving.create_app`` (with Airflow's login) on its first request."""
+    """An ASGI app that builds ``tasks.serving.api.create_app`` (with Airflow's login) on its first request."""
 
     def __init__(self) -> None:
         self._app = None
@@ -33,7 +27,7 @@ class LazyApp:
 
     @staticmethod
     def _build():
-        from tasks.serving import airflow_user_dependency, create_app
+        from tasks.serving.api import airflow_user_dependency, create_app
 
         return create_app(dependencies=airflow_user_dependency())
 

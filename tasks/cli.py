@@ -17,8 +17,9 @@ import socket
 import sys
 from datetime import datetime, timezone
 
-from tasks import ledger, tracking
-from tasks.settings import get_settings
+from tasks.core import tracking
+from tasks.core.settings import get_settings
+from tasks.registry import ledger
 
 
 def _fmt_metrics(m: dict | None) -> str:
@@ -90,7 +91,7 @@ def cmd_ledger(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tasks.promote import RollbackError, rollback
+    from tasks.registry.promote import RollbackError, rollback
 
     at = datetime.now(timezone.utc)  # a person's action: the wall clock is when it happened
     user = args.user or getpass.getuser()

@@ -36,8 +36,6 @@ os.environ.update(
 )
 for key in [k for k in os.environ if k.startswith("HOMEWORTH_") and k != "HOMEWORTH_HOME"]:
     del os.environ[key]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +51,7 @@ def airflow_db() -> Path:
 @pytest.fixture
 def fresh_settings(tmp_path, monkeypatch):
     """Settings pointing at a private HOMEWORTH_HOME for one test."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     monkeypatch.setenv("HOMEWORTH_HOME", str(tmp_path / "state"))
     get_settings.cache_clear()
@@ -63,6 +61,6 @@ def fresh_settings(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def spec():
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "datasets" / "king_county.yaml")
+    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")

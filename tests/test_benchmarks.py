@@ -90,16 +90,16 @@ def test_retrain_scale_report_flags_tasks_over_the_memory_limit():
 
 def test_the_pandas_area_comps_compute_the_polars_values(spec):
     """The pandas side of the comparison does the same work: ``benchmarks.pandas_features.area_comps``
-    gives the columns and values of ``tasks.comps`` under ``HOMEWORTH_COMPS=area`` (every 4th King County sale)."""
+    gives the columns and values of ``tasks.features.comps`` under ``HOMEWORTH_COMPS=area`` (every 4th King County sale)."""
     import numpy as np
     import polars as pl
 
     from benchmarks.pandas_features import area_comps
-    from tasks.comps import comps
-    from tasks.datasets import king_county as kc
-    from tasks.ingest import POLARS_TYPES
+    from tasks.datasets.king_county import features as kc
+    from tasks.features.comps import comps
+    from tasks.ingest.landing import POLARS_TYPES
 
-    raw = pl.read_csv(Path(__file__).resolve().parent.parent / "data" / "kc_house_data.csv.gz",
+    raw = pl.read_csv(Path(__file__).resolve().parent.parent / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz",
                       infer_schema=False).gather_every(4)
     df = raw.select([(pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date"
                       else pl.col(c).cast(POLARS_TYPES[cs.type])).alias(c) for c, cs in spec.columns.items()])

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from datetime import date
@@ -191,15 +190,15 @@ def free_port() -> int:
 
 def tiny_lake(home: Path) -> dict:
     """Every 8th bundled sale replayed into a private landing zone, ingested and validated in one go."""
-    from tasks.ingest import ingest_interval
-    from tasks.replay import replay
-    from tasks.settings import Settings
-    from tasks.spec import load_spec
-    from tasks.validate import validate_interval
+    from tasks.core.settings import Settings
+    from tasks.core.spec import load_spec
+    from tasks.ingest.landing import ingest_interval
+    from tasks.ingest.replay import replay
+    from tasks.quality.validate import validate_interval
 
     settings = Settings(home=home)
-    spec = load_spec(REPO / "datasets" / "king_county.yaml")
-    lines = gzip.decompress((REPO / "data" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines(keepends=True)
+    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines(keepends=True)
     source = home / "sales_slice.csv"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_text(lines[0] + "".join(lines[1::8]))
@@ -213,7 +212,6 @@ def tiny_lake(home: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    sys.path.insert(0, str(REPO))
     from tools.airflow_local import LocalAirflow, migrate, set_password
 
     root = tmp_path_factory.mktemp("browser")

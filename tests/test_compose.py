@@ -2,7 +2,7 @@
 
 Docker is not available on the development machine, so the compose file is never started here; these
 tests parse it (PyYAML, anchors and merge keys resolved) and check what would otherwise only fail at
-``docker compose up``: a missing service, a ``HOMEWORTH_*`` name that tasks/settings.py does not read,
+``docker compose up``: a missing service, a ``HOMEWORTH_*`` name that tasks/core/settings.py does not read,
 code that never reaches the workers, a lake that workers do not share, an executor/broker/database
 mix-up, or Airflow pointing at a different MLflow than the server the file starts.
 """
@@ -15,7 +15,6 @@ import os
 import re
 import runpy
 import shlex
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,10 +22,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from tasks.settings import Settings  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 AIRFLOW_HOME = "/opt/airflow"
@@ -286,7 +283,7 @@ def test_every_homeworth_name_is_a_settings_field(compose, compose_text):
             if key.startswith("HOMEWORTH_"):
                 used[key] = name
     unknown = {k: where for k, where in used.items() if k not in SETTINGS_ENV_NAMES}
-    assert not unknown, f"HOMEWORTH_* names that tasks.settings.Settings does not read: {unknown}"
+    assert not unknown, f"HOMEWORTH_* names that tasks.core.settings.Settings does not read: {unknown}"
     # Also anywhere in the text (interpolations, commands, comments), so no name drifts in unnoticed.
     mentioned = set(re.findall(r"HOMEWORTH_[A-Z0-9_]+", compose_text))
     assert mentioned - SETTINGS_ENV_NAMES == set(), f"unknown HOMEWORTH_* names: {mentioned - SETTINGS_ENV_NAMES}"

@@ -1,4 +1,4 @@
-"""Comparable-sales features (tasks/comps.py): point-in-time correctness, a brute-force oracle, scoring parity.
+"""Comparable-sales features (tasks/features/comps.py): point-in-time correctness, a brute-force oracle, scoring parity.
 
 The core property: a sale's comp features are a function of the sales dated strictly before it.
 ``test_no_feature_sees_its_own_or_a_later_sale`` changes the prices (and sizes and places) of every
@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.comps import KM_PER_DEGREE, CompsConfig, LakeHistory, comps
+from tasks.features.comps import KM_PER_DEGREE, CompsConfig, LakeHistory, comps
 
 REPO = Path(__file__).resolve().parent.parent
 START = date(2015, 1, 1)
@@ -260,7 +260,7 @@ def test_area_lookup_by_grid_and_by_join_agree_across_the_zero_meridian_and_equa
     """The area table finds a row's cell through a dense grid over the cells' bounding box, or, when
     the box is larger than MAX_CELL_GRID, a join on the packed (row, column) key: both give the oracle's
     values, also for cells on both sides of latitude and longitude 0 (negative cell indices)."""
-    import tasks.comps as comps_module
+    import tasks.features.comps as comps_module
 
     df = sales(n=200, days=70, seed=5).with_columns(pl.col("lat") - 47.515, pl.col("long") + 122.285)
     assert (df["lat"] < 0).any() and (df["lat"] > 0).any() and (df["long"] < 0).any() and (df["long"] > 0).any()
@@ -300,10 +300,10 @@ def test_area_rows_with_unknown_keys_get_null_means_and_zero_counts():
 
 def write_validated_lake(lake: Path, spec, every: int = 8) -> pl.DataFrame:
     """Every ``every``-th bundled King County sale as validated day partitions of ``lake``."""
-    from tasks import storage
-    from tasks.ingest import DS, POLARS_TYPES
+    from tasks.core import storage
+    from tasks.ingest.landing import DS, POLARS_TYPES
 
-    raw = pl.read_csv(REPO / "data" / "kc_house_data.csv.gz", infer_schema=False).gather_every(every)
+    raw = pl.read_csv(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", infer_schema=False).gather_every(every)
     df = raw.select([
         (pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date" else pl.col(c).cast(POLARS_TYPES[cs.type]))
         .alias(c) for c, cs in spec.columns.items()
@@ -315,7 +315,7 @@ def write_validated_lake(lake: Path, spec, every: int = 8) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def small_lake(tmp_path_factory, spec):
-    from tasks.features import build_features
+    from tasks.features.build import build_features
 
     lake = tmp_path_factory.mktemp("comps-lake") / "lake"
     sold = write_validated_lake(lake, spec)
@@ -324,8 +324,8 @@ def small_lake(tmp_path_factory, spec):
 
 
 def test_build_features_records_comps_in_the_preprocessing(small_lake):
-    from tasks.datasets import king_county as kc
-    from tasks.features import load_preprocessing
+    from tasks.datasets.king_county import features as kc
+    from tasks.features.build import load_preprocessing
 
     _, _, features = small_lake
     prep = load_preprocessing(features["preprocessing_uri"])
@@ -341,8 +341,8 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
 
 
 def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
-    from tasks.features import SPLIT, load_preprocessing
-    from tasks.model import ModelBundle, ModelConfig, TabularNet
+    from tasks.features.build import SPLIT, load_preprocessing
+    from tasks.model.networks import ModelBundle, ModelConfig, TabularNet
 
     lake, sold, features = small_lake
     stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")
@@ -362,9 +362,9 @@ def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
 def test_scoring_an_area_model_recomputes_its_comps_from_the_lake(small_lake, spec, monkeypatch):
     """HOMEWORTH_COMPS=area: the streamed feature table and scoring (``comps`` on the lake's history,
     rows without a price) agree, and the preprocessing records the aggregated configuration."""
-    from tasks.datasets import king_county as kc
-    from tasks.features import SPLIT, build_features, load_preprocessing
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
+    from tasks.datasets.king_county import features as kc
+    from tasks.features.build import SPLIT, build_features, load_preprocessing
 
     lake, _, _ = small_lake
     monkeypatch.setenv("HOMEWORTH_COMPS", "area")
@@ -400,7 +400,7 @@ def test_lake_history_rereads_only_when_partitions_change(small_lake, tmp_path):
 
 
 def test_area_configuration_has_no_row_to_row_joins():
-    from tasks.datasets import king_county as kc
+    from tasks.datasets.king_county import features as kc
 
     area = kc.COMPS.area_only()
     assert area.aggregated and not area.knn_k and area.id is None and not area.is_market_only()

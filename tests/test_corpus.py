@@ -9,10 +9,8 @@ and a run that does not fail accounts for every row read: rows read = rows accep
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,14 +18,11 @@ import polars as pl
 import pytest
 import yaml
 
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tasks.core import storage
+from tasks.ingest.landing import BatchError, ingest_interval
+from tasks.quality.validate import REASONS, ValidationFailed, validate_interval
 
-from tasks import storage  # noqa: E402
-from tasks.ingest import BatchError, ingest_interval  # noqa: E402
-from tasks.validate import REASONS, ValidationFailed, validate_interval  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CORPUS = REPO / "tests" / "corpus"
 MANIFEST = yaml.safe_load((CORPUS / "MANIFEST.yaml").read_text(encoding="utf-8"))
@@ -37,9 +32,9 @@ ERRORS = {"BatchError": BatchError, "ValidationFailed": ValidationFailed}
 
 @pytest.fixture(scope="module")
 def kc_spec():
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "datasets" / "king_county.yaml")
+    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
 
 
 def _sha(path: Path) -> str:

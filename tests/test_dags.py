@@ -58,7 +58,7 @@ def test_ingest_structure(dagbag):
 
 
 def test_retrain_structure_and_params(dagbag):
-    from tasks.params import RetrainParams
+    from tasks.core.params import RetrainParams
 
     dag = dagbag.dags["price_model_retrain"]
     assert {t.task_id for t in dag.tasks} == {"build_features", "train", "evaluate", "check_drift", "promote"}
@@ -80,7 +80,7 @@ def test_retrain_listens_to_drift_events_only_when_configured(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import AssetOrTimeSchedule  # noqa: F401  (the type the timetable wraps)
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     monkeypatch.setenv("HOMEWORTH_DRIFT_ACTION", "trigger_retrain")
     get_settings.cache_clear()

@@ -1,4 +1,4 @@
-"""Data Docs (tasks/datadocs.py via tasks.validate): one page and JSON per day, failing expectations named,
+"""Data Docs (tasks/quality/datadocs.py via tasks.quality.validate): one page and JSON per day, failing expectations named,
 written for failed validations too; the plugin that serves them; and a dag.test() of sales_ingest."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from tasks import storage
-from tasks.datadocs import day_html_uri, day_json_uri, interval_html_uri
-from tasks.ingest import ingest_interval
-from tasks.validate import ValidationFailed, validate_interval
+from tasks.core import storage
+from tasks.ingest.landing import ingest_interval
+from tasks.quality.datadocs import day_html_uri, day_json_uri, interval_html_uri
+from tasks.quality.validate import ValidationFailed, validate_interval
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = date(2014, 10, 13)
@@ -127,7 +127,7 @@ def test_plugin_serves_only_data_docs(spec, tmp_path, monkeypatch):
 
     from fastapi.testclient import TestClient
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     monkeypatch.setenv("HOMEWORTH_LAKE_URI", str(tmp_path / "lake"))
     get_settings.cache_clear()
@@ -166,7 +166,7 @@ def ingest_run(tmp_path_factory, airflow_db):
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("datadocs_e2e")
     old = os.environ["HOMEWORTH_HOME"]

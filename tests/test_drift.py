@@ -1,4 +1,4 @@
-"""Feature drift (tasks/drift.py): PSI properties, flagging, categoricals, determinism, the steps and MLflow."""
+"""Feature drift (tasks/quality/drift.py): PSI properties, flagging, categoricals, determinism, the steps and MLflow."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks import storage
-from tasks.drift import (
-    calendar_features, drift_blocks_promotion, drift_step, drift_vs_champion, feature_drift, js_from_counts,
-    psi_categorical, psi_numeric, quantile_edges,
+from tasks.core import storage
+from tasks.features.build import feature_set
+from tasks.quality.drift import (
+    calendar_features,
+    drift_blocks_promotion,
+    drift_step,
+    drift_vs_champion,
+    feature_drift,
+    js_from_counts,
+    psi_categorical,
+    psi_numeric,
+    quantile_edges,
 )
-from tasks.features import feature_set
 
 NUMERIC = ["a", "b", "k"]
 CATEGORICAL = ["zip"]
@@ -130,7 +137,7 @@ def _validated_day(spec, landing: Path, day: date) -> pl.DataFrame:
 def _features_table(spec, lake_uri: str, start: date, end: date) -> dict:
     """The window's features table as the retrain DAG's build_features writes it (row-level features + split),
     built here from the same pieces so that these tests do not depend on the whole feature pipeline."""
-    from tasks.features import assign_split, features_uri, window_partitions
+    from tasks.features.build import assign_split, features_uri, window_partitions
 
     fset = feature_set(spec)
     uris = [p["uri"] for p in window_partitions(lake_uri, start, end)]
@@ -145,9 +152,9 @@ def lake(tmp_path_factory, spec):
     """A synthetic window of validated sales (240 days) and its features table, with a champion in MLflow."""
     import os
 
-    from tasks import tracking
-    from tasks.settings import get_settings
-    from tasks.synth import generate
+    from tasks.core import tracking
+    from tasks.core.settings import get_settings
+    from tasks.datasets.king_county.synth import generate
 
     home = tmp_path_factory.mktemp("drift")
     old = os.environ["HOMEWORTH_HOME"]
@@ -175,7 +182,7 @@ def lake(tmp_path_factory, spec):
 
 
 def test_drift_step_on_a_features_table_logs_metrics(spec, lake):
-    from tasks import tracking
+    from tasks.core import tracking
 
     settings, meta, run_id, _ = lake
     out = drift_step(spec, settings, meta, {"mlflow_run_id": run_id})
@@ -219,7 +226,7 @@ def _parse_sales_ingest():
 
 
 def test_sales_ingest_declares_the_drift_alias_only_for_trigger_retrain(monkeypatch):
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     monkeypatch.delenv("HOMEWORTH_DRIFT_ACTION", raising=False)
     get_settings.cache_clear()
@@ -240,7 +247,7 @@ def test_drifted_sales_emit_a_sales_drift_event(lake, airflow_db, monkeypatch):
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     settings, _, _, end = lake
     monkeypatch.setenv("HOMEWORTH_DRIFT_ACTION", "trigger_retrain")

@@ -16,7 +16,7 @@ import pendulum
 import polars as pl
 import pytest
 
-from tasks import storage
+from tasks.core import storage
 
 REPO = Path(__file__).resolve().parent.parent
 LAST_DAY = date(2015, 5, 27)
@@ -34,21 +34,21 @@ def pipeline_env(tmp_path_factory, airflow_db):
     """Private settings for the module, and a reduced replay of the bundled data."""
     import os
 
-    from tasks.replay import replay
-    from tasks.settings import get_settings
-    from tasks.spec import load_spec
+    from tasks.core.settings import get_settings
+    from tasks.core.spec import load_spec
+    from tasks.ingest.replay import replay
 
     home = tmp_path_factory.mktemp("e2e")
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    with gzip.open(REPO / "data" / "kc_house_data.csv.gz", "rt", newline="") as f:
+    with gzip.open(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", "rt", newline="") as f:
         lines = f.readlines()
     reduced = home / "sales_quarter.csv"
     # Every 4th sale, plus every sale of the last day so the daily run has a full file.
     reduced.write_text(lines[0] + "".join(sorted(set(lines[1::4]) | {ln for ln in lines[1:] if '"20150527T' in ln})))
     settings = get_settings()
-    spec = load_spec(REPO / "datasets" / "king_county.yaml")
+    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
     replayed = replay(spec, settings.landing_uri, source=reduced)
     yield settings, spec, replayed
     os.environ["HOMEWORTH_HOME"] = old
@@ -119,7 +119,7 @@ def test_rerunning_a_day_is_idempotent(ingested, dags):
 
 def test_retrain_registers_evaluates_and_promotes(ingested, dags):
     settings, *_ = ingested
-    from tasks import tracking
+    from tasks.core import tracking
 
     dag = dags["price_model_retrain"]
     conf = {"max_epochs": 8, "max_mdape": 0.5, "min_ppe10": 0.0}

@@ -1,4 +1,4 @@
-"""Unit tests of tasks.features (split, preprocessing, build_features) and the King County feature module."""
+"""Unit tests of tasks.features.build (split, preprocessing, build_features) and the King County feature module."""
 
 from __future__ import annotations
 
@@ -14,13 +14,19 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks import storage
-from tasks.datasets import king_county as kc
-from tasks.features import (
-    SPLIT, FeatureSet, Preprocessing, assign_split, build_features, fit_preprocessing, load_preprocessing,
+from tasks.core import storage
+from tasks.core.spec import DatasetSpec, SplitSpec
+from tasks.datasets.king_county import features as kc
+from tasks.features.build import (
+    SPLIT,
+    FeatureSet,
+    Preprocessing,
+    assign_split,
+    build_features,
+    fit_preprocessing,
+    load_preprocessing,
 )
-from tasks.ingest import DS, POLARS_TYPES
-from tasks.spec import DatasetSpec, SplitSpec
+from tasks.ingest.landing import DS, POLARS_TYPES
 
 WINDOW_END = date(2015, 5, 28)  # with test_days=88, val_days=59: test >= 2015-03-01, val >= 2015-01-01
 
@@ -311,7 +317,7 @@ def test_build_features_is_reproducible(spec, lake):
 
 def _build_with_comps(spec, lake_uri: str, mode: str, monkeypatch) -> tuple[dict, pl.DataFrame]:
     """build_features under HOMEWORTH_COMPS=mode: its metadata and its feature table."""
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     monkeypatch.setenv("HOMEWORTH_COMPS", mode)
     get_settings.cache_clear()
@@ -338,7 +344,7 @@ def test_build_features_row_level_only_streams_the_same_rows(spec, lake, monkeyp
 def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake, monkeypatch):
     """HOMEWORTH_COMPS=market: one streaming plan with the market index joined by day; the values are
     those ``comps`` computes for the market-only configuration, and the other comps columns are absent."""
-    from tasks.comps import comps
+    from tasks.features.comps import comps
 
     lake_uri, _, _ = lake
     full = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
@@ -359,7 +365,7 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
 
 
 def test_row_span_comes_from_the_footers_or_is_left_to_a_scan():
-    from tasks.features import _row_span
+    from tasks.features.build import _row_span
 
     d = date(2015, 1, 1)
     info = [{"rows": 3, "tmin": d, "tmax": d + timedelta(days=2)}, {"rows": 0, "tmin": None, "tmax": None},
@@ -374,7 +380,7 @@ def test_build_features_area_streams_the_same_values_as_comps(spec, lake, monkey
     """HOMEWORTH_COMPS=area: one streaming plan joining the per-(area, day) tables; the values are those
     ``comps`` computes for the aggregated configuration from the whole lake, the market columns are
     those of the full run, and a rerun writes the same bytes."""
-    from tasks.comps import comps
+    from tasks.features.comps import comps
 
     lake_uri, _, _ = lake
     full = pl.read_parquet(storage.local_path(build_features(spec, lake_uri, START, WINDOW_END)["features_uri"]))
@@ -491,8 +497,8 @@ def test_target_offset_is_fitted_on_train_and_round_trips(spec, features_file):
 
 def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
     """HOMEWORTH_COMPS=false: row-level features only; the target offset then has no column to use."""
-    from tasks.features import feature_set
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
+    from tasks.features.build import feature_set
 
     assert feature_set(spec).comps == kc.COMPS
     monkeypatch.setenv("HOMEWORTH_COMPS", "false")

@@ -1,28 +1,31 @@
-"""Unit tests of tasks.ingest on tiny frames and files: reading, coercion, the raw partition."""
+"""Unit tests of tasks.ingest.landing on tiny frames and files: reading, coercion, the raw partition."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import sys
 from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tasks import storage  # noqa: E402
-from tasks.ingest import (  # noqa: E402
-    COERCE_ERRORS, SOURCE_FILE, SOURCE_ROW, BatchError, coerce, days_in_interval, ingest_day, ingest_interval,
-    raw_schema, read_landing_file,
+from tasks.core import storage
+from tasks.core.spec import DatasetSpec
+from tasks.ingest.landing import (
+    COERCE_ERRORS,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    BatchError,
+    coerce,
+    days_in_interval,
+    ingest_day,
+    ingest_interval,
+    raw_schema,
+    read_landing_file,
 )
-from tasks.spec import DatasetSpec  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 DAY = date(2014, 10, 13)
 KC_HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
@@ -50,9 +53,9 @@ def tiny_spec(**csv) -> DatasetSpec:
 
 @pytest.fixture(scope="module")
 def kc_spec():
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "datasets" / "king_county.yaml")
+    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
 
 
 def _coerce_one(spec: DatasetSpec, column: str, values: list) -> tuple[list, list]:

@@ -65,7 +65,7 @@ def production_env(tmp_path_factory):
         "PYTHONPATH": str(REPO),
     })
     # Eight months of sales: enough for the spec's time split (88 test days, 59 validation days).
-    subprocess.run([sys.executable, "-m", "tasks.replay", "--start", "2014-09-01", "--end", "2015-05-01"],
+    subprocess.run([sys.executable, "-m", "tasks.ingest.replay", "--start", "2014-09-01", "--end", "2015-05-01"],
                    env=env, cwd=REPO, check=True, capture_output=True)
     yield env, home
     engine = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from tasks import ledger
+from tasks.registry import ledger
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,8 +44,8 @@ def champions(tmp_path_factory):
     """A registry where v1 then v2 were promoted by runs (with ledger events) and v3 was rejected."""
     import os
 
-    from tasks import tracking
-    from tasks.settings import get_settings
+    from tasks.core import tracking
+    from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("ledger")
     old = os.environ["HOMEWORTH_HOME"]
@@ -78,13 +78,13 @@ def champions(tmp_path_factory):
 
 
 def _champion(settings, c) -> str:
-    from tasks import tracking
+    from tasks.core import tracking
 
     return str(tracking.champion_version(c, settings.model_name).version)
 
 
 def test_rollback_refusals(champions):
-    from tasks.promote import RollbackError, rollback
+    from tasks.registry.promote import RollbackError, rollback
 
     settings, c = champions
     args = dict(actor={"type": "user", "user": "t"}, at="2015-06-01T00:00:00Z", key="t")

@@ -1,4 +1,4 @@
-"""Unit tests of tasks.metrics.price_metrics, the point-estimate promotion gate and the training window."""
+"""Unit tests of tasks.core.metrics.price_metrics, the point-estimate promotion gate and the training window."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import date
 import numpy as np
 import pytest
 
-from tasks.metrics import HIGHER_IS_BETTER, METRICS, price_metrics
-from tasks.params import RetrainParams
-from tasks.promote import decide
-from tasks.retrain import training_window
+from tasks.core.metrics import HIGHER_IS_BETTER, METRICS, price_metrics
+from tasks.core.params import RetrainParams
+from tasks.model.retrain import training_window
+from tasks.registry.promote import decide
 
 # ---------------------------------------------------------------------------------------------
 # price_metrics

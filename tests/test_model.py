@@ -1,10 +1,9 @@
-"""Unit tests of tasks.model and tasks.train: short CPU runs, determinism, the safetensors bundle, batching."""
+"""Unit tests of tasks.model.networks and tasks.model.train: short CPU runs, determinism, the safetensors bundle, batching."""
 
 from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,9 +12,18 @@ import pytorch_lightning as L
 import torch
 from safetensors.torch import load_file
 
-from tasks.features import SPLIT, NumericStat, Preprocessing, Vocabulary
-from tasks.model import CONFIG, PREPROCESSING, WEIGHTS, IndexBatches, ModelBundle, ModelConfig, TabularNet, save_bundle
-from tasks.train import train
+from tasks.features.build import SPLIT, NumericStat, Preprocessing, Vocabulary
+from tasks.model.networks import (
+    CONFIG,
+    PREPROCESSING,
+    WEIGHTS,
+    IndexBatches,
+    ModelBundle,
+    ModelConfig,
+    TabularNet,
+    save_bundle,
+)
+from tasks.model.train import train
 
 ROWS = {"train": 240, "val": 80, "test": 40}
 PREP = Preprocessing(

@@ -7,11 +7,18 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.features import SPLIT, NumericStat, Preprocessing, Vocabulary
-from tasks.model import (
-    FAMILY_DEFAULTS, BatchEnsembleLinear, ModelBundle, ModelConfig, PriceModule, TabularNet, default_config, save_bundle,
+from tasks.features.build import SPLIT, NumericStat, Preprocessing, Vocabulary
+from tasks.model.networks import (
+    FAMILY_DEFAULTS,
+    BatchEnsembleLinear,
+    ModelBundle,
+    ModelConfig,
+    PriceModule,
+    TabularNet,
+    default_config,
+    save_bundle,
 )
-from tasks.train import gbm_matrix, train, train_gbm
+from tasks.model.train import gbm_matrix, train, train_gbm
 
 ROWS = {"train": 160, "val": 60, "test": 40}
 PREP = Preprocessing(
@@ -140,7 +147,7 @@ def test_refit_trains_a_fresh_network_on_train_and_val_for_the_chosen_epochs(fea
 def test_weight_average_is_the_mean_of_the_last_epochs_weights():
     from types import SimpleNamespace
 
-    from tasks.train import WeightAverage
+    from tasks.model.train import WeightAverage
 
     cfg = small("tabm")
     net = TabularNet(3, [3], cfg)
@@ -186,7 +193,7 @@ def test_refit_replays_the_first_runs_learning_rates():
 
 
 def test_refit_is_skipped_when_streamed_or_out_of_time(features_uri, monkeypatch):
-    import tasks.train
+    import tasks.model.train
 
     cfg = small("mlp", max_epochs=2)
     streamed = train(cfg, features_uri, PREP, accelerator="cpu", refit=True, in_memory_max_rows=10, buffer_rows=64)
@@ -195,7 +202,7 @@ def test_refit_is_skipped_when_streamed_or_out_of_time(features_uri, monkeypatch
     # run's network is kept.
     capped_cfg = small("mlp", max_epochs=2, max_time_s=3600)
     first = train(capped_cfg, features_uri, PREP, accelerator="cpu")
-    monkeypatch.setattr(tasks.train, "REFIT_TIME_MARGIN", 1e9)
+    monkeypatch.setattr(tasks.model.train, "REFIT_TIME_MARGIN", 1e9)
     capped = train(capped_cfg, features_uri, PREP, accelerator="cpu", refit=True)
     assert not capped.refit["done"] and capped.refit["reason"].startswith("max_time_s: about")
     x_num, x_cat = torch.randn(4, 3), torch.tensor([[1], [2], [3], [0]])

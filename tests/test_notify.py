@@ -1,4 +1,4 @@
-"""Failure notifications (tasks/notify.py): the summary text, the log callback, the optional e-mail notifier."""
+"""Failure notifications (tasks/core/notify.py): the summary text, the log callback, the optional e-mail notifier."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.ingest import BatchError
-from tasks.notify import ERROR_LINES, email_notifier, failure_callbacks, failure_summary, log_failure_summary
-from tasks.validate import ValidationFailed
+from tasks.core.notify import ERROR_LINES, email_notifier, failure_callbacks, failure_summary, log_failure_summary
+from tasks.ingest.landing import BatchError
+from tasks.quality.validate import ValidationFailed
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = timezone.utc
@@ -105,7 +105,7 @@ def test_email_notifier_sends_the_summary(monkeypatch):
 def test_callbacks_follow_the_setting(fresh_settings, monkeypatch):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     assert failure_callbacks(fresh_settings) == [log_failure_summary]
     monkeypatch.setenv("HOMEWORTH_NOTIFY_EMAIL", "ops@example.com")
@@ -126,7 +126,7 @@ def _parse_sales_ingest():
 def test_dag_adds_the_notifier_only_when_configured(email, monkeypatch):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     if email:
         monkeypatch.setenv("HOMEWORTH_NOTIFY_EMAIL", email)

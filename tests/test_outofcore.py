@@ -14,8 +14,14 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-from tasks.features import (
-    CLIP_QUANTILES, SPLIT, FeatureSet, NumericStat, Preprocessing, Vocabulary, fit_preprocessing,
+from tasks.features.build import (
+    CLIP_QUANTILES,
+    SPLIT,
+    FeatureSet,
+    NumericStat,
+    Preprocessing,
+    Vocabulary,
+    fit_preprocessing,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -32,8 +38,8 @@ def kc_lake(tmp_path_factory, spec):
 
 
 def test_chunked_build_features_equals_a_single_chunk(kc_lake, spec, caplog):
-    from tasks import storage
-    from tasks.features import build_features, load_preprocessing
+    from tasks.core import storage
+    from tasks.features.build import build_features, load_preprocessing
 
     window = (date(2013, 5, 28), date(2015, 5, 28))
     whole = build_features(spec, str(kc_lake), *window)  # KC's 1.3k rows: one chunk (chunk_rows 200k)
@@ -60,7 +66,7 @@ def test_chunked_build_features_equals_a_single_chunk(kc_lake, spec, caplog):
 
 
 def test_knn_in_slices_of_bounded_candidate_pairs_gives_the_same_features():
-    from tasks.comps import comps, knn_candidates, slice_bounds
+    from tasks.features.comps import comps, knn_candidates, slice_bounds
     from tests.test_comps import CFG, sales
 
     df = sales()
@@ -74,7 +80,7 @@ def test_knn_in_slices_of_bounded_candidate_pairs_gives_the_same_features():
 
 
 def test_plan_chunks_keeps_day_order_and_bounds_rows():
-    from tasks.features import plan_chunks
+    from tasks.features.build import plan_chunks
 
     parts = [{"uri": str(i), "rows": n} for i, n in enumerate([5, 5, 12, 1, 1, 1, 0, 7])]
     chunks = plan_chunks(parts, 10)
@@ -157,7 +163,7 @@ def _epoch_rows(ds) -> list[int]:
 
 
 def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_file):
-    from tasks.loader import ParquetBatches
+    from tasks.model.data import ParquetBatches
 
     path, df = stream_file
     train_rows = df.filter(pl.col(SPLIT) == "train")["row"].cast(pl.Int64).to_list()
@@ -179,7 +185,7 @@ def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_f
     np.testing.assert_array_equal(x_cat.numpy(), PREP.categorical_matrix(val))
     np.testing.assert_array_equal(y.numpy(), PREP.encode_target(val["price"].to_numpy()))
     # a target offset whose column is not an input is read too (Preprocessing.encode_rows)
-    from tasks.features import OffsetTerm
+    from tasks.features.build import OffsetTerm
 
     with_offset = PREP.model_copy(update={"numeric": PREP.numeric[:2], "target_offset": [OffsetTerm(name="x2", fill=0.0)]})
     *_, y = next(iter(ParquetBatches(path, with_offset, "val", 10_000, shuffle=False)))
@@ -187,8 +193,8 @@ def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_f
 
 
 def test_streaming_training_run(stream_file):
-    from tasks.model import ModelConfig
-    from tasks.train import train
+    from tasks.model.networks import ModelConfig
+    from tasks.model.train import train
 
     path, df = stream_file
     cfg = ModelConfig(family="mlp", hidden=[16], cat_embedding_dim=4, batch_size=64, max_epochs=2, seed=3,
@@ -212,10 +218,10 @@ def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_
     on every k-th val row once val passes VAL_MAX_ROWS."""
     from pytorch_lightning.loggers.logger import Logger
 
-    import tasks.loader
-    import tasks.train
-    from tasks.model import ModelConfig
-    from tasks.train import train
+    import tasks.model.data
+    import tasks.model.train
+    from tasks.model.networks import ModelConfig
+    from tasks.model.train import train
 
     class Recorder(Logger):
         name, version = "recorder", "0"
@@ -232,8 +238,8 @@ def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_
             self.seen.append(dict(metrics))
 
     path, df = stream_file
-    monkeypatch.setattr(tasks.train, "VAL_EVERY_SAMPLES", 640)  # every 10 batches of 64
-    monkeypatch.setattr(tasks.loader, "VAL_MAX_ROWS", 100)
+    monkeypatch.setattr(tasks.model.train, "VAL_EVERY_SAMPLES", 640)  # every 10 batches of 64
+    monkeypatch.setattr(tasks.model.data, "VAL_MAX_ROWS", 100)
     cfg = ModelConfig(family="mlp", hidden=[16], cat_embedding_dim=4, batch_size=64, max_epochs=1, seed=3)
     prep = PREP.model_copy(update={"numeric": PREP.numeric[1:]})
     rec = Recorder()
@@ -253,7 +259,7 @@ def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_
 
 
 def test_iter_split_yields_one_split_in_file_order_in_bounded_batches(stream_file):
-    from tasks.loader import iter_split
+    from tasks.model.data import iter_split
 
     path, df = stream_file
     for split in ("train", "val", "test"):
@@ -268,7 +274,7 @@ def test_iter_split_yields_one_split_in_file_order_in_bounded_batches(stream_fil
 
 
 def test_sample_split_is_whole_when_small_and_every_kth_row_when_large(stream_file):
-    from tasks.loader import sample_split
+    from tasks.model.data import sample_split
 
     path, df = stream_file
     train = df.filter(pl.col(SPLIT) == "train")
@@ -281,7 +287,7 @@ def test_sample_split_is_whole_when_small_and_every_kth_row_when_large(stream_fi
 
 
 def test_gbm_trains_on_a_bounded_sample(stream_file):
-    from tasks.train import train_gbm
+    from tasks.model.train import train_gbm
 
     path, df = stream_file
     prep = PREP
@@ -292,7 +298,7 @@ def test_gbm_trains_on_a_bounded_sample(stream_file):
 
 
 def test_drift_reads_a_bounded_sample_of_each_side():
-    from tasks.features import bounded_sample
+    from tasks.features.build import bounded_sample
 
     lf = pl.LazyFrame({"x": np.arange(10_000, dtype=float)})
     assert bounded_sample(lf, 10**6).height == 10_000
@@ -301,7 +307,7 @@ def test_drift_reads_a_bounded_sample_of_each_side():
 
 
 def test_bootstrap_resamples_a_seeded_sample_of_a_large_test_set():
-    from tasks.promote import paired_bootstrap
+    from tasks.registry.promote import paired_bootstrap
 
     rng = np.random.default_rng(3)
     a = rng.lognormal(13, 0.5, 5_000)

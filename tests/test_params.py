@@ -1,4 +1,4 @@
-"""Unit tests of tasks.params: the ingest interval and the Airflow Params built from the pydantic models."""
+"""Unit tests of tasks.core.params: the ingest interval and the Airflow Params built from the pydantic models."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from airflow.sdk import Param
 from airflow.sdk.exceptions import ParamValidationError
 
-from tasks.ingest import days_in_interval
-from tasks.params import IngestParams, RetrainParams, airflow_params, interval_days
+from tasks.core.params import IngestParams, RetrainParams, airflow_params, interval_days
+from tasks.ingest.landing import days_in_interval
 
 UTC = timezone.utc
 DAY = date(2015, 3, 1)

@@ -3,7 +3,7 @@
 Batch scoring reads a landing file (CSV text, coerced by ingest's code, checked by the contract);
 the endpoint gets the same houses as JSON, once with the feed's own text values and once typed,
 from a real uvicorn on 127.0.0.1 and from the in-process app. Both go through
-``tasks.score.model_frame`` and ``ModelBundle.predict`` with the bundle's saved preprocessing.
+``tasks.serving.score.model_frame`` and ``ModelBundle.predict`` with the bundle's saved preprocessing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks import storage
+from tasks.core import storage
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = date(2015, 4, 22)
@@ -27,17 +27,17 @@ DAY = date(2015, 4, 22)
 @pytest.fixture(scope="module")
 def parity_env(tmp_path_factory):
     from benchmarks.serving import register_version, sample_csv, typed_rows
-    from tasks.settings import get_settings
-    from tasks.spec import load_spec
+    from tasks.core.settings import get_settings
+    from tasks.core.spec import load_spec
 
     home = tmp_path_factory.mktemp("parity")
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(REPO / "datasets" / "king_county.yaml")
+    settings, spec = get_settings(), load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
     version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)), seed=3)
     # The day's sales as listings: the original CSV text, without the price column.
-    lines = gzip.decompress((REPO / "data" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
+    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
     header = next(csv.reader([lines[0]]))
     rows = [next(csv.reader([ln])) for ln in lines[1:] if f'"{DAY:%Y%m%d}T' in ln]
     keep = [i for i, h in enumerate(header) if h != spec.target]
@@ -56,7 +56,7 @@ def parity_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(parity_env):
-    from tasks.score import score_day
+    from tasks.serving.score import score_day
 
     settings, spec, version, _ = parity_env
     result = score_day(spec, settings, DAY, version)
@@ -92,7 +92,7 @@ def test_same_houses_same_prices_batch_vs_app_with_typed_json(parity_env, batch)
     from fastapi.testclient import TestClient
 
     from benchmarks.serving import houses_json
-    from tasks.serving import create_app
+    from tasks.serving.api import create_app
 
     settings, spec, version, _ = parity_env
     typed = houses_json(spec, batch)  # the validated, typed rows as a client would send them
@@ -102,9 +102,9 @@ def test_same_houses_same_prices_batch_vs_app_with_typed_json(parity_env, batch)
 
 
 def test_both_use_the_registered_bundle_and_its_preprocessing(parity_env, batch, tmp_path):
-    from tasks import tracking
-    from tasks.model import PREPROCESSING, ModelBundle
-    from tasks.score import model_frame
+    from tasks.core import tracking
+    from tasks.model.networks import PREPROCESSING, ModelBundle
+    from tasks.serving.score import model_frame
 
     settings, spec, version, _ = parity_env
     c = tracking.client(settings)

@@ -13,9 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.params import RetrainParams
-from tasks.promote import decide, gate, paired_bootstrap
-from tasks.retrain import Lineage
+from tasks.core.params import RetrainParams
+from tasks.model.retrain import Lineage
+from tasks.registry.promote import decide, gate, paired_bootstrap
 
 BARS = {"max_mdape": 0.5, "min_ppe10": 0.0}
 
@@ -94,8 +94,8 @@ def test_gate_rules():
 def registry(tmp_path_factory):
     import os
 
-    from tasks import storage, tracking
-    from tasks.settings import get_settings
+    from tasks.core import storage, tracking
+    from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("promote")
     old = os.environ["HOMEWORTH_HOME"]
@@ -125,8 +125,8 @@ def registry(tmp_path_factory):
 
 
 def _evaluation(settings, version, run_id, champion_version, sigma_new, name) -> dict:
-    from tasks import storage
-    from tasks.metrics import price_metrics
+    from tasks.core import storage
+    from tasks.core.metrics import price_metrics
 
     a = _prices(2000, seed=11)
     champ, new = _noisy(a, 0.20, 12), _noisy(a, sigma_new, 13)
@@ -147,8 +147,9 @@ def _lineage(run_id: str, run_type: str = "manual") -> Lineage:
 
 
 def test_promote_step_moves_alias_and_writes_one_ledger_event(registry):
-    from tasks import ledger, tracking
-    from tasks.promote import promote_step
+    from tasks.core import tracking
+    from tasks.registry import ledger
+    from tasks.registry.promote import promote_step
 
     settings, c, new_version = registry
     params = RetrainParams(**BARS)
@@ -185,8 +186,9 @@ def test_promote_step_moves_alias_and_writes_one_ledger_event(registry):
 
 
 def test_backfill_runs_never_promote(registry):
-    from tasks import ledger, tracking
-    from tasks.promote import promote_step
+    from tasks.core import tracking
+    from tasks.registry import ledger
+    from tasks.registry.promote import promote_step
 
     settings, c, new_version = registry
     live = str(tracking.champion_version(c, settings.model_name).version)
@@ -201,8 +203,9 @@ def test_backfill_runs_never_promote(registry):
 
 
 def test_inconclusive_keeps_champion_unless_a_person_approves(registry):
-    from tasks import ledger, tracking
-    from tasks.promote import APPROVE, KEEP, promote_step
+    from tasks.core import tracking
+    from tasks.registry import ledger
+    from tasks.registry.promote import APPROVE, KEEP, promote_step
 
     settings, c, new_version = registry
     params = RetrainParams(**BARS)
@@ -210,7 +213,7 @@ def test_inconclusive_keeps_champion_unless_a_person_approves(registry):
     v, r = new_version()
     evaluation = _evaluation(settings, v, r, live, 0.20, "d")
     # Nearly the champion's own predictions: an interval straddles 0.
-    from tasks import storage
+    from tasks.core import storage
 
     df = pl.read_parquet(storage.read_bytes(evaluation["predictions_uri"]))
     df = df.with_columns((pl.col("pred_champion") * np.exp(np.random.default_rng(3).normal(0, 0.01, df.height))).alias("pred_new"))
@@ -231,8 +234,8 @@ def test_inconclusive_keeps_champion_unless_a_person_approves(registry):
 
 
 def test_a_champion_that_moved_after_evaluation_blocks_promotion(registry):
-    from tasks import tracking
-    from tasks.promote import promote_step
+    from tasks.core import tracking
+    from tasks.registry.promote import promote_step
 
     settings, c, new_version = registry
     live = str(tracking.champion_version(c, settings.model_name).version)
@@ -248,8 +251,8 @@ def test_approval_wiring_is_off_by_default_and_waits_for_a_person_when_on(monkey
 
     from airflow.dag_processing.dagbag import DagBag
 
-    from tasks.promote import APPROVE, KEEP
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
+    from tasks.registry.promote import APPROVE, KEEP
 
     path = str(Path(__file__).resolve().parent.parent / "dags" / "price_model_retrain.py")
     off = DagBag(dag_folder=path).dags["price_model_retrain"]

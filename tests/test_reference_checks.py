@@ -11,10 +11,10 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from tasks import storage  # noqa: E402
-from tasks.ingest import ingest_interval  # noqa: E402
-from tasks.replay import replay  # noqa: E402
-from tasks.validate import ValidationFailed, reference_window, validate_interval  # noqa: E402
+from tasks.core import storage
+from tasks.ingest.landing import ingest_interval  # noqa: E402
+from tasks.ingest.replay import replay  # noqa: E402
+from tasks.quality.validate import ValidationFailed, reference_window, validate_interval  # noqa: E402
 
 DAY = date(2014, 10, 15)  # a weekday with 60+ sales, after 28 days of history
 

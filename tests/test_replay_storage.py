@@ -1,4 +1,4 @@
-"""Unit tests of tasks.replay (the bundled CSV as a daily feed) and tasks.storage (layout, atomic writes)."""
+"""Unit tests of tasks.ingest.replay (the bundled CSV as a daily feed) and tasks.core.storage (layout, atomic writes)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks import storage
-from tasks.replay import replay
+from tasks.core import storage
+from tasks.ingest.replay import replay
 
 HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
           "sqft_above,sqft_basement,yr_built,yr_renovated,zipcode,lat,long,sqft_living15,sqft_lot15\n")

@@ -11,7 +11,7 @@ import pendulum
 import polars as pl
 import pytest
 
-from tasks import storage
+from tasks.core import storage
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = date(2015, 5, 14)
@@ -28,7 +28,7 @@ def listing_lines(day: date) -> tuple[str, list[str]]:
     import csv
     import io
 
-    lines = gzip.decompress((REPO / "data" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
+    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
     stamp = f'"{day:%Y%m%d}T'
     rows = [next(csv.reader([ln])) for ln in lines[1:] if stamp in ln]
     header = next(csv.reader([lines[0]]))
@@ -47,14 +47,14 @@ def scoring_env(tmp_path_factory):
     import os
 
     from benchmarks.serving import register_version, sample_csv, typed_rows
-    from tasks.settings import get_settings
-    from tasks.spec import load_spec
+    from tasks.core.settings import get_settings
+    from tasks.core.spec import load_spec
 
     home = tmp_path_factory.mktemp("score")
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(REPO / "datasets" / "king_county.yaml")
+    settings, spec = get_settings(), load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
     version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)))
 
     header, lines = listing_lines(DAY)
@@ -75,8 +75,8 @@ def scoring_env(tmp_path_factory):
     # The last three listings of the day come from another feed, as Parquet with typed columns.
     import io
 
-    from tasks.ingest import read_landing_file
-    from tasks.score import listings_spec
+    from tasks.ingest.landing import read_landing_file
+    from tasks.serving.score import listings_spec
 
     tail = pl.read_csv(io.StringIO("\n".join([header, *lines[-3:]])), schema_overrides={"id": pl.String, "zipcode": pl.String})
     tail.write_parquet(folder / "feed2.parquet")
@@ -97,7 +97,7 @@ def scored(scoring_env, airflow_db):
 
 
 def test_listings_spec_makes_only_the_target_optional(spec):
-    from tasks.score import listings_spec
+    from tasks.serving.score import listings_spec
 
     ls = listings_spec(spec)
     assert ls.columns["price"].required is False and spec.columns["price"].required is True
@@ -105,8 +105,8 @@ def test_listings_spec_makes_only_the_target_optional(spec):
 
 
 def test_listings_suite_drops_only_the_target_expectations(spec):
-    from tasks.score import listings_suite
-    from tasks.validate import build_suite
+    from tasks.quality.validate import build_suite
+    from tasks.serving.score import listings_suite
 
     full = build_suite(spec)
     ours = listings_suite(spec)
@@ -149,7 +149,7 @@ def test_rerun_is_idempotent_and_an_empty_day_writes_empty_partitions(scored):
 
 
 def test_score_cli_one_off_file(scored, tmp_path, capsys):
-    from tasks.score import main
+    from tasks.serving.score import main
 
     settings, spec, version, counts, _ = scored
     out, rej = tmp_path / "scored.csv", tmp_path / "rejected.csv"
@@ -169,7 +169,7 @@ def test_score_cli_one_off_file(scored, tmp_path, capsys):
 
 
 def test_no_champion_is_a_clear_error(fresh_settings):
-    from tasks.score import champion
+    from tasks.serving.score import champion
 
     with pytest.raises(RuntimeError, match="no champion yet"):
         champion(fresh_settings)

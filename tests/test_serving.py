@@ -18,15 +18,15 @@ def served(tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from benchmarks.serving import houses_json, register_version, sample_csv, typed_rows
-    from tasks.serving import create_app
-    from tasks.settings import Settings, get_settings
-    from tasks.spec import load_spec
+    from tasks.core.settings import Settings, get_settings
+    from tasks.core.spec import load_spec
+    from tasks.serving.api import create_app
 
     home = tmp_path_factory.mktemp("serving")
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    spec = load_spec(REPO / "datasets" / "king_county.yaml")
+    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
     settings = Settings(serving_alias_ttl_s=0)  # re-check the alias on every request
     rows = typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20))
     version = register_version(settings, spec, rows)
@@ -94,7 +94,7 @@ def test_model_info(served):
 
 def test_new_champion_is_served_without_restart(served):
     from benchmarks.serving import register_version
-    from tasks import tracking
+    from tasks.core import tracking
 
     settings, spec, client, version, rows, houses = served
     cache = client.app.state.cache
@@ -112,7 +112,7 @@ def test_new_champion_is_served_without_restart(served):
 
 
 def test_alias_is_checked_at_most_every_ttl(served):
-    from tasks.serving import ChampionCache
+    from tasks.serving.api import ChampionCache
 
     settings, *_ = served
     cache = ChampionCache(settings, ttl_s=3600)
@@ -125,7 +125,7 @@ def test_alias_is_checked_at_most_every_ttl(served):
 def test_no_champion_is_503(fresh_settings):
     from fastapi.testclient import TestClient
 
-    from tasks.serving import create_app
+    from tasks.serving.api import create_app
 
     client = TestClient(create_app(fresh_settings))
     r = client.get("/model")
@@ -133,7 +133,8 @@ def test_no_champion_is_503(fresh_settings):
 
 
 def test_pages(served, tmp_path):
-    from tasks import ledger, storage
+    from tasks.core import storage
+    from tasks.registry import ledger
 
     settings, spec, client, version, *_ = served
     storage.write_bytes_atomic(storage.join(settings.reports_uri, "window=a_b_model_version=1", "report.html"),

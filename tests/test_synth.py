@@ -1,9 +1,8 @@
-"""tasks.synth: the synthetic market's layout, schema, determinism, data contract and noise level."""
+"""tasks.datasets.king_county.synth: the synthetic market's layout, schema, determinism, data contract and noise level."""
 
 from __future__ import annotations
 
 import os
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,15 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.core.spec import load_spec
+from tasks.datasets.king_county import synth
+from tasks.ingest.landing import COERCE_ERRORS, POLARS_TYPES, ingest_day
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from tasks import synth  # noqa: E402
-from tasks.ingest import COERCE_ERRORS, POLARS_TYPES, ingest_day  # noqa: E402
-from tasks.spec import load_spec  # noqa: E402
-
-SPEC_FILE = REPO / "datasets" / "king_county.yaml"
+SPEC_FILE = REPO / "tasks" / "datasets" / "king_county" / "spec.yaml"
 START = date(2014, 5, 2)
 # Small but with several chunks per run and a day split over two files (the weekdays have > 1500 rows).
 SMALL = dict(rows=6_000, days=5, seed=7, chunk_rows=1_500)

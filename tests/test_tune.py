@@ -1,4 +1,4 @@
-"""Tuning (tasks/tune.py): the seeded sampler, the best pick by validation, the precedence of the result
+"""Tuning (tasks/model/tune.py): the seeded sampler, the best pick by validation, the precedence of the result
 in the retrain, the MLflow record, and the price_model_tune DAG end to end with ``dag.test()`` on a small lake."""
 
 from __future__ import annotations
@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import date
 from pathlib import Path
 
 import pendulum
 import pytest
 
-from tasks.model import ModelConfig, default_config
-from tasks.params import RetrainParams, TuneParams
-from tasks.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
+from tasks.core.params import RetrainParams, TuneParams
+from tasks.model.networks import ModelConfig, default_config
+from tasks.model.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,8 +81,8 @@ def test_without_a_tuning_result_the_family_defaults_apply():
 
 
 def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
-    from tasks.retrain import Lineage, model_config
-    from tasks.tune import best_config, record_best
+    from tasks.model.retrain import Lineage, model_config
+    from tasks.model.tune import best_config, record_best
 
     features = {"preprocessing_sha256": "p" * 64, "features_sha256": "f" * 64}
     assert best_config(fresh_settings, "king_county") is None
@@ -111,7 +110,7 @@ def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
 def tune_env(tmp_path_factory, airflow_db, spec):
     from test_comps import write_validated_lake
 
-    from tasks.settings import get_settings
+    from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("tune")
     old = os.environ["HOMEWORTH_HOME"]
@@ -127,9 +126,9 @@ def tune_env(tmp_path_factory, airflow_db, spec):
 def test_tuning_dag_fans_out_trials_and_records_the_best(tune_env):
     from airflow.dag_processing.dagbag import DagBag
 
-    from tasks import tracking
-    from tasks.retrain import model_config
-    from tasks.tune import TAG_BEST, best_config, tuning_settings
+    from tasks.core import tracking
+    from tasks.model.retrain import model_config
+    from tasks.model.tune import TAG_BEST, best_config, tuning_settings
 
     settings = tune_env
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["price_model_tune"]

@@ -1,11 +1,9 @@
-"""Unit tests of tasks.validate and the expectation suites: reasons, layout, parameters, idempotency."""
+"""Unit tests of tasks.quality.validate and the expectation suites: reasons, layout, parameters, idempotency."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -14,16 +12,18 @@ import pandas as pd
 import polars as pl
 import pytest
 
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tasks import storage  # noqa: E402
-from tasks.ingest import ingest_interval  # noqa: E402
-from tasks.validate import (  # noqa: E402
-    REASONS, ValidationFailed, _fmt, build_suite, expectation_parameters, validate_interval,
+from tasks.core import storage
+from tasks.ingest.landing import ingest_interval
+from tasks.quality.validate import (
+    REASONS,
+    ValidationFailed,
+    _fmt,
+    build_suite,
+    expectation_parameters,
+    validate_interval,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 DAY = date(2014, 10, 13)
 NEXT = DAY + timedelta(days=1)
@@ -37,9 +37,9 @@ BOOKKEEPING = ["ds", "_source_file", "_source_row"]
 
 @pytest.fixture(scope="module")
 def kc_spec():
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "datasets" / "king_county.yaml")
+    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
 
 
 def land(root: Path, day: date, name: str, lines: list[str]) -> Path:
@@ -178,7 +178,7 @@ def test_row_count_upper_bound_names_files_and_count(kc_spec, tmp_path):
 def test_unevaluable_expectation_fails_the_batch(kc_spec, tmp_path, monkeypatch):
     import great_expectations as gx
 
-    import tasks.validate as v
+    import tasks.quality.validate as v
 
     suite = gx.ExpectationSuite(name="broken", expectations=[
         gx.expectations.ExpectColumnValuesToNotBeNull(column="no_such_column", meta={"severity": "row"})])
@@ -190,9 +190,9 @@ def test_unevaluable_expectation_fails_the_batch(kc_spec, tmp_path, monkeypatch)
 
 # ---------------------------------------------------------------- suites
 def test_every_expectation_has_a_severity(kc_spec):
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
 
-    for spec in (kc_spec, load_spec(REPO / "datasets" / "king_county.yaml").model_copy(update={"expectations_module": None})):
+    for spec in (kc_spec, load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml").model_copy(update={"expectations_module": None})):
         suite = build_suite(spec)
         severities = {(e.meta or {}).get("severity") for e in suite.expectations}
         assert severities == {"row", "batch"}, spec.expectations_module
@@ -214,7 +214,7 @@ def test_fmt_values_for_people():
 
 # ---------------------------------------------------------------- real data
 def _real_lines() -> tuple[str, list[str]]:
-    with gzip.open(REPO / "data" / "kc_house_data.csv.gz", "rt", newline="") as f:
+    with gzip.open(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", "rt", newline="") as f:
         lines = f.read().splitlines()
     return lines[0], lines[1:]
 
@@ -234,7 +234,7 @@ def test_real_day_quarantines_only_the_33_bedroom_house(kc_spec, tmp_path):
 
 def test_whole_real_dataset(kc_spec, tmp_path):
     """Replay every day, ingest and validate 2014-05-01..2015-05-28: 21612 accepted, only the 33-bedroom row out."""
-    from tasks.replay import replay
+    from tasks.ingest.replay import replay
 
     replayed = replay(kc_spec, str(tmp_path / "landing"))
     ing, val = run_day(kc_spec, tmp_path, date(2014, 5, 1), date(2015, 5, 28))

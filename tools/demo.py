@@ -25,14 +25,13 @@ from pathlib import Path
 
 import polars as pl
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tasks.core import storage
+from tasks.core.settings import get_settings
+from tasks.core.spec import get_spec
+from tasks.ingest.replay import replay
+from tools.airflow_local import LocalAirflow, migrate, set_password
 
-from tasks import storage  # noqa: E402
-from tasks.replay import replay  # noqa: E402
-from tasks.settings import get_settings  # noqa: E402
-from tasks.spec import get_spec  # noqa: E402
-from tools.airflow_local import LocalAirflow, migrate, set_password  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def lake_counts(lake_uri: str, table: str) -> int:

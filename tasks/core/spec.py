@@ -1,0 +1,135 @@
+"""The dataset spec: columns, their types and roles, landing formats, split, as a typed object.
+
+A spec is YAML (see ``tasks/datasets/king_county/spec.yaml``). Everything generic in homeworth (ingest, coercion,
+validation plumbing, features, training) reads column names from here, never from literals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+ColumnType = Literal["string", "int", "float", "date", "bool"]
+Role = Literal["id", "event_time", "target", "numeric", "categorical", "split", "ignore"]
+
+
+class ColumnSpec(BaseModel):
+    type: ColumnType
+    role: Role
+    # A file lacking a required column fails the run; a missing optional column is filled with nulls.
+    required: bool = True
+    # strptime format for dates given as text (ISO dates always parse).
+    format: str | None = None
+
+
+class CsvSpec(BaseModel):
+    separator: str = ","
+    encoding: Literal["utf8", "utf8-lossy"] = "utf8"
+
+
+class LandingSpec(BaseModel):
+    formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
+    csv: CsvSpec = CsvSpec()
+
+
+class SplitSpec(BaseModel):
+    method: Literal["time", "random", "column"] = "time"
+    # time: the last test_days of the window are test, the val_days before them validation.
+    test_days: int = Field(default=88, gt=0)
+    val_days: int = Field(default=59, gt=0)
+    # random: seeded shuffle into these fractions.
+    seed: int = 42
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # column: the name of a column holding train / val / test.
+    column: str | None = None
+
+
+class DatasetSpec(BaseModel):
+    name: str
+    description: str = ""
+    bundled_file: str | None = None
+    features_module: str | None = None
+    expectations_module: str | None = None
+    landing: LandingSpec = LandingSpec()
+    columns: dict[str, ColumnSpec]
+    split: SplitSpec = SplitSpec()
+    # sha256 of the YAML text this spec came from, recorded in lineage and in the preprocessing artifact.
+    source_hash: str = ""
+    # The folder of the YAML file (``bundled_file`` is relative to it); not part of the spec's content.
+    _source_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "DatasetSpec":
+        targets = self.by_role("target")
+        if len(targets) != 1:
+            raise ValueError(f"spec {self.name!r}: exactly one column must have role 'target', got {targets}")
+        if len(self.by_role("event_time")) > 1:
+            raise ValueError(f"spec {self.name!r}: at most one column may have role 'event_time'")
+        if self.split.method == "time" and not self.event_time:
+            raise ValueError(f"spec {self.name!r}: split method 'time' needs an event_time column")
+        if self.split.method == "column" and self.split.column not in self.columns:
+            raise ValueError(f"spec {self.name!r}: split column {self.split.column!r} is not a column")
+        return self
+
+    def by_role(self, role: Role) -> list[str]:
+        return [name for name, col in self.columns.items() if col.role == role]
+
+    @property
+    def target(self) -> str:
+        return self.by_role("target")[0]
+
+    @property
+    def event_time(self) -> str | None:
+        cols = self.by_role("event_time")
+        return cols[0] if cols else None
+
+    @property
+    def id_columns(self) -> list[str]:
+        return self.by_role("id")
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [name for name, col in self.columns.items() if col.required]
+
+    def features_module_obj(self) -> ModuleType | None:
+        return importlib.import_module(self.features_module) if self.features_module else None
+
+    def expectations_module_obj(self) -> ModuleType | None:
+        return importlib.import_module(self.expectations_module) if self.expectations_module else None
+
+    def bundled_path(self) -> Path | None:
+        """The bundled data file, relative to the spec's own folder."""
+        if not self.bundled_file:
+            return None
+        return (self._source_dir or Path.cwd()) / self.bundled_file
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a dataset spec must be a YAML mapping")
+    data["source_hash"] = hashlib.sha256(text.encode()).hexdigest()
+    spec = DatasetSpec.model_validate(data)
+    spec._source_dir = Path(path).resolve().parent
+    return spec
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str) -> DatasetSpec:
+    return load_spec(path)
+
+
+def get_spec(path: str | Path | None = None) -> DatasetSpec:
+    """The spec named by the settings (or ``path``)."""
+    from tasks.core.settings import get_settings
+
+    return _cached(str(path or get_settings().dataset_spec))

@@ -1,0 +1,131 @@
+"""The first retraining steps the ``price_model_retrain`` DAG wires: features and train.
+
+Evaluation is in ``tasks/registry/evaluate.py`` and the promotion gate in ``tasks/registry/promote.py``.
+
+Each step takes and returns small JSON-able dicts (what XCom carries: URIs, counts, versions,
+metrics), reads its inputs from the lake or the MLflow store, and can run again with the same
+result: features are keyed by the window, a retried train reuses the MLflow run it finished, the
+evaluation is keyed by the window and the model version, and moving the alias is one call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from datetime import date, timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.core import storage, tracking
+from tasks.core.params import RetrainParams
+from tasks.core.settings import Settings
+from tasks.core.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class Lineage(BaseModel):
+    """Where a run came from; recorded as MLflow tags on the run and the model version."""
+
+    dag_id: str
+    run_id: str
+    run_type: str = "manual"
+    window_start: str
+    window_end: str
+
+    def tags(self) -> dict[str, str]:
+        return {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: self.run_id, "airflow.run_type": self.run_type,
+                "data.window_start": self.window_start, "data.window_end": self.window_end,
+                "git.commit": tracking.git_commit()}
+
+
+def training_window(interval_end: date, window_days: int) -> tuple[date, date]:
+    """[start, end): the ``window_days`` before the end of the run's data interval."""
+    return interval_end - timedelta(days=window_days), interval_end
+
+
+def features_step(spec: DatasetSpec, settings: Settings, interval_end: date, params: RetrainParams) -> dict:
+    from tasks.features.build import build_features
+
+    start, end = training_window(interval_end, params.window_days)
+    return build_features(spec, settings.lake_uri, start, end)
+
+
+def train_step(settings: Settings, features: dict, params: RetrainParams, lineage: Lineage) -> dict:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import save_bundle
+    from tasks.model.train import train
+
+    c = tracking.client(settings)
+    exp = tracking.experiment_id(c, settings)
+    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, "train")
+    if done is not None and done.data.tags.get("model_version"):
+        log.info("reusing finished MLflow run %s of an earlier try", done.info.run_id)
+        return {"mlflow_run_id": done.info.run_id, "model_version": done.data.tags["model_version"],
+                "val_rmse_ln": done.data.metrics.get("best/val_rmse_ln"), "reused": True,
+                "refit": json.loads(done.data.tags.get("train.refit", "null"))}
+
+    prep = load_preprocessing(features["preprocessing_uri"])
+    cfg, config_source, tuning_run = model_config(settings, prep.dataset, params)
+    tags = {**lineage.tags(), tracking.TAG_TASK: "train", "data.partitions": str(features["partitions"]),
+            "data.partitions_sha256": features["partitions_sha256"], "data.features_sha256": features["features_sha256"],
+            "preprocessing.sha256": features["preprocessing_sha256"], "dataset": prep.dataset,
+            "model.family": cfg.family, "model.config_source": config_source}
+    if tuning_run:
+        tags["tuning.run_id"] = tuning_run
+    run = c.create_run(exp, run_name=f"{lineage.dag_id}__{lineage.run_id}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        for k, v in {**cfg.model_dump(), **{f"rows_{s}": n for s, n in features["rows"].items()}}.items():
+            c.log_param(run_id, k, v)
+        logger = MLFlowLogger(experiment_name=settings.experiment_name, tracking_uri=settings.mlflow_tracking_uri,
+                              run_id=run_id)
+        result = train(cfg, features["features_uri"], prep, logger=logger, threads=settings.torch_threads,
+                       refit=params.refit_on_val)
+        c.log_metric(run_id, "best/val_rmse_ln", result.metrics["val_rmse_ln"])
+        c.log_param(run_id, "refit_on_val", params.refit_on_val)
+        if result.refit is not None:
+            c.set_tag(run_id, "train.refit", json.dumps(result.refit))
+            if result.refit["done"]:
+                c.log_metric(run_id, "refit/epochs", result.refit["epochs"])
+                c.log_metric(run_id, "refit/rows", result.refit["rows"])
+                c.log_metric(run_id, "refit/seconds", result.refit["seconds"])
+        c.log_metric(run_id, "best/epoch", result.best_epoch)
+        c.log_metric(run_id, "train_seconds", result.seconds)
+        c.log_metric(run_id, "train_samples_per_second", result.metrics["samples_per_second"])
+        with tempfile.TemporaryDirectory() as tmp:
+            save_bundle(Path(tmp) / "model", result.net, cfg, prep)
+            c.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+            manifest = storage.join(features["features_uri"].rsplit("/", 1)[0], "manifest.json")
+            (Path(tmp) / "manifest.json").write_bytes(storage.read_bytes(manifest))
+            c.log_artifact(run_id, str(Path(tmp) / "manifest.json"), "lineage")
+        tracking.ensure_registered_model(c, settings.model_name)
+        mv = c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
+                                    tags={k: v for k, v in tags.items() if k != tracking.TAG_TASK})
+        c.set_tag(run_id, "model_version", mv.version)
+        c.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    return {"mlflow_run_id": run_id, "model_version": str(mv.version), "val_rmse_ln": result.metrics["val_rmse_ln"],
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds + ((result.refit or {}).get("seconds") or 0), 2), "refit": result.refit,
+            "model_family": cfg.family, "config_source": config_source, "reused": False}
+
+
+def model_config(settings: Settings, dataset: str, params: RetrainParams):
+    """(ModelConfig, "tuned" | "defaults", tuning run id or None): the tuned configuration by default.
+
+    Precedence (see ``tasks/model/tune.py``): Params changed from their defaults > the newest tuning result
+    of the dataset (when ``use_tuned_config``) > the family's defaults.
+    """
+    from tasks.model.tune import best_config, resolve_config
+
+    found = best_config(settings, dataset) if params.use_tuned_config else None
+    cfg, source = resolve_config(params, found[0] if found else None)
+    log.info("model configuration from %s: %s", source, cfg.model_dump())
+    return cfg, source, (found[1] if found and source == "tuned" else None)

@@ -1,0 +1,358 @@
+"""Training: ``train(cfg, features_uri, prep) -> TrainResult``, a plain function the DAG task calls.
+
+Deterministic under ``cfg.seed`` (seeded shuffling, ``deterministic=True``); early stopping on the
+validation RMSE of ln(price); the best epoch's weights are kept in memory and returned, so nothing
+is pickled. ``accelerator="auto"`` uses a GPU where there is one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import polars as pl
+import pytorch_lightning as L
+import torch
+
+from tasks.features.build import SPLIT, SPLITS, Preprocessing
+from tasks.model.networks import ModelConfig, PriceModule, TabularDataModule, TabularNet
+
+log = logging.getLogger(__name__)
+MONITOR = "val/rmse_ln"
+
+
+class BestWeights(L.Callback):
+    """Keeps a copy of the weights of the epoch with the lowest ``val/rmse_ln``."""
+
+    def __init__(self) -> None:
+        self.best, self.best_epoch, self.state = float("inf"), -1, None
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(MONITOR)
+        if value is not None and float(value) < self.best:
+            self.best, self.best_epoch = float(value), trainer.current_epoch
+            self.state = copy.deepcopy(module.net.state_dict())
+
+
+class LearningRates(L.Callback):
+    """The optimizer's learning rate at the start of each training epoch (what a refit replays)."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+class WeightAverage(L.Callback):
+    """The mean of the network's weights at the end of each training epoch from ``first_epoch`` on
+    (float64 sums; integer tensors keep their last value); :meth:`average` is the resulting state."""
+
+    def __init__(self, first_epoch: int) -> None:
+        self.first_epoch, self.count, self.sums, self.dtypes = first_epoch, 0, None, {}
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch < self.first_epoch:
+            return
+        state = module.net.state_dict()
+        if self.sums is None:
+            self.dtypes = {k: v.dtype for k, v in state.items()}
+            self.sums = {k: v.detach().double().clone() if v.is_floating_point() else v.detach().clone()
+                         for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    self.sums[k] += v.detach().double()
+                else:
+                    self.sums[k] = v.detach().clone()
+        self.count += 1
+
+    def average(self) -> dict:
+        return {k: (v / self.count).to(self.dtypes[k]) if self.dtypes[k].is_floating_point else v
+                for k, v in self.sums.items()}
+
+
+@dataclass
+class TrainResult:
+    net: TabularNet
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    rows: dict[str, int] = field(default_factory=dict)
+    # What the refit on train + val did (``train(refit=True)``): done, and epochs / rows / seconds, or why not.
+    refit: dict | None = None
+
+
+# Above this many training rows, train() streams the feature table (tasks/model/data.py) instead of
+# holding it in memory; at or below it, the in-memory path (results as before out-of-core training).
+IN_MEMORY_MAX_ROWS = 2_000_000
+# When the training split is streamed, validate (and keep the best weights, count early-stopping
+# patience) after every this many training samples, not only at the end of an epoch: an epoch of tens
+# of millions of rows may outlast the time cap (max_time_s) before its end.
+VAL_EVERY_SAMPLES = 1_000_000
+
+
+def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str, pl.DataFrame]:
+    """The whole feature table in memory, one frame per split (the small-data path; see train())."""
+    df = pl.read_parquet(features_uri, columns=columns)
+    return {s: df.filter(pl.col(SPLIT) == s) for s in SPLITS}
+
+
+def _set_clamp(net: TabularNet, prep: Preprocessing, df: pl.DataFrame) -> None:
+    x = torch.as_tensor(prep.numeric_matrix(df))
+    net.num_lo.copy_(x.min(dim=0).values)
+    net.num_hi.copy_(x.max(dim=0).values)
+
+
+def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: TabularNet, in_memory_max_rows: int,
+          buffer_rows: int | None) -> tuple[L.LightningDataModule, dict[str, int], dict[str, pl.DataFrame] | None]:
+    """The DataModule, the rows per split and the frames (None when streamed): in memory up to
+    ``in_memory_max_rows`` training rows, else streamed.
+
+    Also sets the clamp range of ``net`` (``cfg.clamp_inputs``) from the training rows.
+    """
+    import pyarrow.parquet as pq
+
+    from tasks.core import storage
+    from tasks.model.data import BUFFER_ROWS, StreamingDataModule, numeric_range, split_counts
+
+    local = storage.local_path(features_uri)
+    # The whole table fits under the threshold (Parquet footer): no need to count the split.
+    small = local is not None and pq.read_metadata(local).num_rows <= in_memory_max_rows
+    counts = None if small else split_counts(features_uri)
+    if counts is not None and counts["train"] > in_memory_max_rows:
+        log.info("training split of %d rows > %d: streaming the feature table", counts["train"], in_memory_max_rows)
+        if cfg.clamp_inputs and counts["train"]:
+            lo, hi = numeric_range(features_uri, prep, "train")
+            net.num_lo.copy_(lo)
+            net.num_hi.copy_(hi)
+        dm = StreamingDataModule(features_uri, prep, cfg.batch_size, cfg.seed,
+                                 buffer_rows if buffer_rows is not None else BUFFER_ROWS, counts=counts)
+        return dm, counts, None
+    frames = load_splits(features_uri)
+    dm = TabularDataModule({"train": frames["train"], "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    if cfg.clamp_inputs and len(frames["train"]):
+        _set_clamp(net, prep, frames["train"])
+    return dm, {s: len(f) for s, f in frames.items()}, frames
+
+
+def train(
+    cfg: ModelConfig,
+    features_uri: str,
+    prep: Preprocessing,
+    logger: L.pytorch.loggers.Logger | None = None,  # type: ignore[name-defined]
+    accelerator: str = "auto",
+    threads: int = 0,
+    limit_train_batches: int | float | None = None,
+    in_memory_max_rows: int = IN_MEMORY_MAX_ROWS,
+    buffer_rows: int | None = None,
+    refit: bool = False,
+) -> TrainResult:
+    """Train ``cfg``'s network on the feature table's train split, early-stopping on val.
+
+    Up to ``in_memory_max_rows`` training rows the splits are loaded into memory
+    (``TabularDataModule``); above it they are streamed from the Parquet file in row groups through a
+    seeded shuffle buffer of ``buffer_rows`` rows (``tasks.model.data.StreamingDataModule``), so memory
+    does not grow with the table.
+
+    ``refit``: then train a fresh network (same seed) on train + val for the number of epochs the
+    first run chose, replaying its learning rates, and return that one (:func:`_refit`; the
+    validation metrics stay those of the first run, the only ones measured on unseen rows). The
+    validation split holds the most recent sales before the test period; with a time split a model
+    that has seen them predicted the next months better in the backtests. Its weights are averaged
+    over its last ``cfg.refit_average_epochs`` epochs: its last epoch alone varied with the seed
+    (docs/model.md).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    dm, rows, frames = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
+    module = PriceModule(net, cfg, prep.target_std)
+    best, lrs = BestWeights(), LearningRates()
+    val_every = None  # in memory: validate at each epoch's end
+    if rows["train"] > in_memory_max_rows:  # streamed: every VAL_EVERY_SAMPLES, at most once an epoch's batches
+        batches = math.ceil(rows["train"] / cfg.batch_size)
+        if limit_train_batches is not None:
+            batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
+                          else max(1, int(batches * limit_train_batches)))
+        val_every = max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size))
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=accelerator,
+        devices=1,
+        deterministic=True,
+        logger=logger if logger is not None else False,
+        callbacks=[best, lrs, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit_train_batches,
+        val_check_interval=val_every,
+        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - t0
+    if best.state is not None:
+        net.load_state_dict(best.state)
+    net.cpu().eval()
+    metrics = {"val_rmse_ln": best.best, "train_seconds": seconds,
+               "samples_per_second": trainer.global_step * cfg.batch_size / seconds}  # (last batches may be short)
+    log.info("trained %d epochs in %.1fs; best %s %.4f at epoch %d", trainer.current_epoch, seconds, MONITOR,
+             best.best, best.best_epoch)
+    refit_info = None
+    if refit:
+        refitted, refit_info = _refit(cfg, prep, frames, best.best_epoch, lrs.lrs, seconds, trainer.current_epoch,
+                                      accelerator, limit_train_batches)
+        if refitted is not None:
+            net = refitted
+    return TrainResult(net=net, metrics=metrics, best_epoch=best.best_epoch, epochs_run=trainer.current_epoch,
+                       seconds=seconds, rows=rows, refit=refit_info)
+
+
+# A refit starts only if its estimated time (the first run's seconds per epoch, scaled to its epochs
+# and rows) times this margin fits in cfg.max_time_s, which caps the refit on its own (a budget shared
+# with the first run made the refit depend on the machine's load: skipped beside the test suite).
+REFIT_TIME_MARGIN = 1.1
+
+
+def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame] | None, best_epoch: int,
+           lrs: list[float], seconds: float, epochs_run: int, accelerator: str,
+           limit_train_batches: int | float | None) -> tuple[TabularNet | None, dict]:
+    """A fresh network (same seed and configuration) trained on train + val for ``best_epoch + 1``
+    epochs with the learning rates ``lrs`` of those epochs, its weights averaged over the last
+    ``cfg.refit_average_epochs`` of them (:class:`WeightAverage`): (the network, what was done), or (None,
+    why not). Not done when the splits were streamed (the first run validated within epochs), when the
+    first run had no best epoch or val has no rows, or when its estimated time passes ``cfg.max_time_s``
+    (its own cap, as the first run has): then, or if the cap stops it before its last epoch, the
+    first run's network is kept."""
+    def skipped(reason: str) -> tuple[None, dict]:
+        log.info("no refit on train + val: %s", reason)
+        return None, {"done": False, "reason": reason}
+
+    if frames is None:
+        return skipped("the training split was streamed")
+    if best_epoch < 0 or not len(frames["val"]):
+        return skipped("no best epoch" if best_epoch < 0 else "no validation rows")
+    epochs = best_epoch + 1
+    rows = len(frames["train"]) + len(frames["val"])
+    budget = cfg.max_time_s
+    estimate = seconds / max(epochs_run, 1) * epochs * rows / max(len(frames["train"]), 1)
+    if budget is not None and estimate * REFIT_TIME_MARGIN > budget:
+        return skipped(f"max_time_s: about {estimate:.0f} s needed, the cap is {budget} s")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    both = pl.concat([frames["train"], frames["val"]])
+    if cfg.clamp_inputs:
+        _set_clamp(net, prep, both)
+    dm = TabularDataModule({"train": both, "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
+    averaged = min(cfg.refit_average_epochs, epochs)
+    average = WeightAverage(epochs - averaged)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
+        callbacks=[average],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit_train_batches,
+        max_time=timedelta(seconds=budget) if budget is not None else None,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(PriceModule(net, cfg, prep.target_std, lr_schedule=lrs[:epochs]), datamodule=dm)
+    took = time.perf_counter() - t0
+    if trainer.current_epoch < epochs:
+        return skipped(f"max_time_s stopped it after {trainer.current_epoch} of {epochs} epochs")
+    net.load_state_dict(average.average())
+    net.cpu().eval()
+    log.info("refit on train + val: %d rows, %d epochs in %.1fs; weights averaged over the last %d", rows, epochs,
+             took, averaged)
+    return net, {"done": True, "epochs": epochs, "rows": rows, "seconds": round(took, 2), "averaged_epochs": averaged}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient boosting on the same features and split (the deep model's yardstick in evaluate_step)
+
+# HistGradientBoostingRegressor on ln(price): early stopping on the validation split (the same one
+# the deep model stops on); the rest are sklearn's usual settings with a smaller learning rate.
+GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 3000, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+              "l2_regularization": 0.0, "n_iter_no_change": 100}
+
+
+@dataclass
+class GbmResult:
+    model: object
+    columns: list[str]
+    metrics: dict[str, float]
+    seconds: float
+
+    def predict(self, prep: Preprocessing, df: pl.DataFrame):
+        """Prices for rows that carry the features (as ``ModelBundle.predict_features``)."""
+        return prep.decode_rows(self.model.predict(gbm_matrix(prep, df)), df)
+
+
+def gbm_matrix(prep: Preprocessing, df: pl.DataFrame):
+    """The deep model's inputs, for trees: the numeric columns as they are (nulls as NaN, trees need
+    no scaling), then the categorical columns as vocabulary codes (0: unseen), declared categorical."""
+    import numpy as np
+
+    num = df.select([pl.col(s.name).cast(pl.Float64).fill_nan(None) for s in prep.numeric]).to_numpy()
+    num = np.asarray(num, dtype=np.float64)
+    cat = prep.categorical_matrix(df).astype(np.float64)
+    return np.column_stack([num, cat]) if cat.size else num
+
+
+# Rows the yardstick trains and stops on at most (every k-th row of the split beyond that): trees on a
+# quarter of a million rows are as good a yardstick as on fifty million, memory stays bounded and the
+# evaluation takes minutes, not hours, on two cores (docs/out-of-core.md).
+GBM_MAX_ROWS = {"train": 250_000, "val": 100_000}
+
+
+def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None,
+              max_rows: dict[str, int] | None = None, refit: bool = False) -> GbmResult:
+    """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split.
+
+    Train and val are read whole up to ``max_rows`` (default :data:`GBM_MAX_ROWS`), else sampled
+    (``tasks.model.data.sample_split``); the result's metrics say how many rows were used.
+    ``refit``: as the deep model's :func:`train` does, fit again on train + val with the number of
+    trees early stopping chose (``val_rmse_ln`` stays that of the first fit).
+    """
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from tasks.model.data import sample_split
+
+    limits = {**GBM_MAX_ROWS, **(max_rows or {})}
+    frames = {s: sample_split(features_uri, s, limits[s]) for s in ("train", "val")}
+    n_num = len(prep.numeric)
+    # HistGradientBoosting takes categories with fewer than 255 codes; larger vocabularies stay as codes.
+    cats = [n_num + i for i, v in enumerate(prep.categorical) if len(v.values) < 254] or None
+    model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {})}, categorical_features=cats,
+                                          early_stopping=True, random_state=seed)
+    y = {s: prep.encode_rows(frames[s]) for s in ("train", "val")}
+    t0 = time.perf_counter()
+    x = {s: gbm_matrix(prep, frames[s]) for s in ("train", "val")}
+    model.fit(x["train"], y["train"], X_val=x["val"], y_val=y["val"])
+    seconds = time.perf_counter() - t0
+    val_z = model.predict(x["val"])
+    val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
+    log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
+    n_iter, train_rows = model.n_iter_, len(frames["train"])
+    if refit and len(frames["val"]):
+        model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {}), "max_iter": n_iter},
+                                              categorical_features=cats, early_stopping=False, random_state=seed)
+        model.fit(np.vstack([x["train"], x["val"]]),
+                  np.concatenate([y["train"], y["val"]]))
+        train_rows += len(frames["val"])
+        seconds = time.perf_counter() - t0
+        log.info("gbm: refit on train + val (%d rows, %d iterations); %.1fs in all", train_rows, n_iter, seconds)
+    return GbmResult(model=model, columns=[s.name for s in prep.numeric] + [v.name for v in prep.categorical],
+                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(n_iter), "train_seconds": seconds,
+                              "train_rows": float(train_rows), "refit": float(bool(refit and len(frames["val"])))},
+                     seconds=seconds)

@@ -1,0 +1,267 @@
+"""Hyperparameter tuning: a seeded sampler over a documented search space, trials, the best pick, MLflow.
+
+The ``price_model_tune`` DAG wires these steps: features once (the retrain's ``features_step``),
+:func:`sample_trials` plans the trials, :func:`run_trial` trains one (a mapped task per trial),
+:func:`record_best` picks the trial with the lowest validation rmse_ln and records it.
+
+**Search space** (:data:`SEARCH_SPACE`; ``family`` is drawn first from the run's ``families``):
+
+| name | values | applies to |
+|---|---|---|
+| ``k`` | 8, 16, 24 | tabm (ensemble members) |
+| ``width`` x ``depth`` | 128, 256 x 1, 2 | all (``hidden`` = depth layers of width) |
+| ``dropout`` | 0, 0.1, 0.2 | all |
+| ``num_embedding_dim``, ``n_frequencies`` | 8, 16 | tabm, mlp_plr (periodic embeddings) |
+| ``frequency_scale`` | log-uniform 0.03 .. 0.3 | tabm, mlp_plr |
+| ``lr`` | log-uniform 5e-4 .. 4e-3 | all (AdamW) |
+| ``weight_decay`` | log-uniform 1e-5 .. 1e-3 | all |
+| ``batch_size`` | 256, 512 | all |
+| ``loss`` / ``huber_delta`` | mse, huber / 0.2, 0.3, 0.5, 1.0 | all |
+
+**Sampler**: trial 0 is the default configuration of the first family (so a tuning result is never
+worse on validation than the default it would replace); trial ``i > 0`` draws every value from
+``numpy.random.default_rng([seed, i])`` (independent streams of one SeedSequence), so a trial
+depends only on the seed and its index
+(no state shared between mapped tasks; adding trials never changes earlier ones).
+
+**Result**: a run in the MLflow experiment ``<experiment>-tuning`` tagged ``homeworth.kind =
+tuning-result`` and ``dataset = <spec name>``, with the best configuration as params and as the JSON
+tag ``homeworth.best_config`` (each trial is a run of its own there, tagged ``tuning-trial``).
+
+**Precedence in ``price_model_retrain``** (:func:`resolve_config`): with ``use_tuned_config`` (the
+default) and a tuning result for the dataset, the newest result's configuration is the base; a
+Param set to a value other than its default overrides it (``model_family``: a family other than the
+tuned one starts from that family's defaults; ``max_epochs``, ``seed``: replace the tuned values).
+Without a tuning result, or with ``use_tuned_config`` false, the base is the family's default
+configuration (``tasks.model.networks.FAMILY_DEFAULTS``) with the Params' values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.core import tracking
+from tasks.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.core.params import RetrainParams
+    from tasks.model.networks import ModelConfig
+    from tasks.model.retrain import Lineage
+
+log = logging.getLogger(__name__)
+
+TUNING_SUFFIX = "-tuning"
+TAG_KIND, TAG_BEST, TAG_DATASET, TAG_TRIAL = "homeworth.kind", "homeworth.best_config", "dataset", "homeworth.trial"
+KIND_RESULT, KIND_TRIAL = "tuning-result", "tuning-trial"
+MONITOR = "val_rmse_ln"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+    def sample(self, rng: "np.random.Generator") -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+    def sample(self, rng: "np.random.Generator") -> float:
+        value = math.exp(float(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(f"{value:.3g}")  # readable in MLflow and the UI
+
+
+SEARCH_SPACE: dict[str, Choice | LogUniform] = {
+    "k": Choice((8, 16, 24)),
+    "width": Choice((128, 256)),
+    "depth": Choice((1, 2)),
+    "dropout": Choice((0.0, 0.1, 0.2)),
+    "num_embedding_dim": Choice((8, 16)),
+    "n_frequencies": Choice((8, 16)),
+    "frequency_scale": LogUniform(0.03, 0.3),
+    "lr": LogUniform(5e-4, 4e-3),
+    "weight_decay": LogUniform(1e-5, 1e-3),
+    "batch_size": Choice((256, 512)),
+    "loss": Choice(("mse", "huber")),
+    "huber_delta": Choice((0.2, 0.3, 0.5, 1.0)),
+}
+
+
+def tuning_settings(settings: Settings) -> Settings:
+    """The settings with the tuning experiment's name."""
+    return settings.model_copy(update={"experiment_name": settings.experiment_name + TUNING_SUFFIX})
+
+
+def sample_config(rng: "np.random.Generator", families: list[str], max_epochs: int, max_time_s: int | None = None) -> dict:
+    """One configuration drawn from :data:`SEARCH_SPACE` (values of every name are drawn, in order)."""
+    from tasks.model.networks import ModelConfig
+
+    family = Choice(tuple(sorted(families))).sample(rng)
+    v = {name: dist.sample(rng) for name, dist in SEARCH_SPACE.items()}
+    cfg: dict[str, Any] = {"family": family, "hidden": [v["width"]] * v["depth"], "dropout": v["dropout"], "lr": v["lr"],
+                           "weight_decay": v["weight_decay"], "batch_size": v["batch_size"], "loss": v["loss"],
+                           "max_epochs": max_epochs, "max_time_s": max_time_s}
+    if v["loss"] == "huber":
+        cfg["huber_delta"] = v["huber_delta"]
+    if family in ("tabm", "mlp_plr"):
+        cfg.update(num_embedding_dim=v["num_embedding_dim"], n_frequencies=v["n_frequencies"],
+                   frequency_scale=v["frequency_scale"])
+    if family == "tabm":
+        cfg["k"] = v["k"]
+    out = json.loads(ModelConfig(**cfg).model_dump_json())
+    if family != "tabm":
+        out.pop("k")  # not a parameter of this family: keep the record honest
+    return out
+
+
+def sample_trials(n_trials: int, seed: int, families: list[str], max_epochs: int,
+                  max_time_s: int | None = None) -> list[dict]:
+    """``[{"trial": i, "config": {...}}]``: trial 0 the default configuration, the others drawn (seeded).
+
+    ``max_time_s`` caps each trial's training (and so the retrain that later uses the configuration).
+    """
+    from tasks.model.networks import default_config
+
+    first = "tabm" if "tabm" in families else families[0]
+    cap = {"max_time_s": max_time_s} if max_time_s else {}
+    trials = [{"trial": 0, "config": json.loads(default_config(first, max_epochs=max_epochs, **cap).model_dump_json())}]
+    if first != "tabm":
+        trials[0]["config"].pop("k")
+    for i in range(1, n_trials):
+        rng = np.random.default_rng([seed, i])
+        trials.append({"trial": i, "config": sample_config(rng, list(families), max_epochs, max_time_s)})
+    return trials
+
+
+def pick_best(results: list[dict]) -> dict:
+    """The trial with the lowest finite validation rmse_ln (ties: the lower trial index)."""
+    ok = [r for r in results if r.get(MONITOR) is not None and math.isfinite(r[MONITOR])]
+    if not ok:
+        raise ValueError(f"no trial finished with a finite {MONITOR}: {results}")
+    return min(ok, key=lambda r: (r[MONITOR], r["trial"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps (the DAG's tasks)
+
+
+def run_trial(settings: Settings, features: dict, trial: dict, lineage: "Lineage") -> dict:
+    """Train one trial's configuration on the features; a run in the tuning experiment. Returns its result."""
+    from tasks.features.build import load_preprocessing
+    from tasks.model.networks import ModelConfig
+    from tasks.model.train import train
+
+    ts = tuning_settings(settings)
+    c = tracking.client(ts)
+    exp = tracking.experiment_id(c, ts)
+    task = f"trial-{trial['trial']}"
+    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, task)
+    if done is not None and MONITOR in done.data.metrics:
+        log.info("reusing finished MLflow run %s of trial %s", done.info.run_id, trial["trial"])
+        return {"trial": trial["trial"], "config": trial["config"], MONITOR: done.data.metrics[MONITOR],
+                "seconds": done.data.metrics.get("train_seconds"), "mlflow_run_id": done.info.run_id, "reused": True}
+    cfg = ModelConfig(**trial["config"])
+    prep = load_preprocessing(features["preprocessing_uri"])
+    tags = {**lineage.tags(), tracking.TAG_TASK: task, TAG_KIND: KIND_TRIAL, TAG_TRIAL: str(trial["trial"]),
+            TAG_DATASET: prep.dataset, "preprocessing.sha256": features["preprocessing_sha256"]}
+    run = c.create_run(exp, run_name=f"{lineage.run_id}__{task}", tags=tags)
+    try:
+        for k, v in cfg.model_dump().items():
+            c.log_param(run.info.run_id, k, v)
+        result = train(cfg, features["features_uri"], prep, threads=settings.torch_threads)
+        value = result.metrics["val_rmse_ln"]
+        if math.isfinite(value):
+            c.log_metric(run.info.run_id, MONITOR, value)
+        c.log_metric(run.info.run_id, "best_epoch", result.best_epoch)
+        c.log_metric(run.info.run_id, "train_seconds", result.seconds)
+        c.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        c.set_terminated(run.info.run_id, "FAILED")
+        raise
+    log.info("trial %s (%s): val rmse_ln %.4f in %.0fs", trial["trial"], cfg.family, value, result.seconds)
+    return {"trial": trial["trial"], "config": trial["config"], MONITOR: value, "best_epoch": result.best_epoch,
+            "epochs": result.epochs_run, "seconds": round(result.seconds, 1), "mlflow_run_id": run.info.run_id,
+            "reused": False}
+
+
+def record_best(settings: Settings, dataset: str, features: dict, results: list[dict], lineage: "Lineage") -> dict:
+    """Pick the best trial by validation rmse_ln and record it as the dataset's tuning result in MLflow."""
+    ts = tuning_settings(settings)
+    c = tracking.client(ts)
+    exp = tracking.experiment_id(c, ts)
+    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, "record_best")
+    if done is not None and done.data.tags.get(TAG_BEST):
+        return {"best": json.loads(done.data.tags[TAG_BEST]), "best_trial": int(done.data.tags.get(TAG_TRIAL, -1)),
+                MONITOR: done.data.metrics.get(f"best/{MONITOR}"), "mlflow_run_id": done.info.run_id, "reused": True}
+    best = pick_best(results)
+    config = best["config"]
+    tags = {**lineage.tags(), tracking.TAG_TASK: "record_best", TAG_KIND: KIND_RESULT, TAG_DATASET: dataset,
+            TAG_BEST: json.dumps(config, sort_keys=True), TAG_TRIAL: str(best["trial"]),
+            "preprocessing.sha256": features["preprocessing_sha256"], "data.features_sha256": features["features_sha256"]}
+    run = c.create_run(exp, run_name=f"{lineage.dag_id}__{lineage.run_id}__best", tags=tags)
+    try:
+        for k, v in config.items():
+            c.log_param(run.info.run_id, k, v)
+        c.log_metric(run.info.run_id, f"best/{MONITOR}", best[MONITOR])
+        c.log_metric(run.info.run_id, "n_trials", len(results))
+        table = sorted(({k: r.get(k) for k in ("trial", MONITOR, "seconds", "mlflow_run_id", "config")} for r in results),
+                       key=lambda r: r["trial"])
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "trials.json").write_text(json.dumps(table, indent=2))
+            c.log_artifact(run.info.run_id, str(Path(tmp) / "trials.json"), "tuning")
+        c.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        c.set_terminated(run.info.run_id, "FAILED")
+        raise
+    log.info("best of %d trials: trial %s, val rmse_ln %.4f: %s", len(results), best["trial"], best[MONITOR], config)
+    return {"best": config, "best_trial": best["trial"], MONITOR: best[MONITOR], "mlflow_run_id": run.info.run_id,
+            "trials": [{"trial": r["trial"], "family": r["config"]["family"], MONITOR: r.get(MONITOR)} for r in results],
+            "reused": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the result back (price_model_retrain)
+
+
+def best_config(settings: Settings, dataset: str) -> tuple[dict, str] | None:
+    """(configuration, MLflow run id) of the newest tuning result for ``dataset``, or None."""
+    ts = tuning_settings(settings)
+    c = tracking.client(ts)
+    exp = c.get_experiment_by_name(ts.experiment_name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id],
+                         filter_string=f"tags.`{TAG_KIND}` = '{KIND_RESULT}' and tags.`{TAG_DATASET}` = '{dataset}' "
+                                       "and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    return json.loads(runs[0].data.tags[TAG_BEST]), runs[0].info.run_id
+
+
+def resolve_config(params: "RetrainParams", tuned: dict | None) -> tuple["ModelConfig", str]:
+    """The retrain's model configuration and where it came from (``tuned`` or ``defaults``); see the module doc."""
+    from tasks.core.params import RetrainParams
+    from tasks.model.networks import ModelConfig, default_config
+
+    defaults = RetrainParams()
+    family_set = params.model_family != defaults.model_family
+    if tuned is not None and params.use_tuned_config and (not family_set or tuned.get("family") == params.model_family):
+        cfg = dict(tuned)
+        if params.max_epochs != defaults.max_epochs:
+            cfg["max_epochs"] = params.max_epochs
+        if params.seed != defaults.seed:
+            cfg["seed"] = params.seed
+        return ModelConfig(**cfg), "tuned"
+    return default_config(params.model_family, max_epochs=params.max_epochs, seed=params.seed), "defaults"
