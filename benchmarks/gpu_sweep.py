@@ -36,7 +36,7 @@ def run(trial):
         orig(self, *a, **k)
     L.Trainer.__init__ = init
     torch.set_num_threads(1)
-    from tasks.features.build import Preprocessing
+    from tasks.features.preprocessing import Preprocessing
     from tasks.model.networks import ModelBundle, ModelConfig
     from tasks.model.train import train
     prep = Preprocessing.model_validate_json(open(os.environ["PREP"]).read())

@@ -56,10 +56,11 @@ def ensure_lake(spec, settings) -> dict:
 
 
 def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: bool = True) -> dict:
+    from tasks.core.lineage import Lineage, training_window
     from tasks.core.params import RetrainParams
     from tasks.core.settings import get_settings
     from tasks.core.spec import get_spec
-    from tasks.model.retrain import Lineage, features_step, train_step, training_window
+    from tasks.model.retrain import features_step, train_step
     from tasks.registry.evaluate import evaluate_step
 
     settings, spec = get_settings(), get_spec()

@@ -124,9 +124,10 @@ def _spec():
 
 
 def _partition(lake: str, table: str, day: date) -> str:
+    from tasks.core import lake as lake_paths
     from tasks.core import storage
 
-    return storage.local_path(storage.partition_uri(lake, table, day))
+    return storage.local_path(lake_paths.partition_uri(lake, table, day))
 
 
 def _days_with_rows(p: dict, table: str) -> list[tuple[date, int]]:
@@ -371,7 +372,7 @@ def _model_config(p: dict):
 
 
 def st_train_load(p: dict, clock: _Clock) -> dict:
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import to_tensors
     from tasks.model.train import load_splits
 
@@ -409,7 +410,7 @@ def st_train_lightning(p: dict, clock: _Clock) -> dict:
 
     import torch
 
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import PriceModule
     from tasks.model.train import train
 
@@ -456,7 +457,7 @@ def st_train_raw(p: dict, clock: _Clock) -> dict:
     import torch
     from torch import nn
 
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import TabularNet, to_tensors
     from tasks.model.train import load_splits
 
@@ -505,7 +506,7 @@ def st_score(p: dict, clock: _Clock) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import ModelBundle, TabularNet, save_bundle
 
     clock.imported()

@@ -57,8 +57,8 @@ def _as_of(dag_run, data_interval_end):
 
 
 def _lineage(dag_run, data_interval_end, params):
+    from tasks.core.lineage import Lineage, training_window
     from tasks.core.params import RetrainParams
-    from tasks.model.retrain import Lineage, training_window
 
     start, end = training_window(_as_of(dag_run, data_interval_end), RetrainParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),

@@ -27,7 +27,7 @@ from tasks.core.params import TuneParams, airflow_params
 
 
 def _lineage(dag_run, as_of, params):
-    from tasks.model.retrain import Lineage, training_window
+    from tasks.core.lineage import Lineage, training_window
 
     start, end = training_window(as_of.date(), TuneParams(**params).window_days)
     return Lineage(dag_id=dag_run.dag_id, run_id=dag_run.run_id, run_type=str(dag_run.run_type),

@@ -29,14 +29,13 @@ def create_app(dependencies: list | None = None):
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, Response
 
-    from tasks.core import storage
+    from tasks.core import lake, storage
     from tasks.core.settings import get_settings
-    from tasks.quality.datadocs import DOCS_DIR
 
     app = FastAPI(title="homeworth Data Docs", dependencies=dependencies or [])
 
     def root() -> str:
-        return storage.join(get_settings().lake_uri, DOCS_DIR)
+        return lake.validation_dir(get_settings().lake_uri)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

@@ -1,7 +1,12 @@
-"""Test isolation: every session gets its own Airflow home, homeworth state and MLflow store.
+"""Test isolation and tiers.
 
-The environment is set here, before any test module imports Airflow, so nothing a test does can
-touch the checkout's .airflow/ or .state/ (which `make demo` owns).
+Isolation: every session gets its own Airflow home, homeworth state and MLflow store. The environment is
+set here, before any test module imports Airflow, so nothing a test does can touch the checkout's
+.airflow/ or .state/ (which `make demo` owns).
+
+Tiers: a test's folder below tests/ (unit, dag, e2e, integration, browser) is its tier marker, unless the
+test carries a tier marker of its own (a slow test in a unit file is marked ``e2e``).
+`make test-fast` runs ``-m "unit or dag"``; `make test` runs every tier.
 """
 
 from __future__ import annotations
@@ -36,6 +41,19 @@ os.environ.update(
 )
 for key in [k for k in os.environ if k.startswith("HOMEWORTH_") and k != "HOMEWORTH_HOME"]:
     del os.environ[key]
+
+
+TIERS = ("unit", "dag", "e2e", "integration", "browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            continue
+        tier = Path(str(item.fspath)).relative_to(REPO / "tests").parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import json
 import os
 import threading
 import time
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
@@ -34,10 +33,6 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-def partition_uri(lake_uri: str, table: str, day: date) -> str:
-    return join(lake_uri, table, f"ds={day.isoformat()}", PART_FILE)
 
 
 def exists(uri: str) -> bool:

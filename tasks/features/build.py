@@ -14,7 +14,6 @@ history)`` recomputes the same columns for new rows from the lake's validated hi
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -24,13 +23,12 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Callable, Literal
 
-import numpy as np
 import polars as pl
-from pydantic import BaseModel
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.spec import DatasetSpec
 from tasks.features.comps import MAX_KNN_PAIRS, CompsConfig, area_comps, area_tables, comps, market_index
+from tasks.features.preprocessing import NumericStat, OffsetTerm, Preprocessing, Vocabulary
 from tasks.ingest.landing import DS, days_in_interval
 
 log = logging.getLogger(__name__)
@@ -89,19 +87,10 @@ def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
     """The validated partitions of days in [start, end) that exist, with their content hashes."""
     out = []
     for day in days_in_interval(start, end):
-        uri = storage.partition_uri(lake_uri, "validated", day)
+        uri = lake.partition_uri(lake_uri, lake.VALIDATED, day)
         if storage.exists(uri):
             out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.cached_file_sha256(uri)})
     return out
-
-
-def with_comps(rows: pl.LazyFrame, history: pl.LazyFrame | pl.DataFrame | None, cfg: CompsConfig | None) -> pl.LazyFrame:
-    """The comparable-sales stage: ``rows`` with ``cfg``'s columns computed from ``history`` (none: unchanged)."""
-    if cfg is None:
-        return rows
-    if history is None:
-        raise ValueError("these features need the history of validated sales (comparable sales): pass history")
-    return comps(history, rows, cfg).lazy()
 
 
 def assign_split(lf: pl.LazyFrame, spec: DatasetSpec, window_end: date) -> pl.LazyFrame:
@@ -119,112 +108,6 @@ def assign_split(lf: pl.LazyFrame, spec: DatasetSpec, window_end: date) -> pl.La
     else:
         expr = pl.col(s.column).cast(pl.String).str.to_lowercase()
     return lf.with_columns(expr.alias(SPLIT))
-
-
-class NumericStat(BaseModel):
-    name: str
-    lo: float | None  # None: not clipped (features that must extrapolate, such as market time)
-    hi: float | None
-    mean: float
-    std: float
-
-
-class OffsetTerm(BaseModel):
-    name: str
-    fill: float  # used where the column is null or NaN (its training mean)
-
-
-class Vocabulary(BaseModel):
-    name: str
-    values: list[str]  # index 0 is reserved for values never seen in training
-
-
-class Preprocessing(BaseModel):
-    """Everything scoring needs to turn a validated row into the network's inputs, and back to a price."""
-
-    dataset: str
-    spec_sha256: str
-    features_module: str | None
-    numeric: list[NumericStat]
-    categorical: list[Vocabulary]
-    target: str
-    target_transform: Literal["log", "identity"]
-    target_mean: float
-    target_std: float
-    fitted_on: dict  # window and row counts, for lineage
-    # The comparable-sales stage these features were built with (None: row-level features only).
-    comps: CompsConfig | None = None
-    # The target's baseline: the model predicts (transformed target - sum of these columns), scaled by
-    # target_mean / target_std; empty: the transformed target itself.
-    target_offset: list[OffsetTerm] = []
-
-    def sha256(self) -> str:
-        # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
-        exclude = {k for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset)) if empty}
-        return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
-
-    def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
-        if self.features_module is None:
-            return lf
-        return importlib.import_module(self.features_module).derive(lf)
-
-    def features(self, rows: pl.LazyFrame | pl.DataFrame, history: pl.LazyFrame | pl.DataFrame | None = None) -> pl.LazyFrame:
-        """Every input column for validated ``rows``: comparable sales from ``history`` (if used), then ``derive``.
-
-        ``history`` is validated sales (the spec's columns); only those dated before each row count.
-        """
-        return self.derive(with_comps(rows.lazy(), history, self.comps))
-
-    def numeric_matrix(self, df: pl.DataFrame) -> np.ndarray:
-        exprs = [
-            ((pl.col(s.name).cast(pl.Float64).clip(s.lo, s.hi) - s.mean) / s.std).fill_nan(0.0).fill_null(0.0).alias(s.name)
-            for s in self.numeric
-        ]
-        return df.select(exprs).to_numpy().astype(np.float32, copy=False).reshape(df.height, len(self.numeric))
-
-    def categorical_matrix(self, df: pl.DataFrame) -> np.ndarray:
-        exprs = []
-        for v in self.categorical:
-            mapping = pl.DataFrame({"_v": v.values, "_i": np.arange(1, len(v.values) + 1)})
-            exprs.append(
-                pl.col(v.name).cast(pl.String).replace_strict(mapping["_v"], mapping["_i"], default=0, return_dtype=pl.Int64)
-            )
-        if not exprs:
-            return np.zeros((df.height, 0), dtype=np.int64)
-        return df.select(exprs).to_numpy().astype(np.int64, copy=False)
-
-    def offset(self, df: pl.DataFrame) -> np.ndarray:
-        """The target's baseline of each row (in transformed units; zeros without an offset)."""
-        if not self.target_offset:
-            return np.zeros(df.height)
-        expr = pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in self.target_offset])
-        return df.select(expr.alias("_offset")).to_series().to_numpy().astype(np.float64)
-
-    def encode_target(self, price: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
-        """The network's target for prices (``offset``: :meth:`offset` of their rows; required with an offset)."""
-        y = np.log(price) if self.target_transform == "log" else np.asarray(price, dtype=np.float64)
-        if self.target_offset:
-            if offset is None:
-                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
-            y = y - offset
-        return ((y - self.target_mean) / self.target_std).astype(np.float32)
-
-    def decode_target(self, z: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
-        """Prices from the network's outputs (``offset`` as in :meth:`encode_target`)."""
-        y = np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
-        if self.target_offset:
-            if offset is None:
-                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
-            y = y + offset
-        return np.exp(y) if self.target_transform == "log" else y
-
-    def encode_rows(self, df: pl.DataFrame) -> np.ndarray:
-        """The network's target for feature rows that carry the target column."""
-        return self.encode_target(df[self.target].to_numpy(), self.offset(df))
-
-    def decode_rows(self, z: np.ndarray, df: pl.DataFrame) -> np.ndarray:
-        """Prices for the network's outputs ``z`` on feature rows ``df``."""
-        return self.decode_target(z, self.offset(df))
 
 
 # Up to this many training rows the statistics (clip quantiles, means, standard deviations) are
@@ -452,10 +335,6 @@ def _fit_statistics(source: pl.DataFrame, spec: DatasetSpec, fset: FeatureSet, o
     )
 
 
-def features_uri(lake_uri: str, window_start: date, window_end: date) -> str:
-    return storage.join(lake_uri, "features", f"window={window_start.isoformat()}_{window_end.isoformat()}", storage.PART_FILE)
-
-
 def _row_days(info: list[dict], time_col: str) -> pl.LazyFrame:
     """The days the window's rows may be dated: every day from each partition's first to its last
     ``time_col`` value (Parquet footers, :func:`_partition_info`), a superset of the rows' days. A
@@ -657,7 +536,7 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
             rows = comps(history, rows, fset.comps, max_pairs=max_knn_pairs).lazy()
         return rows.pipe(fset.derive).pipe(assign_split, spec, window_end).select(columns)
 
-    out_uri = features_uri(lake_uri, window_start, window_end)
+    out_uri = lake.features_uri(lake_uri, window_start, window_end)
     local = storage.local_path(out_uri)
     if local is None:
         raise NotImplementedError(f"{out_uri}: features are streamed to a local path; set HOMEWORTH_LAKE_URI to one")
@@ -702,12 +581,12 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         log.warning("%s: not hashed as it was written; hashing it again", out_uri)
         features_sha256 = storage.file_sha256(out_uri)
     prep_sha = prep.sha256()
-    prep_uri = storage.join(lake_uri, "artifacts", "preprocessing", f"{prep_sha}.json")
+    prep_uri = lake.preprocessing_uri(lake_uri, prep_sha)
     storage.write_bytes_atomic(prep_uri, prep.model_dump_json(indent=2).encode())
     manifest = {"features_uri": out_uri, "preprocessing_uri": prep_uri,
                 "partitions": [{k: p[k] for k in ("day", "uri", "sha256")} for p in parts],
                 "history_partitions": history_parts, **fitted_on}
-    storage.write_json_atomic(storage.join(out_uri.rsplit("/", 1)[0], "manifest.json"), manifest)
+    storage.write_json_atomic(lake.manifest_uri(out_uri), manifest)
     return {
         "features_uri": out_uri,
         "features_sha256": features_sha256,
@@ -720,7 +599,3 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
         "partitions_sha256": hashlib.sha256(json.dumps([(p["day"], p["sha256"]) for p in parts]).encode()).hexdigest(),
         "history_partitions": len(history_parts),
     }
-
-
-def load_preprocessing(uri: str) -> Preprocessing:
-    return Preprocessing.model_validate_json(storage.read_bytes(uri))

@@ -783,16 +783,16 @@ class LakeHistory:
     def _partitions(self) -> tuple[list[str], tuple]:
         import pyarrow.fs as pafs
 
-        from tasks.core import storage
+        from tasks.core import lake, storage
 
-        fs, root = storage.resolve(storage.join(self.lake_uri, "validated"))
+        fs, root = storage.resolve(lake.table_uri(self.lake_uri, lake.VALIDATED))
         if fs.get_file_info(root).type != pafs.FileType.Directory:
             return [], ()
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
                  if i.type == pafs.FileType.File and i.base_name == storage.PART_FILE and "/ds=" in i.path
                  and not any(part.startswith((".", "_")) for part in i.path.split("/")[-2:])]
         infos.sort(key=lambda i: i.path)
-        base = storage.join(self.lake_uri, "validated")
+        base = lake.table_uri(self.lake_uri, lake.VALIDATED)
         uris = [storage.join(base, i.path[len(root):]) for i in infos]
         return uris, tuple((i.path, i.size, i.mtime_ns) for i in infos)
 
@@ -820,3 +820,12 @@ def lake_history(lake_uri: str, cfg: CompsConfig) -> LakeHistory:
     if key not in _LAKES:
         _LAKES[key] = LakeHistory(lake_uri, cols)
     return _LAKES[key]
+
+
+def with_comps(rows: pl.LazyFrame, history: pl.LazyFrame | pl.DataFrame | None, cfg: CompsConfig | None) -> pl.LazyFrame:
+    """The comparable-sales stage: ``rows`` with ``cfg``'s columns computed from ``history`` (none: unchanged)."""
+    if cfg is None:
+        return rows
+    if history is None:
+        raise ValueError("these features need the history of validated sales (comparable sales): pass history")
+    return comps(history, rows, cfg).lazy()

@@ -21,7 +21,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.spec import ColumnSpec, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date) ->
     raw = raw.select([pl.col(c).cast(t) for c, t in schema.items()])
     report.rows = raw.height
     report.coerce_errors = raw[COERCE_ERRORS].is_not_null().sum()
-    report.raw_uri = storage.partition_uri(lake_uri, "raw", day)
+    report.raw_uri = lake.partition_uri(lake_uri, lake.RAW, day)
     report.raw_sha256 = storage.write_parquet_atomic(raw, report.raw_uri)
     if not frames:
         log.warning("no landing files for %s under %s: wrote an empty raw partition", day, landing_uri)

@@ -32,7 +32,8 @@ import pytorch_lightning as L
 import torch
 
 from tasks.core import storage
-from tasks.features.build import SPLIT, SPLITS, Preprocessing, bounded_sample
+from tasks.features.build import SPLIT, SPLITS, bounded_sample
+from tasks.features.preprocessing import Preprocessing
 
 BUFFER_ROWS = 262_144
 EVAL_BATCH_ROWS = 8192

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from tasks.features.build import Preprocessing
+from tasks.features.preprocessing import Preprocessing
 
 
 class ModelConfig(BaseModel):

@@ -13,37 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from tasks.core import storage, tracking
+from tasks.core import lake, storage, tracking
+from tasks.core.lineage import Lineage, training_window
 from tasks.core.params import RetrainParams
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
-
-
-class Lineage(BaseModel):
-    """Where a run came from; recorded as MLflow tags on the run and the model version."""
-
-    dag_id: str
-    run_id: str
-    run_type: str = "manual"
-    window_start: str
-    window_end: str
-
-    def tags(self) -> dict[str, str]:
-        return {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: self.run_id, "airflow.run_type": self.run_type,
-                "data.window_start": self.window_start, "data.window_end": self.window_end,
-                "git.commit": tracking.git_commit()}
-
-
-def training_window(interval_end: date, window_days: int) -> tuple[date, date]:
-    """[start, end): the ``window_days`` before the end of the run's data interval."""
-    return interval_end - timedelta(days=window_days), interval_end
 
 
 def features_step(spec: DatasetSpec, settings: Settings, interval_end: date, params: RetrainParams) -> dict:
@@ -56,7 +35,7 @@ def features_step(spec: DatasetSpec, settings: Settings, interval_end: date, par
 def train_step(settings: Settings, features: dict, params: RetrainParams, lineage: Lineage) -> dict:
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import save_bundle
     from tasks.model.train import train
 
@@ -100,7 +79,7 @@ def train_step(settings: Settings, features: dict, params: RetrainParams, lineag
         with tempfile.TemporaryDirectory() as tmp:
             save_bundle(Path(tmp) / "model", result.net, cfg, prep)
             c.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
-            manifest = storage.join(features["features_uri"].rsplit("/", 1)[0], "manifest.json")
+            manifest = lake.manifest_uri(features["features_uri"])
             (Path(tmp) / "manifest.json").write_bytes(storage.read_bytes(manifest))
             c.log_artifact(run_id, str(Path(tmp) / "manifest.json"), "lineage")
         tracking.ensure_registered_model(c, settings.model_name)

@@ -18,7 +18,8 @@ import polars as pl
 import pytorch_lightning as L
 import torch
 
-from tasks.features.build import SPLIT, SPLITS, Preprocessing
+from tasks.features.build import SPLIT, SPLITS
+from tasks.features.preprocessing import Preprocessing
 from tasks.model.networks import ModelConfig, PriceModule, TabularDataModule, TabularNet
 
 log = logging.getLogger(__name__)

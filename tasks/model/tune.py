@@ -52,9 +52,9 @@ from tasks.core import tracking
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
+    from tasks.core.lineage import Lineage
     from tasks.core.params import RetrainParams
     from tasks.model.networks import ModelConfig
-    from tasks.model.retrain import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def pick_best(results: list[dict]) -> dict:
 
 def run_trial(settings: Settings, features: dict, trial: dict, lineage: "Lineage") -> dict:
     """Train one trial's configuration on the features; a run in the tuning experiment. Returns its result."""
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import ModelConfig
     from tasks.model.train import train
 

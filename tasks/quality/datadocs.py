@@ -22,9 +22,8 @@ import html
 import json
 from typing import Any
 
-from tasks.core import storage
+from tasks.core import lake, storage
 
-DOCS_DIR = "_validation"
 HTML_NAME = "data_docs.html"
 JSON_NAME = "result.json"
 # Unexpected values shown per expectation and day.
@@ -32,7 +31,7 @@ SAMPLE_SIZE = 5
 
 
 def day_dir(lake_uri: str, day: str) -> str:
-    return storage.join(lake_uri, DOCS_DIR, f"ds={day}")
+    return lake.data_docs_day_dir(lake_uri, day)
 
 
 def day_html_uri(lake_uri: str, day: str) -> str:
@@ -44,7 +43,7 @@ def day_json_uri(lake_uri: str, day: str) -> str:
 
 
 def interval_html_uri(lake_uri: str, start: str, end: str) -> str:
-    return storage.join(lake_uri, DOCS_DIR, f"{start}_{end}.html")
+    return storage.join(lake.validation_dir(lake_uri), f"{start}_{end}.html")
 
 
 def write_docs(lake_uri: str, start: str, end: str, days: dict[str, dict]) -> dict:

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.spec import DatasetSpec
-from tasks.features.build import SPLIT, FeatureSet, bounded_sample, feature_set, features_uri
+from tasks.features.build import SPLIT, FeatureSet, bounded_sample, feature_set
 from tasks.ingest.landing import POLARS_TYPES, days_in_interval
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ def recent_validated(spec: DatasetSpec, lake_uri: str, end: date, days: int, fse
     """Features of the validated sales of the ``days`` days before ``end`` (derived as training derives them)."""
     fset = fset or feature_set(spec)
     uris = [u for d in days_in_interval(end - timedelta(days=days), end)
-            if storage.exists(u := storage.partition_uri(lake_uri, "validated", d))]
+            if storage.exists(u := lake.partition_uri(lake_uri, lake.VALIDATED, d))]
     if not uris:
         return pl.DataFrame()
     lf = pl.scan_parquet([storage.local_path(u) or u for u in uris]).pipe(fset.derive)
@@ -321,7 +321,7 @@ def drift_vs_champion(spec: DatasetSpec, settings: "Settings", end: date, *, rec
     ws, we = tags.get("data.window_start"), tags.get("data.window_end")
     if not (ws and we):
         return {**base, "status": "skipped", "reason": f"champion v{mv.version} has no data.window_* tags"}
-    ref_uri = features_uri(settings.lake_uri, date.fromisoformat(ws), date.fromisoformat(we))
+    ref_uri = lake.features_uri(settings.lake_uri, date.fromisoformat(ws), date.fromisoformat(we))
     if not storage.exists(ref_uri):
         return {**base, "status": "skipped", "reason": f"champion v{mv.version}'s features table {ref_uri} is gone"}
     fset = feature_set(spec)
@@ -334,7 +334,7 @@ def drift_vs_champion(spec: DatasetSpec, settings: "Settings", end: date, *, rec
     out = feature_drift(reference, current, fset.numeric, fset.categorical, threshold=settings.drift_threshold,
                         action=settings.drift_action, bins=bins, skip=skip)
     out["reference"] = {"source": ref_uri, "selection": f"{SPLIT} == 'train'", "champion_version": str(mv.version)}
-    out["current"] = {"source": storage.join(settings.lake_uri, "validated"),
+    out["current"] = {"source": lake.table_uri(settings.lake_uri, lake.VALIDATED),
                       "selection": f"ds in [{(end - timedelta(days=recent_days)).isoformat()}, {end.isoformat()})"}
     return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import COERCE_ERRORS, DS, SOURCE_FILE, SOURCE_ROW, days_in_interval, raw_schema
 from tasks.quality import datadocs
@@ -121,7 +121,7 @@ def reference_window(spec: DatasetSpec, lake_uri: str, start: date, days: int) -
     if not days:
         return None
     uris = [u for d in days_in_interval(start - timedelta(days=days), start)
-            if storage.exists(u := storage.partition_uri(lake_uri, "validated", d))]
+            if storage.exists(u := lake.partition_uri(lake_uri, lake.VALIDATED, d))]
     if len(uris) < max(days // 2, 1):
         return None
     ref = pl.scan_parquet(uris).select(
@@ -215,7 +215,7 @@ def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date]) -> pl.DataFram
     schema = raw_schema(spec)
     frames = []
     for day in days:
-        uri = storage.partition_uri(lake_uri, "raw", day)
+        uri = lake.partition_uri(lake_uri, lake.RAW, day)
         if not storage.exists(uri):
             raise ValidationFailed(f"{uri}: raw partition missing; run the ingest step for {day} first")
         frames.append(pl.read_parquet(storage.read_bytes(uri)))
@@ -425,8 +425,8 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     for day in days:
         v = validated.filter(pl.col(DS) == day)
         q = quarantine.filter(pl.col(DS) == day)
-        v_uri = storage.partition_uri(lake_uri, "validated", day)
-        q_uri = storage.partition_uri(lake_uri, "quarantine", day)
+        v_uri = lake.partition_uri(lake_uri, lake.VALIDATED, day)
+        q_uri = lake.partition_uri(lake_uri, lake.QUARANTINE, day)
         out["partitions"][day.isoformat()] = {
             "validated": storage.write_parquet_atomic(v, v_uri, record_sha256=True), "accepted": v.height,
             "quarantine": storage.write_parquet_atomic(q, q_uri), "quarantined": q.height,
@@ -440,7 +440,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
         spec, raw, checked, dups, evals, result, days, start, end, partitions=written, failures=[], run_id=run_id)))
     log.info("Data Docs: %s", out["data_docs"])
     storage.write_json_atomic(
-        storage.join(lake_uri, "_validation", f"{start.isoformat()}_{end.isoformat()}.json"),
+        lake.validation_summary_uri(lake_uri, start, end),
         {k: out[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined", "expectations",
                              "data_docs", "data_docs_index")},
     )

@@ -10,13 +10,12 @@ yardstick: its test metrics are ``metrics["gbm"]`` (MLflow ``gbm_test/*``) besid
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 
 import polars as pl
 
-from tasks.core import storage, tracking
+from tasks.core import lake, storage, tracking
 from tasks.core.metrics import price_metrics
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
@@ -25,10 +24,6 @@ log = logging.getLogger(__name__)
 
 # Test rows scored per batch (the new model, the champion and the boosting each predict a batch).
 EVAL_BATCH_ROWS = 500_000
-
-
-def _safe(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", key)
 
 
 def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained: dict) -> dict:
@@ -85,8 +80,8 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
         metrics["champion"] = price_metrics(actual, pred["pred_champion"].to_numpy())
     if gbm_info is not None:
         metrics["gbm"] = price_metrics(actual, pred["pred_gbm"].to_numpy())
-    key = f"window={features['window_start']}_{features['window_end']}/model_version={version}"
-    pred_uri = storage.join(settings.lake_uri, "evaluations", key, "predictions.parquet")
+    key = lake.evaluation_key(features["window_start"], features["window_end"], str(version))
+    pred_uri = lake.evaluation_predictions_uri(settings.lake_uri, key)
     storage.write_parquet_atomic(pred, pred_uri)
     labels = {"new": f"v{version} (new)", "champion": f"v{champion_version} (champion)",
               "gbm": "gradient boosting (same features)"}
@@ -104,7 +99,7 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: dict, trained
                                          f"{round(gbm_info['train_seconds'], 1) if gbm_info else '-'}",
          "MLflow run": trained["mlflow_run_id"]},
     )
-    report_uri = storage.join(settings.reports_uri, _safe(key), "report.html")
+    report_uri = lake.report_uri(settings.reports_uri, key)
     storage.write_bytes_atomic(report_uri, html.encode())
     run_id = trained["mlflow_run_id"]
     for m, values in metrics.items():

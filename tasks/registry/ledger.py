@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -60,7 +60,7 @@ class LedgerEvent(BaseModel):
 
 
 def ledger_uri(settings: Settings) -> str:
-    return storage.join(settings.lake_uri, "ledger")
+    return lake.ledger_dir(settings.lake_uri)
 
 
 def _utc(at: datetime | date | str) -> datetime:
@@ -128,7 +128,7 @@ def validation_summary(settings: Settings, start: str | date, end: str | date) -
     adds up their row counts and lists each expectation that flagged rows, with how many.
     """
     start, end = str(start), str(end)
-    root = storage.join(settings.lake_uri, "_validation")
+    root = lake.validation_dir(settings.lake_uri)
     runs, failing = [], {}
     totals = {"rows_read": 0, "rows_accepted": 0, "rows_quarantined": 0}
     for name in storage.list_dir(root):

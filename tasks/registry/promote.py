@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from tasks.core import tracking
+from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
 from tasks.core.settings import Settings
-from tasks.model.retrain import Lineage
 from tasks.registry import ledger
 
 log = logging.getLogger(__name__)

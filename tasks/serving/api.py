@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from tasks.core import storage, tracking
+from tasks.core import lake, storage, tracking
 from tasks.core.settings import Settings, get_settings
 from tasks.core.spec import DatasetSpec, get_spec
 from tasks.registry import ledger
@@ -250,7 +250,7 @@ def _page(title: str, body: str) -> HTMLResponse:
 
 def _report_names(settings: Settings) -> list[str]:
     return [n for n in storage.list_dir(settings.reports_uri)
-            if not n.startswith(".") and storage.exists(storage.join(settings.reports_uri, n, "report.html"))]
+            if not n.startswith(".") and storage.exists(storage.join(settings.reports_uri, n, lake.REPORT_FILE))]
 
 
 def _report_name_for(settings: Settings, report_uri: str | None) -> str | None:
@@ -300,8 +300,6 @@ def reports_page(settings: Settings) -> HTMLResponse:
 
 def report_for_run(settings: Settings, dag_id: str, run_id: str) -> str | None:
     """The report folder of a ``price_model_retrain`` run, found through its MLflow training run."""
-    from tasks.registry.evaluate import _safe
-
     c = tracking.client(settings)
     exp = c.get_experiment_by_name(settings.experiment_name)
     if exp is None:
@@ -310,7 +308,7 @@ def report_for_run(settings: Settings, dag_id: str, run_id: str) -> str | None:
     if run is None or not run.data.tags.get("model_version"):
         return None
     t = run.data.tags
-    name = _safe(f"window={t.get('data.window_start')}_{t.get('data.window_end')}/model_version={t['model_version']}")
+    name = lake.report_name(lake.evaluation_key(t.get("data.window_start"), t.get("data.window_end"), t["model_version"]))
     return name if name in _report_names(settings) else None
 
 
@@ -388,7 +386,7 @@ def create_app(settings: Settings | None = None, spec: DatasetSpec | None = None
     def ui_report(name: str):
         if name not in _report_names(settings):
             raise HTTPException(404, f"no evaluation report {name!r}")
-        return HTMLResponse(storage.read_bytes(storage.join(settings.reports_uri, name, "report.html")))
+        return HTMLResponse(storage.read_bytes(storage.join(settings.reports_uri, name, lake.REPORT_FILE)))
 
     @app.get("/ui/report", dependencies=guard, response_class=HTMLResponse)
     def ui_report_for_run(dag_id: str = Query(...), run_id: str = Query(...)):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from tasks.core import storage, tracking
+from tasks.core import lake, storage, tracking
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import (
@@ -246,8 +246,8 @@ def score_day(spec: DatasetSpec, settings: Settings, day: date, version: str, bu
             bundle = load_version(settings, version, tmp)
     preds = predict(bundle, spec, accepted) if accepted.height else pl.Series(prediction_column(spec), [], pl.Float64)
     out = scored_frame(spec, accepted, preds, settings.model_name, version)
-    pred_uri = storage.partition_uri(settings.lake_uri, PREDICTIONS, day)
-    rej_uri = storage.partition_uri(settings.lake_uri, REJECTED, day)
+    pred_uri = lake.partition_uri(settings.lake_uri, PREDICTIONS, day)
+    rej_uri = lake.partition_uri(settings.lake_uri, REJECTED, day)
     result = {"day": day.isoformat(), "files": files, "rows": raw.height, "scored": out.height,
               "rejected": rejected.height, "model_version": str(version),
               "predictions_uri": pred_uri, "predictions_sha256": storage.write_parquet_atomic(out, pred_uri),

@@ -15,7 +15,7 @@ from tasks.core.params import RetrainParams, TuneParams
 from tasks.model.networks import ModelConfig, default_config
 from tasks.model.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------
 # The sampler
@@ -81,7 +81,8 @@ def test_without_a_tuning_result_the_family_defaults_apply():
 
 
 def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
-    from tasks.model.retrain import Lineage, model_config
+    from tasks.core.lineage import Lineage
+    from tasks.model.retrain import model_config
     from tasks.model.tune import best_config, record_best
 
     features = {"preprocessing_sha256": "p" * 64, "features_sha256": "f" * 64}

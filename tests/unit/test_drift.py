@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.core import lake as lake_paths
 from tasks.core import storage
 from tasks.features.build import feature_set
 from tasks.quality.drift import (
@@ -137,7 +138,8 @@ def _validated_day(spec, landing: Path, day: date) -> pl.DataFrame:
 def _features_table(spec, lake_uri: str, start: date, end: date) -> dict:
     """The window's features table as the retrain DAG's build_features writes it (row-level features + split),
     built here from the same pieces so that these tests do not depend on the whole feature pipeline."""
-    from tasks.features.build import assign_split, features_uri, window_partitions
+    from tasks.core.lake import features_uri
+    from tasks.features.build import assign_split, window_partitions
 
     fset = feature_set(spec)
     uris = [p["uri"] for p in window_partitions(lake_uri, start, end)]
@@ -166,7 +168,7 @@ def lake(tmp_path_factory, spec):
     for i in range(days):
         day = start + timedelta(days=i)
         storage.write_parquet_atomic(_validated_day(spec, home / "landing", day),
-                                     storage.partition_uri(settings.lake_uri, "validated", day))
+                                     lake_paths.partition_uri(settings.lake_uri, "validated", day))
     end = start + timedelta(days=days)
     meta = _features_table(spec, settings.lake_uri, start, end)
     c = tracking.client(settings)
@@ -206,7 +208,7 @@ def test_drift_vs_champion_sees_a_shift_in_the_newest_days(spec, lake):
     assert calm["current_rows"] > 500 and calm["flagged"] == [], calm["psi"]
     # The newest drift_recent_days days: the houses are suddenly twice as large.
     for i in range(1, settings.drift_recent_days + 1):
-        uri = storage.partition_uri(settings.lake_uri, "validated", end - timedelta(days=i))
+        uri = lake_paths.partition_uri(settings.lake_uri, "validated", end - timedelta(days=i))
         df = pl.read_parquet(uri)
         storage.write_parquet_atomic(df.with_columns(pl.col("sqft_living") * 2, pl.col("sqft_above") * 2), uri)
     shifted = drift_vs_champion(spec, settings, end)
@@ -220,7 +222,7 @@ def test_drift_vs_champion_sees_a_shift_in_the_newest_days(spec, lake):
 def _parse_sales_ingest():
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags" / "sales_ingest.py"))
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "sales_ingest.py"))
     assert not bag.import_errors, bag.import_errors
     return bag.dags["sales_ingest"]
 

@@ -16,9 +16,9 @@ import pendulum
 import polars as pl
 import pytest
 
-from tasks.core import storage
+from tasks.core import lake
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAST_DAY = date(2015, 5, 27)
 # dag.test() applies run_conf to the DAG object's params, which later dag.test() calls of the same
 # object then see: daily runs state explicitly that they are not bulk loads.
@@ -108,7 +108,7 @@ def test_bad_rows_are_quarantined_with_reasons(ingested):
 
 def test_rerunning_a_day_is_idempotent(ingested, dags):
     settings, _, _, bad = ingested
-    parts = {t: storage.partition_uri(settings.lake_uri, t, LAST_DAY) for t in ("raw", "validated", "quarantine")}
+    parts = {t: lake.partition_uri(settings.lake_uri, t, LAST_DAY) for t in ("raw", "validated", "quarantine")}
     before = {t: _sha(p) for t, p in parts.items()}
     landing_before = _sha(str(bad))
     rerun = dags["sales_ingest"].test(logical_date=_utc(LAST_DAY), run_after=_utc(date(2015, 5, 29)), run_conf=DAILY)

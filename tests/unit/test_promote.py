@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
-from tasks.model.retrain import Lineage
 from tasks.registry.promote import decide, gate, paired_bootstrap
 
 BARS = {"max_mdape": 0.5, "min_ppe10": 0.0}
@@ -254,7 +254,7 @@ def test_approval_wiring_is_off_by_default_and_waits_for_a_person_when_on(monkey
     from tasks.core.settings import get_settings
     from tasks.registry.promote import APPROVE, KEEP
 
-    path = str(Path(__file__).resolve().parent.parent / "dags" / "price_model_retrain.py")
+    path = str(Path(__file__).resolve().parents[2] / "dags" / "price_model_retrain.py")
     off = DagBag(dag_folder=path).dags["price_model_retrain"]
     assert {t.task_id for t in off.tasks} == {"build_features", "train", "evaluate", "check_drift", "promote"}
     monkeypatch.setenv("HOMEWORTH_PROMOTION_APPROVAL", "true")

@@ -22,7 +22,7 @@ from tasks.core import storage
 from tasks.ingest.landing import BatchError, ingest_interval
 from tasks.quality.validate import REASONS, ValidationFailed, validate_interval
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CORPUS = REPO / "tests" / "corpus"
 MANIFEST = yaml.safe_load((CORPUS / "MANIFEST.yaml").read_text(encoding="utf-8"))
@@ -67,7 +67,7 @@ def test_corpus_file(kc_spec, name, tmp_path):
     case = CASES[name]
     res = _run(kc_spec, name, case, tmp_path)
     day, lake = res["day"], res["lake"]
-    parts = {t: storage.partition_uri(lake, t, day) for t in ("raw", "validated", "quarantine")}
+    parts = {t: lake.partition_uri(lake, t, day) for t in ("raw", "validated", "quarantine")}
 
     if case["outcome"] == "failed":
         exc = res["error"]
@@ -144,7 +144,7 @@ def test_parquet_and_csv_ingest_to_the_same_rows(kc_spec, tmp_path):
         shutil.copyfile(CORPUS / name, landing / day.isoformat() / name)
         lake = str(tmp_path / name / "lake")
         ingest_interval(kc_spec, str(landing), lake, day, day + timedelta(days=1))
-        frames.append(pl.read_parquet(storage.partition_uri(lake, "raw", day)).drop("_source_file"))
+        frames.append(pl.read_parquet(lake.partition_uri(lake, "raw", day)).drop("_source_file"))
     assert frames[0].equals(frames[1]) and frames[0].equals(frames[2])
     assert frames[0]["price"].to_list()[3] == 1_450_000.0  # "1.45e+006"
 

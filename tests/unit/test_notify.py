@@ -13,7 +13,7 @@ from tasks.core.notify import ERROR_LINES, email_notifier, failure_callbacks, fa
 from tasks.ingest.landing import BatchError
 from tasks.quality.validate import ValidationFailed
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UTC = timezone.utc
 
 

@@ -14,15 +14,8 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-from tasks.features.build import (
-    CLIP_QUANTILES,
-    SPLIT,
-    FeatureSet,
-    NumericStat,
-    Preprocessing,
-    Vocabulary,
-    fit_preprocessing,
-)
+from tasks.features.build import CLIP_QUANTILES, SPLIT, FeatureSet, fit_preprocessing
+from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
 
 # ---------------------------------------------------------------------------------------------
 # build_features in chunks
@@ -30,7 +23,7 @@ from tasks.features.build import (
 
 @pytest.fixture(scope="module")
 def kc_lake(tmp_path_factory, spec):
-    from tests.test_comps import write_validated_lake
+    from tests.unit.test_comps import write_validated_lake
 
     lake = tmp_path_factory.mktemp("ooc-lake") / "lake"
     write_validated_lake(lake, spec, every=16)
@@ -39,7 +32,8 @@ def kc_lake(tmp_path_factory, spec):
 
 def test_chunked_build_features_equals_a_single_chunk(kc_lake, spec, caplog):
     from tasks.core import storage
-    from tasks.features.build import build_features, load_preprocessing
+    from tasks.features.build import build_features
+    from tasks.features.preprocessing import load_preprocessing
 
     window = (date(2013, 5, 28), date(2015, 5, 28))
     whole = build_features(spec, str(kc_lake), *window)  # KC's 1.3k rows: one chunk (chunk_rows 200k)
@@ -67,7 +61,7 @@ def test_chunked_build_features_equals_a_single_chunk(kc_lake, spec, caplog):
 
 def test_knn_in_slices_of_bounded_candidate_pairs_gives_the_same_features():
     from tasks.features.comps import comps, knn_candidates, slice_bounds
-    from tests.test_comps import CFG, sales
+    from tests.unit.test_comps import CFG, sales
 
     df = sales()
     whole = comps(df, df, CFG)
@@ -185,7 +179,7 @@ def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_f
     np.testing.assert_array_equal(x_cat.numpy(), PREP.categorical_matrix(val))
     np.testing.assert_array_equal(y.numpy(), PREP.encode_target(val["price"].to_numpy()))
     # a target offset whose column is not an input is read too (Preprocessing.encode_rows)
-    from tasks.features.build import OffsetTerm
+    from tasks.features.preprocessing import OffsetTerm
 
     with_offset = PREP.model_copy(update={"numeric": PREP.numeric[:2], "target_offset": [OffsetTerm(name="x2", fill=0.0)]})
     *_, y = next(iter(ParquetBatches(path, with_offset, "val", 10_000, shuffle=False)))

@@ -12,7 +12,8 @@ import pytorch_lightning as L
 import torch
 from safetensors.torch import load_file
 
-from tasks.features.build import SPLIT, NumericStat, Preprocessing, Vocabulary
+from tasks.features.build import SPLIT
+from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
 from tasks.model.networks import (
     CONFIG,
     PREPROCESSING,

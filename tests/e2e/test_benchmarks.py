@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks.run import STAGES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_harness_smoke(tmp_path):
@@ -99,7 +99,7 @@ def test_the_pandas_area_comps_compute_the_polars_values(spec):
     from tasks.features.comps import comps
     from tasks.ingest.landing import POLARS_TYPES
 
-    raw = pl.read_csv(Path(__file__).resolve().parent.parent / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz",
+    raw = pl.read_csv(Path(__file__).resolve().parents[2] / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz",
                       infer_schema=False).gather_every(4)
     df = raw.select([(pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date"
                       else pl.col(c).cast(POLARS_TYPES[cs.type])).alias(c) for c, cs in spec.columns.items()])

@@ -25,7 +25,7 @@ from tasks.ingest.landing import (
     read_landing_file,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 DAY = date(2014, 10, 13)
 KC_HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
@@ -253,7 +253,7 @@ def test_day_without_landing_folder_writes_empty_partition(tmp_path, kc_spec):
     lake = str(tmp_path / "lake")
     report = ingest_day(kc_spec, str(tmp_path / "landing"), lake, DAY)
     assert report.rows == 0 and report.files == []
-    raw = pl.read_parquet(storage.partition_uri(lake, "raw", DAY))
+    raw = pl.read_parquet(lake.partition_uri(lake, "raw", DAY))
     assert raw.height == 0 and raw.schema == pl.Schema(raw_schema(kc_spec))
 
 
@@ -275,7 +275,7 @@ def test_one_bad_file_fails_the_day_and_writes_nothing(tmp_path):
     lake = str(tmp_path / "lake")
     msg = _raises(lambda: ingest_interval(tiny_spec(), str(tmp_path / "landing"), lake, DAY, date(2014, 10, 14)))
     assert "b.csv" in msg and "';'-separated" in msg
-    assert not storage.exists(storage.partition_uri(lake, "raw", DAY))
+    assert not storage.exists(lake.partition_uri(lake, "raw", DAY))
 
 
 def test_ingest_is_idempotent_and_leaves_landing_untouched(tmp_path, kc_spec):
@@ -288,6 +288,6 @@ def test_ingest_is_idempotent_and_leaves_landing_untouched(tmp_path, kc_spec):
     runs = [ingest_interval(kc_spec, str(tmp_path / "landing"), lake, DAY, date(2014, 10, 15)) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["rows_landed"] == 2 and runs[0]["files"] == 1 and runs[0]["days"] == 2
-    part = storage.partition_uri(lake, "raw", DAY)
+    part = lake.partition_uri(lake, "raw", DAY)
     assert runs[0]["partitions"][DAY.isoformat()] == storage.file_sha256(part)
     assert hashlib.sha256(landed.read_bytes()).hexdigest() == before

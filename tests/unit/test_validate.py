@@ -12,7 +12,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.ingest.landing import ingest_interval
 from tasks.quality.validate import (
     REASONS,
@@ -23,7 +23,7 @@ from tasks.quality.validate import (
     validate_interval,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 DAY = date(2014, 10, 13)
 NEXT = DAY + timedelta(days=1)
@@ -55,7 +55,7 @@ def run_day(spec, root: Path, start: date = DAY, end: date = NEXT, params: dict 
 
 
 def parts(root: Path, day: date = DAY) -> dict[str, str]:
-    return {t: storage.partition_uri(str(root / "lake"), t, day) for t in ("raw", "validated", "quarantine")}
+    return {t: lake.partition_uri(str(root / "lake"), t, day) for t in ("raw", "validated", "quarantine")}
 
 
 # ---------------------------------------------------------------- outcomes and layout

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.ingest.replay import replay
 
 HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
@@ -118,14 +118,14 @@ def test_replay_of_a_missing_source_fails(spec, tmp_path):
 def test_partition_uri_layout():
     day = date(2015, 3, 1)
 
-    assert storage.partition_uri("/lake", "validated", day) == "/lake/validated/ds=2015-03-01/part-0.parquet"
-    assert storage.partition_uri("/lake/", "raw", day) == "/lake/raw/ds=2015-03-01/part-0.parquet"
-    assert (storage.partition_uri("s3://bucket/prefix", "quarantine", day)
+    assert lake.partition_uri("/lake", "validated", day) == "/lake/validated/ds=2015-03-01/part-0.parquet"
+    assert lake.partition_uri("/lake/", "raw", day) == "/lake/raw/ds=2015-03-01/part-0.parquet"
+    assert (lake.partition_uri("s3://bucket/prefix", "quarantine", day)
             == "s3://bucket/prefix/quarantine/ds=2015-03-01/part-0.parquet")
 
 
 def test_write_parquet_atomic_replaces_and_leaves_no_temp_file(tmp_path):
-    uri = storage.partition_uri(str(tmp_path / "lake"), "validated", date(2015, 3, 1))
+    uri = lake.partition_uri(str(tmp_path / "lake"), "validated", date(2015, 3, 1))
     old = pl.DataFrame({"id": ["a", "b"], "price": [1.0, 2.0]})
     new = pl.DataFrame({"id": ["c"], "price": [3.0]})
 
@@ -170,7 +170,7 @@ def test_exists_and_json(tmp_path):
 
 
 def test_cached_file_sha256_reuses_a_recorded_hash_until_the_file_changes(tmp_path):
-    uri = storage.partition_uri(str(tmp_path / "lake"), "validated", date(2015, 3, 1))
+    uri = lake.partition_uri(str(tmp_path / "lake"), "validated", date(2015, 3, 1))
     sha = storage.write_parquet_atomic(pl.DataFrame({"x": [1, 2]}), uri, record_sha256=True)
     sidecar = Path(uri).parent / ".part-0.parquet.sha256.json"
     assert json.loads(sidecar.read_text())["sha256"] == sha

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.features.build import SPLIT, NumericStat, Preprocessing, Vocabulary
+from tasks.features.build import SPLIT
+from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
 from tasks.model.networks import (
     FAMILY_DEFAULTS,
     BatchEnsembleLinear,

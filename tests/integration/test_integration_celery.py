@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 DB = "homeworth_it"
 REDIS_DB = 11  # a database of its own on the shared Redis

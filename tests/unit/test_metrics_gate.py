@@ -8,9 +8,9 @@ from datetime import date
 import numpy as np
 import pytest
 
+from tasks.core.lineage import training_window
 from tasks.core.metrics import HIGHER_IS_BETTER, METRICS, price_metrics
 from tasks.core.params import RetrainParams
-from tasks.model.retrain import training_window
 from tasks.registry.promote import decide
 
 # ---------------------------------------------------------------------------------------------

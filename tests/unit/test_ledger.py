@@ -11,7 +11,7 @@ import pytest
 
 from tasks.registry import ledger
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _event(key: str, to: str, at: str = "2015-05-28T03:00:00Z", frm: str | None = None, **kw):

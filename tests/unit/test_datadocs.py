@@ -17,7 +17,7 @@ from tasks.ingest.landing import ingest_interval
 from tasks.quality.datadocs import day_html_uri, day_json_uri, interval_html_uri
 from tasks.quality.validate import ValidationFailed, validate_interval
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAY = date(2014, 10, 13)
 NEXT = DAY + timedelta(days=1)
 HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
@@ -110,7 +110,7 @@ def test_a_failed_validation_still_writes_its_data_docs(spec, tmp_path):
     page = Path(details["data_docs"]).read_text()
     assert "nothing was written" in page and "expect_table_row_count_to_be_between(min_value=0, max_value=2)" in page
     # Nothing else: no partitions, and no interval summary for the ledger to count.
-    assert not storage.exists(storage.partition_uri(lake, "validated", DAY))
+    assert not storage.exists(lake.partition_uri(lake, "validated", DAY))
     assert not (tmp_path / "lake" / "_validation" / f"{DAY}_{NEXT}.json").exists()
 
 

@@ -14,18 +14,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from tasks.core import lake as lake_paths
 from tasks.core import storage
 from tasks.core.spec import DatasetSpec, SplitSpec
 from tasks.datasets.king_county import features as kc
-from tasks.features.build import (
-    SPLIT,
-    FeatureSet,
-    Preprocessing,
-    assign_split,
-    build_features,
-    fit_preprocessing,
-    load_preprocessing,
-)
+from tasks.features.build import SPLIT, FeatureSet, assign_split, build_features, fit_preprocessing
+from tasks.features.preprocessing import Preprocessing, load_preprocessing
 from tasks.ingest.landing import DS, POLARS_TYPES
 
 WINDOW_END = date(2015, 5, 28)  # with test_days=88, val_days=59: test >= 2015-03-01, val >= 2015-01-01
@@ -266,7 +260,7 @@ def lake(tmp_path, spec) -> tuple[str, dict[date, str], pl.DataFrame]:
     for day, (n, split) in LAKE_DAYS.items():
         zips = ("98001", "98002") if split == "train" else ("98001", "98999")
         df = typed(spec, kc_rows(day, n, next_id, zips))
-        shas[day] = storage.write_parquet_atomic(df, storage.partition_uri(lake_uri, "validated", day))
+        shas[day] = storage.write_parquet_atomic(df, lake_paths.partition_uri(lake_uri, "validated", day))
         if split:
             expected.append(df.select("id", pl.lit(split).alias(SPLIT)))
         next_id += n

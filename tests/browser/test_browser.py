@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "ui-retrain.png"
 LOGICAL = "2015-05-28T03:00"  # the as-of date typed into the trigger form (UTC)
 FORM = {"max_epochs": "3", "max_mdape": "0.9", "min_ppe10": "0"}  # Params typed into the trigger form

@@ -11,9 +11,9 @@ import pendulum
 import polars as pl
 import pytest
 
-from tasks.core import storage
+from tasks.core import lake
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 5, 14)
 EMPTY_DAY = date(2015, 5, 15)
 DAILY = {"from_date": None, "to_date": None}
@@ -117,8 +117,8 @@ def test_listings_suite_drops_only_the_target_expectations(spec):
 
 def test_daily_run_scores_good_rows_and_rejects_bad_ones(scored):
     settings, spec, version, counts, _ = scored
-    pred = pl.read_parquet(storage.partition_uri(settings.lake_uri, "predictions", DAY))
-    rej = pl.read_parquet(storage.partition_uri(settings.lake_uri, "predictions_rejected", DAY))
+    pred = pl.read_parquet(lake.partition_uri(settings.lake_uri, "predictions", DAY))
+    rej = pl.read_parquet(lake.partition_uri(settings.lake_uri, "predictions_rejected", DAY))
     assert pred.height == counts["good"] and rej.height == counts["bad"]
     assert set(pred["model_version"]) == {version} and set(pred["model_name"]) == {settings.model_name}
     assert pred["predicted_price"].is_finite().all() and (pred["predicted_price"] > 0).all()
@@ -135,7 +135,7 @@ def test_daily_run_scores_good_rows_and_rejects_bad_ones(scored):
 
 def test_rerun_is_idempotent_and_an_empty_day_writes_empty_partitions(scored):
     settings, spec, version, counts, dag = scored
-    files = [storage.partition_uri(settings.lake_uri, t, DAY) for t in ("predictions", "predictions_rejected")]
+    files = [lake.partition_uri(settings.lake_uri, t, DAY) for t in ("predictions", "predictions_rejected")]
     before = [_sha(f) for f in files]
     rerun = dag.test(logical_date=pendulum.datetime(DAY.year, DAY.month, DAY.day, tz="UTC"),
                      run_after=pendulum.datetime(2015, 5, 20, tz="UTC"), run_conf=DAILY)
@@ -144,8 +144,8 @@ def test_rerun_is_idempotent_and_an_empty_day_writes_empty_partitions(scored):
     empty = dag.test(logical_date=pendulum.datetime(EMPTY_DAY.year, EMPTY_DAY.month, EMPTY_DAY.day, tz="UTC"),
                      run_conf=DAILY)
     assert empty.state == "success"
-    assert pl.read_parquet(storage.partition_uri(settings.lake_uri, "predictions", EMPTY_DAY)).height == 0
-    assert pl.read_parquet(storage.partition_uri(settings.lake_uri, "predictions_rejected", EMPTY_DAY)).height == 0
+    assert pl.read_parquet(lake.partition_uri(settings.lake_uri, "predictions", EMPTY_DAY)).height == 0
+    assert pl.read_parquet(lake.partition_uri(settings.lake_uri, "predictions_rejected", EMPTY_DAY)).height == 0
 
 
 def test_score_cli_one_off_file(scored, tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_score_cli_one_off_file(scored, tmp_path, capsys):
     scored_csv = pl.read_csv(out, schema_overrides={"id": pl.String})
     # The one-off file has no expectation on dates beyond its own range: the listing of 05-13 is fine here.
     assert scored_csv.height == counts["good"] - 3 + 1 and "predicted_price" in scored_csv.columns
-    daily = pl.read_parquet(storage.partition_uri(settings.lake_uri, "predictions", DAY))
+    daily = pl.read_parquet(lake.partition_uri(settings.lake_uri, "predictions", DAY))
     both = scored_csv.join(daily.select("id", pl.col("predicted_price").alias("daily")), on="id")
     assert both.height == counts["good"] - 3
     assert (both["predicted_price"] - both["daily"]).abs().max() < 1e-6 * both["daily"].max()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = {"torch", "pytorch_lightning", "lightning", "polars", "pandas", "great_expectations", "mlflow", "sklearn",
          "numpy", "pyarrow"}

@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 
 from tasks.features.comps import KM_PER_DEGREE, CompsConfig, LakeHistory, comps
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 START = date(2015, 1, 1)
 CFG = CompsConfig(time="date", target="price", size="sqft", lat="lat", long="long", groups=["zip"], id="id",
                   market_windows_days=[7, 30], adjust_window_days=14, group_windows_days=[10, 30],
@@ -309,7 +309,7 @@ def write_validated_lake(lake: Path, spec, every: int = 8) -> pl.DataFrame:
         .alias(c) for c, cs in spec.columns.items()
     ]).with_columns(pl.col("date").alias(DS))
     for (day,), part in df.group_by(DS):
-        storage.write_parquet_atomic(part, storage.partition_uri(str(lake), "validated", day))
+        storage.write_parquet_atomic(part, lake.partition_uri(str(lake), "validated", day))
     return df
 
 
@@ -325,7 +325,7 @@ def small_lake(tmp_path_factory, spec):
 
 def test_build_features_records_comps_in_the_preprocessing(small_lake):
     from tasks.datasets.king_county import features as kc
-    from tasks.features.build import load_preprocessing
+    from tasks.features.preprocessing import load_preprocessing
 
     _, _, features = small_lake
     prep = load_preprocessing(features["preprocessing_uri"])
@@ -341,7 +341,8 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
 
 
 def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
-    from tasks.features.build import SPLIT, load_preprocessing
+    from tasks.features.build import SPLIT
+    from tasks.features.preprocessing import load_preprocessing
     from tasks.model.networks import ModelBundle, ModelConfig, TabularNet
 
     lake, sold, features = small_lake
@@ -364,7 +365,8 @@ def test_scoring_an_area_model_recomputes_its_comps_from_the_lake(small_lake, sp
     rows without a price) agree, and the preprocessing records the aggregated configuration."""
     from tasks.core.settings import get_settings
     from tasks.datasets.king_county import features as kc
-    from tasks.features.build import SPLIT, build_features, load_preprocessing
+    from tasks.features.build import SPLIT, build_features
+    from tasks.features.preprocessing import load_preprocessing
 
     lake, _, _ = small_lake
     monkeypatch.setenv("HOMEWORTH_COMPS", "area")

@@ -14,7 +14,7 @@ from tasks.core.spec import load_spec
 from tasks.datasets.king_county import synth
 from tasks.ingest.landing import COERCE_ERRORS, POLARS_TYPES, ingest_day
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SPEC_FILE = REPO / "tasks" / "datasets" / "king_county" / "spec.yaml"
 START = date(2014, 5, 2)

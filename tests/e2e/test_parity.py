@@ -20,7 +20,7 @@ import pytest
 
 from tasks.core import storage
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 4, 22)
 
 

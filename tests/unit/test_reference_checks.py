@@ -11,6 +11,7 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from tasks.core import lake as lake_paths
 from tasks.core import storage
 from tasks.ingest.landing import ingest_interval  # noqa: E402
 from tasks.ingest.replay import replay  # noqa: E402
@@ -61,7 +62,7 @@ def test_prices_tripled_fail_the_distribution_check(lake, spec):
     with pytest.raises(ValidationFailed, match=r"median.*price|price.*median") as err:
         validate_interval(spec, lake_uri, DAY, DAY + timedelta(days=1))
     assert "sales_changed.csv" in str(err.value)
-    assert not storage.exists(storage.partition_uri(lake_uri, "validated", DAY))
+    assert not storage.exists(lake_paths.partition_uri(lake_uri, "validated", DAY))
 
 
 def test_a_volume_spike_against_the_reference_fails(lake, spec):

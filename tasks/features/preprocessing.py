@@ -1,0 +1,130 @@
+"""The fitted preprocessing: the artifact that training and serving share.
+
+Everything scoring needs to turn a validated row into the network's inputs and its output back into a
+price: clip bounds and scaling of the numeric features, the categorical vocabularies, the target's
+transform, offset and scaling, and the comparable-sales configuration. It is JSON (never code): the
+feature module it names is imported by name from the deployed package, and its sha256 keys the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel
+
+from tasks.core import storage
+from tasks.features.comps import CompsConfig, with_comps
+
+
+class NumericStat(BaseModel):
+    name: str
+    lo: float | None  # None: not clipped (features that must extrapolate, such as market time)
+    hi: float | None
+    mean: float
+    std: float
+
+
+class OffsetTerm(BaseModel):
+    name: str
+    fill: float  # used where the column is null or NaN (its training mean)
+
+
+class Vocabulary(BaseModel):
+    name: str
+    values: list[str]  # index 0 is reserved for values never seen in training
+
+
+class Preprocessing(BaseModel):
+    """Everything scoring needs to turn a validated row into the network's inputs, and back to a price."""
+
+    dataset: str
+    spec_sha256: str
+    features_module: str | None
+    numeric: list[NumericStat]
+    categorical: list[Vocabulary]
+    target: str
+    target_transform: Literal["log", "identity"]
+    target_mean: float
+    target_std: float
+    fitted_on: dict  # window and row counts, for lineage
+    # The comparable-sales stage these features were built with (None: row-level features only).
+    comps: CompsConfig | None = None
+    # The target's baseline: the model predicts (transformed target - sum of these columns), scaled by
+    # target_mean / target_std; empty: the transformed target itself.
+    target_offset: list[OffsetTerm] = []
+
+    def sha256(self) -> str:
+        # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
+        exclude = {k for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset)) if empty}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
+
+    def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        if self.features_module is None:
+            return lf
+        return importlib.import_module(self.features_module).derive(lf)
+
+    def features(self, rows: pl.LazyFrame | pl.DataFrame, history: pl.LazyFrame | pl.DataFrame | None = None) -> pl.LazyFrame:
+        """Every input column for validated ``rows``: comparable sales from ``history`` (if used), then ``derive``.
+
+        ``history`` is validated sales (the spec's columns); only those dated before each row count.
+        """
+        return self.derive(with_comps(rows.lazy(), history, self.comps))
+
+    def numeric_matrix(self, df: pl.DataFrame) -> np.ndarray:
+        exprs = [
+            ((pl.col(s.name).cast(pl.Float64).clip(s.lo, s.hi) - s.mean) / s.std).fill_nan(0.0).fill_null(0.0).alias(s.name)
+            for s in self.numeric
+        ]
+        return df.select(exprs).to_numpy().astype(np.float32, copy=False).reshape(df.height, len(self.numeric))
+
+    def categorical_matrix(self, df: pl.DataFrame) -> np.ndarray:
+        exprs = []
+        for v in self.categorical:
+            mapping = pl.DataFrame({"_v": v.values, "_i": np.arange(1, len(v.values) + 1)})
+            exprs.append(
+                pl.col(v.name).cast(pl.String).replace_strict(mapping["_v"], mapping["_i"], default=0, return_dtype=pl.Int64)
+            )
+        if not exprs:
+            return np.zeros((df.height, 0), dtype=np.int64)
+        return df.select(exprs).to_numpy().astype(np.int64, copy=False)
+
+    def offset(self, df: pl.DataFrame) -> np.ndarray:
+        """The target's baseline of each row (in transformed units; zeros without an offset)."""
+        if not self.target_offset:
+            return np.zeros(df.height)
+        expr = pl.sum_horizontal([pl.col(t.name).cast(pl.Float64).fill_nan(None).fill_null(t.fill) for t in self.target_offset])
+        return df.select(expr.alias("_offset")).to_series().to_numpy().astype(np.float64)
+
+    def encode_target(self, price: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """The network's target for prices (``offset``: :meth:`offset` of their rows; required with an offset)."""
+        y = np.log(price) if self.target_transform == "log" else np.asarray(price, dtype=np.float64)
+        if self.target_offset:
+            if offset is None:
+                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
+            y = y - offset
+        return ((y - self.target_mean) / self.target_std).astype(np.float32)
+
+    def decode_target(self, z: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """Prices from the network's outputs (``offset`` as in :meth:`encode_target`)."""
+        y = np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
+        if self.target_offset:
+            if offset is None:
+                raise ValueError("this preprocessing has a target offset: pass offset=prep.offset(rows)")
+            y = y + offset
+        return np.exp(y) if self.target_transform == "log" else y
+
+    def encode_rows(self, df: pl.DataFrame) -> np.ndarray:
+        """The network's target for feature rows that carry the target column."""
+        return self.encode_target(df[self.target].to_numpy(), self.offset(df))
+
+    def decode_rows(self, z: np.ndarray, df: pl.DataFrame) -> np.ndarray:
+        """Prices for the network's outputs ``z`` on feature rows ``df``."""
+        return self.decode_target(z, self.offset(df))
+
+
+def load_preprocessing(uri: str) -> Preprocessing:
+    return Preprocessing.model_validate_json(storage.read_bytes(uri))
