@@ -23,25 +23,21 @@ RUN pip install --no-cache-dir \
       --extra-index-url https://download.pytorch.org/whl/cpu \
       -r /requirements.txt
 
-# The project: DAGs, the importable logic package, GX suites, dataset specs and the bundled data.
-# Baked into the image so that every Celery worker runs exactly the same code as the scheduler and
-# the dag-processor (no bind mounts in production).
+# The project: DAGs, the importable logic package (with the bundled dataset in tasks/datasets/), the GX
+# suites and the plugins. Baked into the image so that every Celery worker runs exactly the same code as the
+# scheduler and the dag-processor (no bind mounts in production). The package is installed in editable mode,
+# as `make venv` does, so `import tasks` and `import expectations` work in every component with no PYTHONPATH.
+COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow/
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 tasks/ /opt/airflow/tasks/
 COPY --chown=airflow:0 expectations/ /opt/airflow/expectations/
-COPY --chown=airflow:0 datasets/ /opt/airflow/datasets/
-COPY --chown=airflow:0 data/ /opt/airflow/data/
-# plugins/ holds no tracked file yet, so a fresh clone has no plugins/ folder; the [s] glob lets
-# BuildKit (the default builder of docker compose v2) copy nothing instead of failing.
-COPY --chown=airflow:0 plugin[s]/ /opt/airflow/plugins/
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/airflow
 
-# /opt/airflow on the path makes `import tasks` and `import expectations` work in every component;
-# tasks/core/settings.py then finds datasets/ and data/ next to it (REPO_ROOT = /opt/airflow).
 # HOMEWORTH_GIT_COMMIT is read by tasks/core/tracking.py (the image has no .git): pass
 # `--build-arg GIT_COMMIT=$(git rev-parse HEAD)` or set GIT_COMMIT for docker compose build.
 ARG GIT_COMMIT=unknown
-ENV PYTHONPATH=/opt/airflow \
-    HOMEWORTH_GIT_COMMIT=${GIT_COMMIT} \
+ENV HOMEWORTH_GIT_COMMIT=${GIT_COMMIT} \
     GX_ANALYTICS_ENABLED=false \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \

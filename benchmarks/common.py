@@ -51,6 +51,26 @@ def size_label(n: int) -> str:
     return str(n)
 
 
+def fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+def fmt_mib(b: int | None) -> str:
+    return "-" if not b else f"{b / MIB:,.0f}"
+
+
 # --------------------------------------------------------------------------------------------------
 # Child processes
 
@@ -99,7 +119,8 @@ def run_child(stage: str, params: dict, workdir: Path, tag: str, mem_cap: int, t
 
     The child is killed (with its own children) as soon as its resident memory passes ``mem_cap``
     bytes or it runs longer than ``timeout_s``. Its result is the JSON it writes to a file. The child
-    imports ``tasks`` (and ``expectations``, ``datasets/``) from ``code_root``, ``benchmarks`` from here.
+    imports ``tasks`` and ``expectations`` (and reads an older commit's ``datasets/``) from ``code_root``,
+    ``benchmarks`` from here.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     params_path = workdir / f"{tag}.params.json"
@@ -110,6 +131,10 @@ def run_child(stage: str, params: dict, workdir: Path, tag: str, mem_cap: int, t
     cmd = [sys.executable, "-m", "benchmarks.run", "--child", stage, "--params", str(params_path),
            "--result", str(result_path)]
     child_env = {**os.environ, **(env or {})}
+    # The child must import the measured code: with --code REF, the tasks/ and expectations/ extracted under
+    # code_root, not the working tree's. The project is installed in editable mode, and that install's finder
+    # comes after the path-based one, so a PYTHONPATH entry put first wins; ROOT follows it for benchmarks/
+    # itself (not an installed package, and the child's cwd is code_root).
     paths = [str(code_root)] + ([str(ROOT)] if Path(code_root) != ROOT else [])
     paths += [x for x in child_env.get("PYTHONPATH", "").split(os.pathsep) if x and x not in (str(ROOT), str(code_root))]
     child_env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -242,23 +267,38 @@ def machine() -> dict:
     }
 
 
+# The pipeline code a run measures: tasks/ and expectations/, and datasets/ in commits older than the
+# move of King County into tasks/datasets/king_county/ (their spec and suite lived at the top level).
+CODE_PATHS = ("tasks", "expectations", "datasets")
+CODE_GLOBS = (("tasks", "**/*.py"), ("tasks", "**/*.yaml"), ("expectations", "*.py"), ("datasets", "*.yaml"))
+
+
+def code_paths_of(commit: str) -> list[str]:
+    """Those of :data:`CODE_PATHS` that ``commit`` has (``git ls-tree``; read-only git)."""
+    listed = subprocess.run(["git", "ls-tree", "--name-only", commit, *CODE_PATHS], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return [p for p in CODE_PATHS if p in listed]
+
+
 def extract_ref(ref: str, dest: Path) -> str:
-    """The committed ``tasks/``, ``expectations/`` and ``datasets/`` of ``ref`` into ``dest`` (read-only git)."""
+    """The committed ``tasks/``, ``expectations/`` and (older commits) ``datasets/`` of ``ref`` into ``dest``
+    (read-only git); returns the short commit id."""
     commit = subprocess.run(["git", "rev-parse", "--verify", "--short", f"{ref}^{{commit}}"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", commit, "tasks", "expectations", "datasets"], cwd=ROOT,
+    archive = subprocess.run(["git", "archive", commit, *code_paths_of(commit)], cwd=ROOT,
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return commit
 
 
 def code_fingerprint(code_root: Path) -> str:
-    """sha256 (12 hex digits) of the pipeline code measured: tasks/, expectations/, datasets/."""
+    """sha256 (12 hex digits) of the pipeline code measured: the Python and YAML files of tasks/ (the
+    datasets' specs included), expectations/*.py and, where an older commit has it, datasets/*.yaml."""
     import hashlib
 
     h = hashlib.sha256()
-    for sub, pattern in (("tasks", "**/*.py"), ("expectations", "*.py"), ("datasets", "*.yaml")):
+    for sub, pattern in CODE_GLOBS:
         for f in sorted((Path(code_root) / sub).glob(pattern)):
             h.update(str(f.relative_to(code_root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]

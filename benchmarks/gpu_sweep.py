@@ -37,7 +37,8 @@ def run(trial):
     L.Trainer.__init__ = init
     torch.set_num_threads(1)
     from tasks.features.preprocessing import Preprocessing
-    from tasks.model.networks import ModelBundle, ModelConfig
+    from tasks.model.bundle import ModelBundle
+    from tasks.model.config import ModelConfig
     from tasks.model.train import train
     prep = Preprocessing.model_validate_json(open(os.environ["PREP"]).read())
     cfg = ModelConfig(**trial["config"])

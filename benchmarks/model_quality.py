@@ -77,16 +77,15 @@ def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: boo
             features, t_features, c_features = _timed(features_step, spec, settings, as_of, params)
         trained, t_train, c_train = _timed(train_step, settings, features, params, lineage)
         evaluation, t_eval, c_eval = _timed(evaluate_step, spec, settings, features, trained)
-        results.append({"family": family, "config_source": trained.get("config_source"),
+        results.append({"family": family, "config_source": trained.config_source,
                         "features_s": t_features, "features_cpu_s": c_features,
-                        "train_step_s": t_train, "train_step_cpu_s": c_train, "train_s": trained.get("train_seconds"),
-                        "epochs": trained.get("epochs"), "best_epoch": trained.get("best_epoch"),
-                        "refit": trained.get("refit"),
-                        "val_rmse_ln": trained.get("val_rmse_ln"), "evaluate_s": t_eval, "evaluate_cpu_s": c_eval,
-                        "metrics": evaluation["metrics"], "gbm": evaluation.get("gbm"),
-                        "test_rows": evaluation["test_rows"], "report": evaluation["report_uri"]})
+                        "train_step_s": t_train, "train_step_cpu_s": c_train, "train_s": trained.train_seconds,
+                        "epochs": trained.epochs, "best_epoch": trained.best_epoch, "refit": trained.refit,
+                        "val_rmse_ln": trained.val_rmse_ln, "evaluate_s": t_eval, "evaluate_cpu_s": c_eval,
+                        "metrics": evaluation.metrics, "gbm": evaluation.gbm,
+                        "test_rows": evaluation.test_rows, "report": evaluation.report_uri})
     test_start = (as_of - timedelta(days=spec.split.test_days)).isoformat()
-    return {"as_of": as_of.isoformat(), "test_start": test_start, "rows": features["rows"], "lake": lake,
+    return {"as_of": as_of.isoformat(), "test_start": test_start, "rows": features.rows, "lake": lake,
             "results": results,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
 

@@ -4,7 +4,7 @@
 
 Eager and in memory: ``pd.read_parquet`` of every validated partition, ``pd.concat``; the same derived
 columns as ``tasks.datasets.king_county.features.derive`` (logs, basement share, age, renovation, neighbour
-ratio, market time, month sine/cosine), the same time split as ``tasks.features.build.assign_split``, a
+ratio, market time, month sine/cosine), the same time split as ``tasks.features.featureset.assign_split``, a
 per-zipcode-and-month median price per square foot (over the training rows) joined back with
 ``merge``, z-scores of every numeric feature (mean and standard deviation of the training rows), and
 ``to_parquet`` (zstd). It is deliberately idiomatic rather than tuned: what a notebook turned into a

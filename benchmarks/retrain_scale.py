@@ -160,7 +160,7 @@ def markdown(r: dict) -> str:
             lines += ["", f"Training: {tr.get('epochs', '-')} epochs run (best at {tr.get('best_epoch', '-')}), "
                           f"{_f(tr.get('train_seconds'), '{:,.0f}')} s; "
                           f"boosting trained on {_f((ev.get('gbm') or {}).get('train_rows'))} of the "
-                          f"{_f(rows.get('train'))} training rows (tasks.model.train.GBM_MAX_ROWS)."]
+                          f"{_f(rows.get('train'))} training rows (tasks.model.gbm.GBM_MAX_ROWS)."]
     lines.append("")
     return "\n".join(lines)
 

@@ -51,7 +51,8 @@ def sample_csv(spec, dst: Path, every: int = 20, offset: int = 0, limit: int | N
 
 def typed_rows(spec, csv_path: Path, day: date = date(2015, 1, 1)) -> pl.DataFrame:
     """A CSV read and coerced exactly as ingest does."""
-    from tasks.ingest.landing import coerce, read_landing_file
+    from tasks.ingest.landing import coerce
+    from tasks.ingest.read import read_landing_file
 
     typed, _ = coerce(read_landing_file(str(csv_path), spec), spec, str(csv_path), day)
     return typed
@@ -77,8 +78,11 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
 
     from tasks.core import tracking
     from tasks.core.metrics import price_metrics
-    from tasks.features.build import SPLIT, feature_set, fit_preprocessing
-    from tasks.model.networks import ModelBundle, ModelConfig, TabularNet, save_bundle
+    from tasks.features.featureset import SPLIT, feature_set
+    from tasks.features.fit import fit_preprocessing
+    from tasks.model.bundle import ModelBundle, save_bundle
+    from tasks.model.config import ModelConfig
+    from tasks.model.networks import TabularNet
 
     fset = feature_set(spec)
     c = tracking.client(settings)
@@ -93,7 +97,7 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
         torch.manual_seed(seed)
         net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
         save_bundle(Path(tmp) / "model", net, cfg, prep)
-        pred = ModelBundle.load(Path(tmp) / "model").predict(rows)
+        pred = ModelBundle.load(Path(tmp) / "model", lake_uri=settings.lake_uri).predict(rows)
         all_tags = {"data.window_start": str(start), "data.window_end": str(end), "preprocessing.sha256": prep.sha256(),
                     "dataset": spec.name, "stand_in": "untrained weights", **(tags or {})}
         run = c.create_run(exp, run_name=f"stand-in seed {seed}", tags=all_tags)
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.core.settings import Settings
     from tasks.core.spec import get_spec
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOMEWORTH_SERVING_ALIAS_TTL_S="10")
+    env = dict(os.environ, HOMEWORTH_SERVING_ALIAS_TTL_S="10")
     spec = get_spec()
     tmp = Path(tempfile.mkdtemp(prefix="homeworth-bench-"))
     settings = Settings()

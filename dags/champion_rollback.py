@@ -8,7 +8,7 @@ exists, is not already live and was a champion before, appends a `rollback` even
 ledger (`<lake>/ledger/`: when, by which run and user, from which version to which, the metrics and
 data window of the version going live) and moves the alias. Serving and `listings_score` pick the
 new champion up without a restart. A retried task finds its ledger event and does not add another.
-The same from a shell: `python -m tasks.cli rollback --version N --reason "..."`.
+The same from a shell: `homeworth rollback --version N --reason "..."`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def champion_rollback():
     @task
     def rollback(dag_run=None, params=None) -> dict:
         from tasks.core.settings import get_settings
-        from tasks.registry.promote import rollback as do_rollback
+        from tasks.registry.rollback import rollback as do_rollback
 
         at = dag_run.logical_date or dag_run.run_after  # the run's time, not the clock's
         actor = {"type": "dag_run", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,

@@ -15,7 +15,7 @@ range) it:
    `listing_predictions` asset.
 
 Re-running a day replaces exactly that day's two files. One-off files:
-`python -m tasks.serving.score --file listings.csv`.
+`homeworth score --file listings.csv`.
 """
 
 from __future__ import annotations

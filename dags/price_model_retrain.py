@@ -79,12 +79,15 @@ def _approval(evaluation):
 
     @task.branch
     def assess(evaluation: dict, params=None, ti=None) -> str:
+        from tasks.core.handoffs import Evaluation
         from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
         from tasks.registry.promote import assess_step
 
-        verdict = assess_step(get_settings(), evaluation, RetrainParams(**params))
-        ti.xcom_push(key="verdict", value=verdict)
-        return "approval" if verdict["outcome"] == "inconclusive" else "promote"
+        verdict = assess_step(get_settings(), Evaluation.from_xcom(evaluation), RetrainParams(**params),
+                              target=get_spec().target)
+        ti.xcom_push(key="verdict", value=verdict.to_xcom())
+        return "approval" if verdict.outcome == "inconclusive" else "promote"
 
     approval = HITLOperator(
         task_id="approval",
@@ -92,7 +95,7 @@ def _approval(evaluation):
                 "over the champion?",
         body="The comparison with the champion is inconclusive:\n\n"
              "{{ ti.xcom_pull(task_ids='assess', key='verdict')['reason'] }}",
-        options=["Promote", "Keep champion"],  # tasks.registry.promote.APPROVE / KEEP (not imported: parse time)
+        options=["Promote", "Keep champion"],  # tasks.registry.policy.APPROVE / KEEP (not imported: parse time)
         defaults=["Keep champion"],
         response_timeout=timedelta(hours=get_settings().promotion_approval_timeout_hours),
     )
@@ -124,38 +127,48 @@ def price_model_retrain():
 
     @task(execution_timeout=timedelta(hours=6))
     def train(features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+        from tasks.core.handoffs import FeatureTable
         from tasks.core.settings import get_settings
         from tasks.model.retrain import train_step
 
         lineage = _lineage(dag_run, data_interval_end, params)
-        return with_peak_rss(train_step(get_settings(), features, RetrainParams(**params), lineage))
+        return with_peak_rss(train_step(get_settings(), FeatureTable.from_xcom(features), RetrainParams(**params),
+                                        lineage))
 
     @task
     def evaluate(features: dict, trained: dict) -> dict:
+        from tasks.core.handoffs import FeatureTable, TrainedModel
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.registry.evaluate import evaluate_step
 
-        return with_peak_rss(evaluate_step(get_spec(), get_settings(), features, trained))
+        return with_peak_rss(evaluate_step(get_spec(), get_settings(), FeatureTable.from_xcom(features),
+                                           TrainedModel.from_xcom(trained)))
 
     @task
     def check_drift(features: dict, trained: dict) -> dict:
+        from tasks.core.handoffs import FeatureTable, TrainedModel
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.quality.drift import drift_step
 
-        return with_peak_rss(drift_step(get_spec(), get_settings(), features, trained))
+        return with_peak_rss(drift_step(get_spec(), get_settings(), FeatureTable.from_xcom(features),
+                                        TrainedModel.from_xcom(trained)))
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(evaluation: dict, drift: dict, dag_run=None, data_interval_end=None, params=None, ti=None) -> dict:
+        from tasks.core.handoffs import DriftReport, Evaluation
         from tasks.core.settings import get_settings
+        from tasks.core.spec import get_spec
         from tasks.registry.promote import promote_step
 
         lineage = _lineage(dag_run, data_interval_end, params)
         approval = ti.xcom_pull(task_ids="approval") if "approval" in ti.task.dag.task_dict else None
-        return with_peak_rss(promote_step(get_settings(), evaluation, RetrainParams(**params), lineage,
-                                          approval=approval, event_time=data_interval_end,
-                                          triggered_by=dag_run.triggering_user_name, drift=drift))
+        return with_peak_rss(promote_step(get_settings(), Evaluation.from_xcom(evaluation), RetrainParams(**params),
+                                          lineage, approval=approval, event_time=data_interval_end,
+                                          triggered_by=dag_run.triggering_user_name,
+                                          drift=DriftReport.from_xcom(drift) if drift else None,
+                                          target=get_spec().target))
 
     # main flow
     features = build_features()

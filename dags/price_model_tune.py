@@ -58,7 +58,7 @@ def price_model_tune():
         from tasks.model.retrain import features_step
 
         as_of = _as_of(data_interval_end, dag_run)
-        return features_step(get_spec(), get_settings(), as_of.date(), TuneParams(**params))
+        return features_step(get_spec(), get_settings(), as_of.date(), TuneParams(**params)).to_xcom()
 
     @task
     def plan_trials(params=None) -> list[dict]:
@@ -69,20 +69,22 @@ def price_model_tune():
 
     @task(execution_timeout=timedelta(hours=2))
     def run_trial(trial: dict, features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+        from tasks.core.handoffs import FeatureTable
         from tasks.core.settings import get_settings
         from tasks.model.tune import run_trial as run
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
-        return run(get_settings(), features, trial, lineage)
+        return run(get_settings(), FeatureTable.from_xcom(features), trial, lineage)
 
     @task
     def record_best(results: list[dict], features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
+        from tasks.core.handoffs import FeatureTable
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.model.tune import record_best as record
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
-        return record(get_settings(), get_spec().name, features, list(results), lineage)
+        return record(get_settings(), get_spec().name, FeatureTable.from_xcom(features), list(results), lineage)
 
     features = build_features()
     results = run_trial.partial(features=features).expand(trial=plan_trials())

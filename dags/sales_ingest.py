@@ -91,24 +91,22 @@ def sales_ingest():
         from tasks.core.params import interval_days
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
-        from tasks.ingest.landing import ingest_interval
+        from tasks.ingest.landing import ingest_step
 
         start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
-        result = ingest_interval(get_spec(), get_settings().landing_uri, get_settings().lake_uri, start, end)
-        return {k: v for k, v in result.items() if k != "partitions"}
+        return ingest_step(get_spec(), get_settings(), start, end).to_xcom()
 
     @task(outlets=[VALIDATED_SALES, *([SALES_DRIFT_ALIAS] if TRIGGER_RETRAIN else [])])
     def validate(ingested: dict, outlet_events=None, run_id=None, ti=None) -> dict:
-        import logging
         from datetime import date
 
+        from tasks.core.handoffs import IngestResult
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
-        from tasks.quality.validate import ValidationFailed, validate_interval
+        from tasks.quality.validate import ValidationFailed, summarize, validate_interval
 
-        log = logging.getLogger("homeworth.sales_ingest")
-        settings, spec = get_settings(), get_spec()
-        start, end = date.fromisoformat(ingested["start"]), date.fromisoformat(ingested["end"])
+        settings, spec, ingested = get_settings(), get_spec(), IngestResult.from_xcom(ingested)
+        start, end = date.fromisoformat(ingested.start), date.fromisoformat(ingested.end)
         try:
             result = validate_interval(spec, settings.lake_uri, start, end, run_id=run_id)
         except ValidationFailed as exc:
@@ -117,24 +115,15 @@ def sales_ingest():
             raise
         ti.xcom_push(key=DATA_DOCS_XCOM, value=result["data_docs"])
         print(f"Data Docs: {result['data_docs']}")
-        summary = {k: result[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined")}
-        summary["failing_expectations"] = {e["expectation"]: e["unexpected_count"] for e in result["expectations"]
-                                           if not e["success"]}
-        outlet_events[VALIDATED_SALES].extra = dict(summary)
-        summary["data_docs"] = result["data_docs"]
+        summary = summarize(result)
+        outlet_events[VALIDATED_SALES].extra = summary.model_dump(exclude={"data_docs", "drift"})
         if TRIGGER_RETRAIN:
-            from tasks.quality.drift import drift_vs_champion, event_extra
+            from tasks.quality.drift import check_after_ingest
 
-            try:
-                drift = drift_vs_champion(spec, settings, end)
-            except Exception as exc:  # a drift check must not fail ingestion
-                log.exception("drift check failed")
-                drift = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "flagged": [], "drifted": False}
-            summary["drift"] = {k: drift.get(k) for k in ("status", "reason", "max_psi", "max_feature", "flagged")}
-            log.info("drift vs champion: %s", summary["drift"])
-            if drift.get("drifted"):
-                outlet_events[SALES_DRIFT_ALIAS].add(SALES_DRIFT, extra=event_extra(drift))
-        return summary
+            summary.drift, event = check_after_ingest(spec, settings, end)
+            if event is not None:
+                outlet_events[SALES_DRIFT_ALIAS].add(SALES_DRIFT, extra=event)
+        return summary.to_xcom()
 
     # main flow
     validated = validate(ingest())

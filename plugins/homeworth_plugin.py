@@ -8,39 +8,16 @@
 
 Airflow loads plugins in every component, task processes included, so this file imports nothing
 heavy: the app is built on its first request (torch, MLflow and the model load then, in the API
-server only).
+server only; see ``tasks.serving.lazy``).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from airflow.plugins_manager import AirflowPlugin
 
+from tasks.serving.lazy import LazyApp
 
-class LazyApp:
-    """An ASGI app that builds ``tasks.serving.api.create_app`` (with Airflow's login) on its first request."""
-
-    def __init__(self) -> None:
-        self._app = None
-        self._lock: asyncio.Lock | None = None
-
-    @staticmethod
-    def _build():
-        from tasks.serving.api import airflow_user_dependency, create_app
-
-        return create_app(dependencies=airflow_user_dependency())
-
-    async def __call__(self, scope, receive, send) -> None:
-        if self._app is None:
-            self._lock = self._lock or asyncio.Lock()
-            async with self._lock:
-                if self._app is None:
-                    self._app = await asyncio.to_thread(self._build)
-        await self._app(scope, receive, send)
-
-
-app = LazyApp()
+app = LazyApp("tasks.serving.api:create_app")
 
 
 class HomeworthPlugin(AirflowPlugin):

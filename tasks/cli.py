@@ -1,8 +1,17 @@
-"""Operator commands for the champion: who is live and why, the ledger, and a rollback.
+"""homeworth: the champion, batch scoring, the endpoint and landing data, from one command.
 
-    python -m tasks.cli champion                 # the live version, since when, by whom, why, its metrics
-    python -m tasks.cli ledger [--json] [--limit N]
-    python -m tasks.cli rollback --version 3 --reason "v4 over-values waterfront houses" [--user alice]
+    homeworth champion                   # the live version, since when, by whom, why, its metrics
+    homeworth ledger [--json] [--limit N]
+    homeworth rollback --version 3 --reason "v4 over-values waterfront houses" [--user alice]
+    homeworth score --file listings.csv [--out scored.csv] [--version N]   # batch scoring
+    homeworth serve [--host 127.0.0.1] [--port 8000]                        # the endpoint on its own
+    homeworth replay [--start 2015-03-01] [--end 2015-05-28]                # the bundled sales as a daily feed
+    homeworth synth --rows N --days D --seed S --out DIR                    # synthetic sales at any scale
+
+``python -m tasks.cli ...`` is the same command, and ``homeworth <command> --help`` lists a command's
+flags. score, serve, replay and synth are the ``main`` of their modules (``DELEGATED``), given the rest of
+the command line as it is; a module is imported only when its command runs, so ``homeworth --help``
+loads neither torch, MLflow nor Polars.
 
 A rollback from here is a person's action: it is recorded with the wall-clock time and the user
 (``--user``, else the login name). The ``champion_rollback`` DAG does the same from the Airflow UI.
@@ -11,15 +20,25 @@ A rollback from here is a person's action: it is recorded with the wall-clock ti
 from __future__ import annotations
 
 import argparse
-import getpass
+import importlib
 import json
-import socket
 import sys
-from datetime import datetime, timezone
+from typing import NamedTuple
 
-from tasks.core import tracking
-from tasks.core.settings import get_settings
-from tasks.registry import ledger
+PROG = "homeworth"
+
+
+class Delegated(NamedTuple):
+    module: str  # its main(argv, prog) parses the command's own flags
+    help: str
+
+
+DELEGATED: dict[str, Delegated] = {
+    "score": Delegated("tasks.serving.score", "price a listings file with the champion (batch scoring)"),
+    "serve": Delegated("tasks.serving.api", "serve the champion on its own (the HTTP endpoint)"),
+    "replay": Delegated("tasks.ingest.replay", "replay the bundled sales into the landing zone, a folder a day"),
+    "synth": Delegated("tasks.datasets.king_county.synth", "write synthetic King County sales at any scale"),
+}
 
 
 def _fmt_metrics(m: dict | None) -> str:
@@ -31,6 +50,9 @@ def _fmt_metrics(m: dict | None) -> str:
 
 def champion_info(settings) -> dict:
     """The live version with the ledger event (or, before the ledger existed, the tags) explaining it."""
+    from tasks.core import tracking
+    from tasks.registry import ledger
+
     c = tracking.client(settings)
     mv = tracking.champion_version(c, settings.model_name)
     if mv is None:
@@ -53,6 +75,8 @@ def champion_info(settings) -> dict:
 
 
 def cmd_champion(args) -> int:
+    from tasks.core.settings import get_settings
+
     info = champion_info(get_settings())
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -72,6 +96,9 @@ def cmd_champion(args) -> int:
 
 
 def cmd_ledger(args) -> int:
+    from tasks.core.settings import get_settings
+    from tasks.registry import ledger
+
     events = ledger.read_all(get_settings())
     if args.limit:
         events = events[-args.limit:]
@@ -91,7 +118,12 @@ def cmd_ledger(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tasks.registry.promote import RollbackError, rollback
+    import getpass
+    import socket
+    from datetime import datetime, timezone
+
+    from tasks.core.settings import get_settings
+    from tasks.registry.rollback import RollbackError, rollback
 
     at = datetime.now(timezone.utc)  # a person's action: the wall clock is when it happened
     user = args.user or getpass.getuser()
@@ -105,9 +137,8 @@ def cmd_rollback(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tasks.cli", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_operator_commands(sub) -> None:
+    """champion, ledger and rollback: the champion's history and its one manual move."""
     ch = sub.add_parser("champion", help="show the live version and why it is live")
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=cmd_champion)
@@ -120,7 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rb.add_argument("--user", default=None, help="who is doing this (default: the login name)")
     rb.set_defaults(func=cmd_rollback)
-    args = p.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                epilog="homeworth <command> --help lists the command's flags.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
+    _add_operator_commands(sub)
+    for name, d in DELEGATED.items():
+        # Listed here for --help; main() hands their arguments to the module's own parser before this one runs.
+        sub.add_parser(name, help=d.help, add_help=False)
+    return p
+
+
+def run_delegated(name: str, argv: list[str]) -> int:
+    """The module's ``main(argv, prog)``; its return value as an exit status (a summary or None is success)."""
+    result = importlib.import_module(DELEGATED[name].module).main(argv, prog=f"{PROG} {name}")
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return run_delegated(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

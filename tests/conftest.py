@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kc import KC_SPEC_PATH
+
 REPO = Path(__file__).resolve().parent.parent
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="homeworth-tests-"))
 
@@ -81,4 +83,4 @@ def fresh_settings(tmp_path, monkeypatch):
 def spec():
     from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    return load_spec(KC_SPEC_PATH)

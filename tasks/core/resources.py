@@ -24,6 +24,7 @@ def peak_rss_mib() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-def with_peak_rss(result: dict) -> dict:
-    """``result`` (a task's XCom metadata) with ``peak_rss_mib`` added."""
-    return {**result, "peak_rss_mib": peak_rss_mib()}
+def with_peak_rss(result) -> dict:
+    """``result`` (a task's XCom metadata: a handoff model or a dict) as JSON with ``peak_rss_mib`` added."""
+    payload = result.to_xcom() if hasattr(result, "to_xcom") else dict(result)
+    return {**payload, "peak_rss_mib": peak_rss_mib()}

@@ -4,7 +4,7 @@ The original CSV text is copied line for line (quoted ids, ``1.225e+006`` prices
 ingest path sees exactly what the public file holds. A landing file that already exists is never
 rewritten: landing files belong to the feed, not to us.
 
-    python -m tasks.ingest.replay [--start 2015-03-01] [--end 2015-05-28]
+    homeworth replay [--start 2015-03-01] [--end 2015-05-28]     # or python -m tasks.ingest.replay
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def replay(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m tasks.ingest.replay") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--start", type=date.fromisoformat, default=None, help="first day to replay")
     p.add_argument("--end", type=date.fromisoformat, default=None, help="day after the last one")
     p.add_argument("--source", type=Path, default=None, help="CSV(.gz) to replay; the spec's bundled file by default")

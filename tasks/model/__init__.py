@@ -1,2 +1,14 @@
-"""The model: configuration, networks, the Lightning module, data loading, training (with the refit on
-train + validation), the gradient-boosting yardstick and the tuning space."""
+"""The model stage.
+
+- ``config``: :class:`ModelConfig` and each family's defaults (pydantic only);
+- ``networks``: the ``nn.Module`` s (``TabularNet`` and its layers);
+- ``tensors``: feature rows as tensors, whole-batch slicing (plain torch);
+- ``module``: the Lightning module (``PriceModule``) and the in-memory DataModule;
+- ``data``: the out-of-core loaders (the feature table streamed from Parquet);
+- ``train``: ``train`` (with the refit on train + validation);
+- ``bundle``: the saved model (safetensors, config, preprocessing) and ``ModelBundle``, which scores;
+- ``gbm``: the gradient-boosting yardstick;
+- ``tune``: the tuning space and trials; ``retrain``: the retrain DAG's features and train steps.
+
+It imports ``tasks.core`` and ``tasks.features``, never ``tasks.registry`` or ``tasks.serving``.
+"""

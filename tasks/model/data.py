@@ -6,7 +6,7 @@ training split has at most ``in_memory_max_rows`` rows; above that it uses :clas
 - :class:`ParquetBatches` (a ``torch.utils.data.IterableDataset``) reads the feature Parquet file
   row group by row group with pyarrow (only the model's columns and the split column; row groups
   whose statistics exclude the split are skipped), keeps the split's rows, converts them with the
-  :class:`~tasks.features.build.Preprocessing` (``numeric_matrix``, ``categorical_matrix``,
+  :class:`~tasks.features.preprocessing.Preprocessing` (``numeric_matrix``, ``categorical_matrix``,
   ``encode_rows``) and yields mini-batches of tensors;
 - shuffled (training): the row groups are read in an order permuted per epoch, and rows pass through
   a shuffle buffer of ``buffer_rows`` rows (default 262,144) that is permuted before its batches are
@@ -32,8 +32,9 @@ import pytorch_lightning as L
 import torch
 
 from tasks.core import storage
-from tasks.features.build import SPLIT, SPLITS, bounded_sample
+from tasks.features.featureset import SPLIT, SPLITS, bounded_sample
 from tasks.features.preprocessing import Preprocessing
+from tasks.model.tensors import IndexBatches, to_tensors
 
 BUFFER_ROWS = 262_144
 EVAL_BATCH_ROWS = 8192
@@ -120,7 +121,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
         self.columns = list(dict.fromkeys([*(s.name for s in prep.numeric), *(v.name for v in prep.categorical),
                                            *(t.name for t in prep.target_offset), prep.target, SPLIT]))
         self.rows = rows if rows is not None else split_counts(features_uri)[split]
-        self.epoch = 0  # advanced by each shuffled pass (as tasks.model.networks.IndexBatches)
+        self.epoch = 0  # advanced by each shuffled pass (as tasks.model.tensors.IndexBatches)
 
     def __len__(self) -> int:
         return math.ceil(self.rows / self.batch_size)
@@ -205,8 +206,6 @@ class StreamingDataModule(L.LightningDataModule):
         self.datasets: dict[str, torch.utils.data.IterableDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        from tasks.model.networks import IndexBatches, to_tensors
-
         if not self.datasets:
             self.datasets = {
                 "train": ParquetBatches(self.features_uri, self.prep, "train", self.batch_size, True, self.seed,

@@ -1,80 +1,22 @@
-"""The network, its LightningModule and DataModule, and the saved model bundle.
+"""The networks: plain ``nn.Module`` s, no training logic (that is :mod:`tasks.model.module`).
 
-Three layers, as in lightning-hydra-template: ``TabularNet`` is a plain ``nn.Module``;
-``PriceModule`` holds the loss, one shared step for train/val/test and the optimizer;
-``TabularDataModule`` holds whole tensors and serves shuffled index slices (a per-row
-``__getitem__`` DataLoader is several times slower on tabular data).
+``TabularNet`` embeds the inputs (an embedding per categorical feature; the numeric features as they
+are, or through :class:`PeriodicEmbedding`), then runs an MLP (``mlp``, ``mlp_plr``) or a TabM
+ensemble (``tabm``: :class:`BatchEnsembleLinear` layers and a :class:`LinearEnsemble` head).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import polars as pl
-import pytorch_lightning as L
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
-from tasks.features.preprocessing import Preprocessing
+from tasks.model.config import ModelConfig
 
-
-class ModelConfig(BaseModel):
-    """Architecture and optimisation settings; logged as MLflow params and saved with the weights."""
-
-    # mlp: plain MLP; mlp_plr: periodic embeddings of numeric features; tabm: mlp_plr's embeddings and a
-    # parameter-efficient ensemble of ``k`` members sharing the MLP's weights (rank-1 adapters per member).
-    family: Literal["mlp", "mlp_plr", "tabm"] = "mlp_plr"
-    hidden: list[int] = Field(default=[256, 256])  # widths of the hidden layers
-    dropout: float = 0.1
-    cat_embedding_dim: int = 16  # embedding width of each categorical feature
-    n_frequencies: int = 16  # periodic embeddings: frequencies per feature
-    frequency_scale: float = 0.1  # periodic embeddings: std of the initial frequencies
-    num_embedding_dim: int = 16  # periodic embeddings: output width per feature
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    max_epochs: int = 60
-    patience: int = 8  # early stopping on val/rmse_ln
-    seed: int = 42
-    k: int = Field(default=16, ge=1, le=64)  # tabm: ensemble members (BatchEnsemble adapters per member)
-    # Training loss on standardized ln(price): mse, or huber (quadratic within huber_delta standard
-    # deviations, linear beyond: a few wild sales weigh less). Validation always reports rmse_ln.
-    loss: Literal["mse", "huber"] = "mse"
-    huber_delta: float = Field(default=0.5, gt=0)
-    # Wall-clock cap on training (the best epoch so far is kept), and on a refit separately (tasks.model.train);
-    # None: epochs and early stopping only.
-    # Runs that hit it are no longer deterministic under the seed (how far they got depends on the machine).
-    max_time_s: int | None = Field(default=None, ge=1)
-    # A refit on train + val (tasks.model.train) returns the average of the weights at the end of its last
-    # this many epochs (1: its last epoch's weights). It has no validation rows to select an epoch on,
-    # and its last epoch varied with the seed; the average of the last few varied less, and scored
-    # better, in the backtests (docs/model.md).
-    refit_average_epochs: int = Field(default=4, ge=1)
-    # Clamp every numeric input to the range it had in training (learned at fit time, saved with the
-    # weights), as trees do and as quantile-normalised inputs are: periodic embeddings map an
-    # out-of-range value (market time after the training window) to an arbitrary point.
-    clamp_inputs: bool = False
-
-
-# The default configuration of each family (what a retrain uses without a tuning result). The tabm
-# default was compared on the King County time split with gradient boosting (docs/model.md).
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "tabm": {"family": "tabm", "k": 16, "hidden": [256], "dropout": 0.1, "num_embedding_dim": 8, "n_frequencies": 8,
-             "frequency_scale": 0.1, "lr": 2e-3, "weight_decay": 3e-4, "batch_size": 512, "loss": "huber",
-             "huber_delta": 0.3, "max_time_s": 200},
-    "mlp_plr": {"family": "mlp_plr"},
-    "mlp": {"family": "mlp"},
-}
-
-
-def default_config(family: str, **overrides) -> ModelConfig:
-    """The family's default configuration, with ``overrides`` (e.g. max_epochs, seed) applied."""
-    return ModelConfig(**{**FAMILY_DEFAULTS[family], **overrides})
+if TYPE_CHECKING:
+    from tasks.features.preprocessing import Preprocessing
 
 
 class PeriodicEmbedding(nn.Module):
@@ -186,202 +128,6 @@ class TabularNet(nn.Module):
         return self.forward_members(x_num, x_cat).mean(dim=1)
 
 
-class PriceModule(L.LightningModule):
-    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float, lr_schedule: list[float] | None = None):
-        """``lr_schedule``: the learning rate of each epoch, replayed instead of reducing it when the
-        validation loss plateaus (a refit, which has no validation rows of its own, replays the
-        schedule of the run that chose its number of epochs)."""
-        super().__init__()
-        self.net, self.cfg, self.lr_schedule = net, cfg, lr_schedule
-        # The target is standardized ln(price): rmse in ln units is the loss scaled back.
-        self.target_std = target_std
-        self._train_sums: torch.Tensor | None = None  # (sum of loss x n, sum of rmse_ln x n, n) this epoch
-
-    def forward(self, x_num, x_cat):
-        return self.net(x_num, x_cat)
-
-    def _losses(self, batch, stage: str):
-        x_num, x_cat, y = batch
-        members = self.net.forward_members(x_num, x_cat)  # (B, k): every member is fitted on its own
-        ensemble_mse = nn.functional.mse_loss(members.mean(dim=1), y)
-        if stage != "train":
-            loss = ensemble_mse
-        elif self.cfg.loss == "huber":
-            loss = nn.functional.huber_loss(members, y[:, None].expand_as(members), delta=self.cfg.huber_delta)
-        else:
-            loss = nn.functional.mse_loss(members, y[:, None].expand_as(members))
-        # The target is standardized ln(price): rmse in ln units is the ensemble's rmse scaled back.
-        return loss, ensemble_mse.sqrt() * self.target_std, len(y)
-
-    def _step(self, batch, stage: str):
-        loss, rmse_ln, n = self._losses(batch, stage)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
-        self.log(f"{stage}/rmse_ln", rmse_ln, on_step=False, on_epoch=True, batch_size=n)
-        return loss
-
-    # Training metrics are summed here and logged once an epoch (the same batch-size-weighted means as
-    # self.log(on_epoch=True) would give): every self.log in a training step makes Lightning move its
-    # result collection to the device before each batch, ~1 ms a batch on a CPU, ~10% of a step.
-    def on_train_epoch_start(self) -> None:
-        self._train_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-
-    def training_step(self, batch, _):
-        loss, rmse_ln, n = self._losses(batch, "train")
-        if self._train_sums is None:
-            self.on_train_epoch_start()
-        with torch.no_grad():
-            self._train_sums += torch.stack([loss.detach().double() * n, rmse_ln.detach().double() * n,
-                                             torch.tensor(float(n), dtype=torch.float64, device=self.device)])
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self._train_sums is None:
-            return
-        total, rmse, n = self._train_sums.tolist()
-        if n:
-            self.log("train/loss", total / n)
-            self.log("train/rmse_ln", rmse / n)
-
-    def validation_step(self, batch, _):
-        self._step(batch, "val")
-
-    def test_step(self, batch, _):
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        if self.lr_schedule is not None:
-            lrs = self.lr_schedule
-            replay = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lrs[min(e, len(lrs) - 1)] / self.cfg.lr)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": replay, "interval": "epoch"}}
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(self.cfg.patience // 2, 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
-
-
-class IndexBatches(torch.utils.data.IterableDataset):
-    """Whole batches sliced from in-memory tensors; shuffled per epoch with a seeded generator."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int):
-        self.tensors, self.batch_size, self.shuffle, self.seed, self.epoch = tensors, batch_size, shuffle, seed, 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = len(self.tensors[0])
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            self.epoch += 1
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        for idx in order.split(self.batch_size):
-            yield tuple(t[idx] for t in self.tensors)
-
-
-def to_tensors(prep: Preprocessing, df: pl.DataFrame, with_target: bool = True) -> tuple[torch.Tensor, ...]:
-    x_num = torch.as_tensor(np.array(prep.numeric_matrix(df), copy=True))
-    x_cat = torch.as_tensor(np.array(prep.categorical_matrix(df), copy=True))
-    if not with_target:
-        return x_num, x_cat
-    return x_num, x_cat, torch.from_numpy(prep.encode_rows(df))
-
-
-class TabularDataModule(L.LightningDataModule):
-    def __init__(self, frames: dict[str, pl.DataFrame], prep: Preprocessing, batch_size: int, seed: int):
-        super().__init__()
-        self.frames, self.prep, self.batch_size, self.seed = frames, prep, batch_size, seed
-        self.data: dict[str, tuple[torch.Tensor, ...]] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if not self.data:
-            self.data = {name: to_tensors(self.prep, df) for name, df in self.frames.items()}
-
-    def _loader(self, split: str, shuffle: bool):
-        ds = IndexBatches(self.data[split], self.batch_size if shuffle else 8192, shuffle, self.seed)
-        return torch.utils.data.DataLoader(ds, batch_size=None)
-
-    def train_dataloader(self):
-        return self._loader("train", True)
-
-    def val_dataloader(self):
-        return self._loader("val", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The saved bundle: weights (safetensors, no pickle), config and preprocessing, all plain files.
-
-WEIGHTS, CONFIG, PREPROCESSING = "model.safetensors", "model_config.json", "preprocessing.json"
-
-
-def save_bundle(directory: Path, net: TabularNet, cfg: ModelConfig, prep: Preprocessing) -> None:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / WEIGHTS))
-    (directory / CONFIG).write_text(cfg.model_dump_json(indent=2))
-    (directory / PREPROCESSING).write_text(prep.model_dump_json(indent=2))
-
-
-class ModelBundle:
-    """A trained model ready to score validated rows: features (comps, derive), preprocess, forward, decode.
-
-    A model whose preprocessing uses comparable sales needs the history of validated sales to score
-    new rows: ``predict(df, history=...)`` takes it (a frame of validated sales, or a
-    ``tasks.features.comps.LakeHistory``); without one it uses ``self.history``, else the validated
-    partitions of the settings' lake (re-read only when they change). Only sales dated before each
-    row are used.
-    """
-
-    def __init__(self, net: TabularNet, cfg: ModelConfig, prep: Preprocessing, history=None):
-        self.net, self.cfg, self.prep, self.history = net.eval(), cfg, prep, history
-
-    @classmethod
-    def load(cls, directory: str | Path, history=None) -> "ModelBundle":
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg = ModelConfig.model_validate_json((directory / CONFIG).read_text())
-        prep = Preprocessing.model_validate_json((directory / PREPROCESSING).read_text())
-        net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
-        net.load_state_dict(load_file(str(directory / WEIGHTS)))
-        return cls(net, cfg, prep, history)
-
-    def history_frame(self, history=None) -> pl.DataFrame | pl.LazyFrame | None:
-        """The comps history to use: the argument, ``self.history``, or the settings' lake."""
-        if self.prep.comps is None:
-            return None
-        h = history if history is not None else self.history
-        if h is None:
-            from tasks.core.settings import get_settings
-            from tasks.features.comps import lake_history
-
-            h = lake_history(get_settings().lake_uri, self.prep.comps)
-        return h.frame() if hasattr(h, "frame") else h
-
-    def features(self, df: pl.DataFrame, history=None) -> pl.DataFrame:
-        """Every input column for validated rows: comparable sales (if the model uses them), then derive."""
-        h = self.history_frame(history)
-        if h is not None and not isinstance(h, pl.LazyFrame) and h.height == 0:
-            h = pl.DataFrame(schema=df.select(self.prep.comps.input_columns(with_target=True)).schema)
-        return self.prep.features(df, h).collect()
-
-    def predict_features(self, df: pl.DataFrame) -> np.ndarray:
-        """Prices for rows that already carry the derived features."""
-        x_num, x_cat = to_tensors(self.prep, df, with_target=False)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(x_num), 8192):
-                out.append(self.net(x_num[i : i + 8192], x_cat[i : i + 8192]).numpy())
-        z = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        return self.prep.decode_rows(z, df)
-
-    def predict(self, df: pl.DataFrame, history=None) -> np.ndarray:
-        """Prices for validated rows (the spec's columns, typed); ``history``: see the class doc."""
-        return self.predict_features(self.features(df, history))
-
-    def describe(self) -> dict:
-        return json.loads(self.cfg.model_dump_json())
+def build_net(prep: "Preprocessing", cfg: ModelConfig) -> TabularNet:
+    """A fresh network for ``prep``'s inputs (its numeric columns and categorical vocabularies)."""
+    return TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)

@@ -18,9 +18,11 @@ import polars as pl
 import pytorch_lightning as L
 import torch
 
-from tasks.features.build import SPLIT, SPLITS
+from tasks.features.featureset import SPLIT, SPLITS
 from tasks.features.preprocessing import Preprocessing
-from tasks.model.networks import ModelConfig, PriceModule, TabularDataModule, TabularNet
+from tasks.model.config import ModelConfig
+from tasks.model.module import PriceModule, TabularDataModule
+from tasks.model.networks import TabularNet, build_net
 
 log = logging.getLogger(__name__)
 MONITOR = "val/rmse_ln"
@@ -144,6 +146,45 @@ def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: Tabular
     return dm, {s: len(f) for s, f in frames.items()}, frames
 
 
+def _trainer(max_epochs: int, accelerator: str, callbacks: list, max_time_s: int | None, logger=None,
+             **extra) -> L.Trainer:
+    """A deterministic single-device Trainer that writes nothing (no checkpoints, progress bar or summary)."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=1,
+        deterministic=True,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        max_time=timedelta(seconds=max_time_s) if max_time_s else None,
+        **extra,
+    )
+
+
+def _val_every(cfg: ModelConfig, train_rows: int, in_memory_max_rows: int,
+               limit_train_batches: int | float | None) -> int | None:
+    """Validate every this many training batches: None (each epoch's end) in memory; streamed, every
+    :data:`VAL_EVERY_SAMPLES` samples, at most once an epoch's batches."""
+    if train_rows <= in_memory_max_rows:
+        return None
+    batches = math.ceil(train_rows / cfg.batch_size)
+    if limit_train_batches is not None:
+        batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
+                      else max(1, int(batches * limit_train_batches)))
+    return max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size))
+
+
+def _fit(trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule) -> float:
+    """``trainer.fit``; its wall-clock seconds."""
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    return time.perf_counter() - t0
+
+
 def train(
     cfg: ModelConfig,
     features_uri: str,
@@ -174,35 +215,15 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    net = build_net(prep, cfg)
     dm, rows, frames = _data(cfg, features_uri, prep, net, in_memory_max_rows, buffer_rows)
     module = PriceModule(net, cfg, prep.target_std)
     best, lrs = BestWeights(), LearningRates()
-    val_every = None  # in memory: validate at each epoch's end
-    if rows["train"] > in_memory_max_rows:  # streamed: every VAL_EVERY_SAMPLES, at most once an epoch's batches
-        batches = math.ceil(rows["train"] / cfg.batch_size)
-        if limit_train_batches is not None:
-            batches = min(batches, limit_train_batches if isinstance(limit_train_batches, int)
-                          else max(1, int(batches * limit_train_batches)))
-        val_every = max(1, min(batches, VAL_EVERY_SAMPLES // cfg.batch_size))
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        accelerator=accelerator,
-        devices=1,
-        deterministic=True,
-        logger=logger if logger is not None else False,
-        callbacks=[best, lrs, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_train_batches=limit_train_batches,
-        val_check_interval=val_every,
-        max_time=timedelta(seconds=cfg.max_time_s) if cfg.max_time_s else None,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    seconds = time.perf_counter() - t0
+    trainer = _trainer(cfg.max_epochs, accelerator,
+                       [best, lrs, L.callbacks.EarlyStopping(MONITOR, patience=cfg.patience, mode="min")],
+                       cfg.max_time_s, logger, limit_train_batches=limit_train_batches,
+                       val_check_interval=_val_every(cfg, rows["train"], in_memory_max_rows, limit_train_batches))
+    seconds = _fit(trainer, module, dm)
     if best.state is not None:
         net.load_state_dict(best.state)
     net.cpu().eval()
@@ -226,6 +247,22 @@ def train(
 REFIT_TIME_MARGIN = 1.1
 
 
+def _refit_skip_reason(cfg: ModelConfig, frames: dict[str, pl.DataFrame] | None, best_epoch: int, seconds: float,
+                       epochs_run: int) -> str | None:
+    """Why a refit on train + val is not done (see :func:`_refit`), or None: it is."""
+    if frames is None:
+        return "the training split was streamed"
+    if best_epoch < 0 or not len(frames["val"]):
+        return "no best epoch" if best_epoch < 0 else "no validation rows"
+    epochs = best_epoch + 1
+    rows = len(frames["train"]) + len(frames["val"])
+    budget = cfg.max_time_s
+    estimate = seconds / max(epochs_run, 1) * epochs * rows / max(len(frames["train"]), 1)
+    if budget is not None and estimate * REFIT_TIME_MARGIN > budget:
+        return f"max_time_s: about {estimate:.0f} s needed, the cap is {budget} s"
+    return None
+
+
 def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame] | None, best_epoch: int,
            lrs: list[float], seconds: float, epochs_run: int, accelerator: str,
            limit_train_batches: int | float | None) -> tuple[TabularNet | None, dict]:
@@ -240,34 +277,22 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
         log.info("no refit on train + val: %s", reason)
         return None, {"done": False, "reason": reason}
 
-    if frames is None:
-        return skipped("the training split was streamed")
-    if best_epoch < 0 or not len(frames["val"]):
-        return skipped("no best epoch" if best_epoch < 0 else "no validation rows")
+    reason = _refit_skip_reason(cfg, frames, best_epoch, seconds, epochs_run)
+    if reason is not None:
+        return skipped(reason)
     epochs = best_epoch + 1
     rows = len(frames["train"]) + len(frames["val"])
-    budget = cfg.max_time_s
-    estimate = seconds / max(epochs_run, 1) * epochs * rows / max(len(frames["train"]), 1)
-    if budget is not None and estimate * REFIT_TIME_MARGIN > budget:
-        return skipped(f"max_time_s: about {estimate:.0f} s needed, the cap is {budget} s")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    net = build_net(prep, cfg)
     both = pl.concat([frames["train"], frames["val"]])
     if cfg.clamp_inputs:
         _set_clamp(net, prep, both)
     dm = TabularDataModule({"train": both, "val": frames["val"]}, prep, cfg.batch_size, cfg.seed)
     averaged = min(cfg.refit_average_epochs, epochs)
     average = WeightAverage(epochs - averaged)
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
-        callbacks=[average],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit_train_batches,
-        max_time=timedelta(seconds=budget) if budget is not None else None,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(PriceModule(net, cfg, prep.target_std, lr_schedule=lrs[:epochs]), datamodule=dm)
-    took = time.perf_counter() - t0
+    trainer = _trainer(epochs, accelerator, [average], cfg.max_time_s, limit_val_batches=0,
+                       limit_train_batches=limit_train_batches)
+    took = _fit(trainer, PriceModule(net, cfg, prep.target_std, lr_schedule=lrs[:epochs]), dm)
     if trainer.current_epoch < epochs:
         return skipped(f"max_time_s stopped it after {trainer.current_epoch} of {epochs} epochs")
     net.load_state_dict(average.average())
@@ -275,85 +300,3 @@ def _refit(cfg: ModelConfig, prep: Preprocessing, frames: dict[str, pl.DataFrame
     log.info("refit on train + val: %d rows, %d epochs in %.1fs; weights averaged over the last %d", rows, epochs,
              took, averaged)
     return net, {"done": True, "epochs": epochs, "rows": rows, "seconds": round(took, 2), "averaged_epochs": averaged}
-
-
-# ---------------------------------------------------------------------------------------------
-# Gradient boosting on the same features and split (the deep model's yardstick in evaluate_step)
-
-# HistGradientBoostingRegressor on ln(price): early stopping on the validation split (the same one
-# the deep model stops on); the rest are sklearn's usual settings with a smaller learning rate.
-GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 3000, "max_leaf_nodes": 31, "min_samples_leaf": 20,
-              "l2_regularization": 0.0, "n_iter_no_change": 100}
-
-
-@dataclass
-class GbmResult:
-    model: object
-    columns: list[str]
-    metrics: dict[str, float]
-    seconds: float
-
-    def predict(self, prep: Preprocessing, df: pl.DataFrame):
-        """Prices for rows that carry the features (as ``ModelBundle.predict_features``)."""
-        return prep.decode_rows(self.model.predict(gbm_matrix(prep, df)), df)
-
-
-def gbm_matrix(prep: Preprocessing, df: pl.DataFrame):
-    """The deep model's inputs, for trees: the numeric columns as they are (nulls as NaN, trees need
-    no scaling), then the categorical columns as vocabulary codes (0: unseen), declared categorical."""
-    import numpy as np
-
-    num = df.select([pl.col(s.name).cast(pl.Float64).fill_nan(None) for s in prep.numeric]).to_numpy()
-    num = np.asarray(num, dtype=np.float64)
-    cat = prep.categorical_matrix(df).astype(np.float64)
-    return np.column_stack([num, cat]) if cat.size else num
-
-
-# Rows the yardstick trains and stops on at most (every k-th row of the split beyond that): trees on a
-# quarter of a million rows are as good a yardstick as on fifty million, memory stays bounded and the
-# evaluation takes minutes, not hours, on two cores (docs/out-of-core.md).
-GBM_MAX_ROWS = {"train": 250_000, "val": 100_000}
-
-
-def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dict | None = None,
-              max_rows: dict[str, int] | None = None, refit: bool = False) -> GbmResult:
-    """HistGradientBoostingRegressor on the standardized target (ln price), features of ``prep``, val split.
-
-    Train and val are read whole up to ``max_rows`` (default :data:`GBM_MAX_ROWS`), else sampled
-    (``tasks.model.data.sample_split``); the result's metrics say how many rows were used.
-    ``refit``: as the deep model's :func:`train` does, fit again on train + val with the number of
-    trees early stopping chose (``val_rmse_ln`` stays that of the first fit).
-    """
-    import numpy as np
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    from tasks.model.data import sample_split
-
-    limits = {**GBM_MAX_ROWS, **(max_rows or {})}
-    frames = {s: sample_split(features_uri, s, limits[s]) for s in ("train", "val")}
-    n_num = len(prep.numeric)
-    # HistGradientBoosting takes categories with fewer than 255 codes; larger vocabularies stay as codes.
-    cats = [n_num + i for i, v in enumerate(prep.categorical) if len(v.values) < 254] or None
-    model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {})}, categorical_features=cats,
-                                          early_stopping=True, random_state=seed)
-    y = {s: prep.encode_rows(frames[s]) for s in ("train", "val")}
-    t0 = time.perf_counter()
-    x = {s: gbm_matrix(prep, frames[s]) for s in ("train", "val")}
-    model.fit(x["train"], y["train"], X_val=x["val"], y_val=y["val"])
-    seconds = time.perf_counter() - t0
-    val_z = model.predict(x["val"])
-    val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
-    log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
-    n_iter, train_rows = model.n_iter_, len(frames["train"])
-    if refit and len(frames["val"]):
-        model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {}), "max_iter": n_iter},
-                                              categorical_features=cats, early_stopping=False, random_state=seed)
-        model.fit(np.vstack([x["train"], x["val"]]),
-                  np.concatenate([y["train"], y["val"]]))
-        train_rows += len(frames["val"])
-        seconds = time.perf_counter() - t0
-        log.info("gbm: refit on train + val (%d rows, %d iterations); %.1fs in all", train_rows, n_iter, seconds)
-    return GbmResult(model=model, columns=[s.name for s in prep.numeric] + [v.name for v in prep.categorical],
-                     metrics={"val_rmse_ln": val_rmse_ln, "n_iter": float(n_iter), "train_seconds": seconds,
-                              "train_rows": float(train_rows), "refit": float(bool(refit and len(frames["val"])))},
-                     seconds=seconds)

@@ -33,7 +33,7 @@ default) and a tuning result for the dataset, the newest result's configuration 
 Param set to a value other than its default overrides it (``model_family``: a family other than the
 tuned one starts from that family's defaults; ``max_epochs``, ``seed``: replace the tuned values).
 Without a tuning result, or with ``use_tuned_config`` false, the base is the family's default
-configuration (``tasks.model.networks.FAMILY_DEFAULTS``) with the Params' values.
+configuration (``tasks.model.config.FAMILY_DEFAULTS``) with the Params' values.
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.core import tracking
+from tasks.core.handoffs import FeatureTable
 from tasks.core.settings import Settings
+from tasks.model.config import ModelConfig, default_config
 
 if TYPE_CHECKING:
     from tasks.core.lineage import Lineage
     from tasks.core.params import RetrainParams
-    from tasks.model.networks import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ def tuning_settings(settings: Settings) -> Settings:
 
 def sample_config(rng: "np.random.Generator", families: list[str], max_epochs: int, max_time_s: int | None = None) -> dict:
     """One configuration drawn from :data:`SEARCH_SPACE` (values of every name are drawn, in order)."""
-    from tasks.model.networks import ModelConfig
-
     family = Choice(tuple(sorted(families))).sample(rng)
     v = {name: dist.sample(rng) for name, dist in SEARCH_SPACE.items()}
     cfg: dict[str, Any] = {"family": family, "hidden": [v["width"]] * v["depth"], "dropout": v["dropout"], "lr": v["lr"],
@@ -131,8 +130,6 @@ def sample_trials(n_trials: int, seed: int, families: list[str], max_epochs: int
 
     ``max_time_s`` caps each trial's training (and so the retrain that later uses the configuration).
     """
-    from tasks.model.networks import default_config
-
     first = "tabm" if "tabm" in families else families[0]
     cap = {"max_time_s": max_time_s} if max_time_s else {}
     trials = [{"trial": 0, "config": json.loads(default_config(first, max_epochs=max_epochs, **cap).model_dump_json())}]
@@ -156,10 +153,9 @@ def pick_best(results: list[dict]) -> dict:
 # Steps (the DAG's tasks)
 
 
-def run_trial(settings: Settings, features: dict, trial: dict, lineage: "Lineage") -> dict:
+def run_trial(settings: Settings, features: FeatureTable, trial: dict, lineage: "Lineage") -> dict:
     """Train one trial's configuration on the features; a run in the tuning experiment. Returns its result."""
     from tasks.features.preprocessing import load_preprocessing
-    from tasks.model.networks import ModelConfig
     from tasks.model.train import train
 
     ts = tuning_settings(settings)
@@ -172,14 +168,14 @@ def run_trial(settings: Settings, features: dict, trial: dict, lineage: "Lineage
         return {"trial": trial["trial"], "config": trial["config"], MONITOR: done.data.metrics[MONITOR],
                 "seconds": done.data.metrics.get("train_seconds"), "mlflow_run_id": done.info.run_id, "reused": True}
     cfg = ModelConfig(**trial["config"])
-    prep = load_preprocessing(features["preprocessing_uri"])
+    prep = load_preprocessing(features.preprocessing_uri)
     tags = {**lineage.tags(), tracking.TAG_TASK: task, TAG_KIND: KIND_TRIAL, TAG_TRIAL: str(trial["trial"]),
-            TAG_DATASET: prep.dataset, "preprocessing.sha256": features["preprocessing_sha256"]}
+            TAG_DATASET: prep.dataset, "preprocessing.sha256": features.preprocessing_sha256}
     run = c.create_run(exp, run_name=f"{lineage.run_id}__{task}", tags=tags)
     try:
         for k, v in cfg.model_dump().items():
             c.log_param(run.info.run_id, k, v)
-        result = train(cfg, features["features_uri"], prep, threads=settings.torch_threads)
+        result = train(cfg, features.features_uri, prep, threads=settings.torch_threads)
         value = result.metrics["val_rmse_ln"]
         if math.isfinite(value):
             c.log_metric(run.info.run_id, MONITOR, value)
@@ -195,7 +191,7 @@ def run_trial(settings: Settings, features: dict, trial: dict, lineage: "Lineage
             "reused": False}
 
 
-def record_best(settings: Settings, dataset: str, features: dict, results: list[dict], lineage: "Lineage") -> dict:
+def record_best(settings: Settings, dataset: str, features: FeatureTable, results: list[dict], lineage: "Lineage") -> dict:
     """Pick the best trial by validation rmse_ln and record it as the dataset's tuning result in MLflow."""
     ts = tuning_settings(settings)
     c = tracking.client(ts)
@@ -208,7 +204,7 @@ def record_best(settings: Settings, dataset: str, features: dict, results: list[
     config = best["config"]
     tags = {**lineage.tags(), tracking.TAG_TASK: "record_best", TAG_KIND: KIND_RESULT, TAG_DATASET: dataset,
             TAG_BEST: json.dumps(config, sort_keys=True), TAG_TRIAL: str(best["trial"]),
-            "preprocessing.sha256": features["preprocessing_sha256"], "data.features_sha256": features["features_sha256"]}
+            "preprocessing.sha256": features.preprocessing_sha256, "data.features_sha256": features.features_sha256}
     run = c.create_run(exp, run_name=f"{lineage.dag_id}__{lineage.run_id}__best", tags=tags)
     try:
         for k, v in config.items():
@@ -253,7 +249,6 @@ def best_config(settings: Settings, dataset: str) -> tuple[dict, str] | None:
 def resolve_config(params: "RetrainParams", tuned: dict | None) -> tuple["ModelConfig", str]:
     """The retrain's model configuration and where it came from (``tuned`` or ``defaults``); see the module doc."""
     from tasks.core.params import RetrainParams
-    from tasks.model.networks import ModelConfig, default_config
 
     defaults = RetrainParams()
     family_set = params.model_family != defaults.model_family

@@ -1,2 +1,4 @@
 """Data quality: the Great Expectations validation that splits ``raw`` into ``validated`` and
-``quarantine``, its Data Docs, and feature drift against the champion's training data."""
+``quarantine`` (``validate``; reading GX results in ``results``), its Data Docs (``daydocs`` builds each
+day's doc, ``datadocs`` writes and renders them), and feature drift against the champion's training data
+(``drift``)."""

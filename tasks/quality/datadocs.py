@@ -11,18 +11,19 @@ atomically beside the day's JSON result, plus an index page for the interval::
 
 GX's own Data Docs renderer was tried and not kept: its pages load Bootstrap, jQuery, Vega and fonts
 from CDNs (not offline), it knows nothing of the ``severity`` meta or of day partitions, and it renders
-the whole interval's result (about 60 ms a page, so 25 s for a 390-day bulk run).
+the whole interval's result (its cost and ours: docs/data-contract.md, "Data Docs").
 
-Only the standard library is imported here.
+Only the standard library is imported here; the page wrapper is ``tasks.core.html.page``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 from tasks.core import lake, storage
+from tasks.core.html import esc as _e
+from tasks.core.html import page
 
 HTML_NAME = "data_docs.html"
 JSON_NAME = "result.json"
@@ -78,15 +79,6 @@ tr.fail td{background:#fdecec} tr.err td{background:#fff4e0} code{font:12px ui-m
 .passed{background:#2e7d32} .quarantined{background:#b26a00} .failed{background:#c62828}
 .ok{color:#2e7d32;font-weight:600} .ko{color:#c62828;font-weight:600} ul{margin:4px 0}
 """
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def _kv(rows: list[tuple[str, Any]]) -> str:
@@ -152,7 +144,7 @@ def render_day(doc: dict) -> str:
     parts.append("</table><p class=\"sub\">severity <b>row</b>: failing rows go to quarantine with the expectation "
                  "as a reason; <b>batch</b>: the whole interval fails and nothing is written. Scope <b>day</b>: counted "
                  "on this day's rows; <b>interval</b>: evaluated once over the run's interval.</p>")
-    return _page(title, "\n".join(parts))
+    return page(title, "\n".join(parts), css=_CSS)
 
 
 def render_interval(start: str, end: str, days: dict[str, dict]) -> str:
@@ -180,4 +172,4 @@ def render_interval(start: str, end: str, days: dict[str, dict]) -> str:
             f"</td><td class=\"n\">{_e(r['quarantined'] if r['quarantined'] is not None else '-')}</td>"
             f"<td><code>{_e(fails)}</code></td></tr>")
     parts.append("</table>")
-    return _page(title, "\n".join(parts))
+    return page(title, "\n".join(parts), css=_CSS)

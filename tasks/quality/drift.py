@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tasks.core import lake, storage
+from tasks.core.handoffs import DriftReport, FeatureTable, TrainedModel
 from tasks.core.spec import DatasetSpec
-from tasks.features.build import SPLIT, FeatureSet, bounded_sample, feature_set
+from tasks.features.featureset import SPLIT, FeatureSet, bounded_sample, feature_set
 from tasks.ingest.landing import POLARS_TYPES, days_in_interval
 
 if TYPE_CHECKING:
@@ -216,19 +217,19 @@ def _columns(lf: pl.LazyFrame, wanted: list[str]) -> list[str]:
 DRIFT_MAX_ROWS = 1_000_000
 
 
-def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, trained: dict | None = None, *,
-               recent_days: int | None = None, bins: int = DEFAULT_BINS, max_rows: int = DRIFT_MAX_ROWS) -> dict:
+def drift_step(spec: DatasetSpec, settings: "Settings", features: FeatureTable, trained: TrainedModel | None = None,
+               *, recent_days: int | None = None, bins: int = DEFAULT_BINS, max_rows: int = DRIFT_MAX_ROWS) -> DriftReport:
     """Drift of the newest rows of a features table against its train split.
 
-    ``features_meta`` is ``build_features``' result (``features_uri``, ``window_end``). The current rows are
+    ``features`` is the build_features step's result (``features_uri``, ``window_end``). The current rows are
     the test split (the newest ``test_days`` of the window under a time split), or, with ``recent_days``,
     the rows of the last ``recent_days`` days before the window end. Each side is read whole up to
     ``max_rows`` rows, else every k-th row (so memory is bounded on a history of any size). With
     ``trained`` (the train step's result), ``drift/<feature>`` metrics and ``drift.*`` tags are logged to
-    ``trained["mlflow_run_id"]``.
+    ``trained.mlflow_run_id``.
     """
-    fset = feature_set(spec)
-    uri = features_meta["features_uri"]
+    fset = feature_set(spec, settings.comps)
+    uri = features.features_uri
     lf = _scan(uri)
     comp_cols, comp_market = _comps(fset)
     numeric = [*fset.numeric, *(c for c in _columns(lf, comp_cols) if c not in fset.numeric)]
@@ -237,7 +238,7 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, tra
                                             for c in comp_market if c in numeric}
     reference = bounded_sample(lf.filter(pl.col(SPLIT) == "train").select(cols), max_rows)
     if recent_days and spec.event_time:
-        since = date.fromisoformat(features_meta["window_end"]) - timedelta(days=recent_days)
+        since = date.fromisoformat(features.window_end) - timedelta(days=recent_days)
         current = bounded_sample(lf.filter(pl.col(spec.event_time) >= since).select(cols), max_rows)
         selection = f"{spec.event_time} >= {since.isoformat()}"
     else:
@@ -247,11 +248,11 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features_meta: dict, tra
                         action=settings.drift_action, bins=bins, skip=skip)
     out["reference"] = {"source": uri, "selection": f"{SPLIT} == 'train'"}
     out["current"] = {"source": uri, "selection": selection}
-    if trained and trained.get("mlflow_run_id"):
-        log_drift(settings, trained["mlflow_run_id"], out)
+    if trained is not None and trained.mlflow_run_id:
+        log_drift(settings, trained.mlflow_run_id, out)
     log.info("drift: max PSI %.3f (%s), flagged %s (threshold %s, action %s)", out["max_psi"], out["max_feature"],
              out["flagged"], out["threshold"], out["action"])
-    return out
+    return DriftReport.model_validate(out)
 
 
 def log_drift(settings: "Settings", run_id: str, drift: dict) -> None:
@@ -324,7 +325,7 @@ def drift_vs_champion(spec: DatasetSpec, settings: "Settings", end: date, *, rec
     ref_uri = lake.features_uri(settings.lake_uri, date.fromisoformat(ws), date.fromisoformat(we))
     if not storage.exists(ref_uri):
         return {**base, "status": "skipped", "reason": f"champion v{mv.version}'s features table {ref_uri} is gone"}
-    fset = feature_set(spec)
+    fset = feature_set(spec, settings.comps)
     lf = _scan(ref_uri)
     reference = lf.filter(pl.col(SPLIT) == "train").select(_columns(lf, [*fset.numeric, *fset.categorical])).collect()
     current = recent_validated(spec, settings.lake_uri, end, recent_days, fset)
@@ -344,3 +345,18 @@ def event_extra(drift: dict) -> dict:
     return {k: drift.get(k) for k in ("status", "max_psi", "max_feature", "flagged", "threshold", "action",
                                       "current_rows", "reference", "current")} | {
         "psi": {c: drift["psi"][c] for c in drift.get("flagged", [])}}
+
+
+def check_after_ingest(spec: DatasetSpec, settings: "Settings", end: date) -> tuple[dict, dict | None]:
+    """``sales_ingest``'s drift check: (its summary for XCom, the asset event's extra when a feature drifted).
+
+    A failing check is reported in the summary, never raised: a drift check must not fail ingestion.
+    """
+    try:
+        drift = drift_vs_champion(spec, settings, end)
+    except Exception as exc:
+        log.exception("drift check failed")
+        drift = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "flagged": [], "drifted": False}
+    summary = {k: drift.get(k) for k in ("status", "reason", "max_psi", "max_feature", "flagged")}
+    log.info("drift vs champion: %s", summary)
+    return summary, (event_extra(drift) if drift.get("drifted") else None)

@@ -1,4 +1,4 @@
-"""Promotion: the gate that decides whether a new model replaces the champion, and every alias move.
+"""Promotion: the paired bootstrap, the gate's inputs, and the step that applies the policy and moves the alias.
 
 The gate compares the challenger and the champion on the same test rows (``tasks/registry/evaluate.py``
 writes both predictions per row). Point estimates of two medians differ by noise, so the gate
@@ -15,55 +15,31 @@ interval of each difference, champion minus challenger, of the median APE and of
   setting, a person decides through Airflow's human-in-the-loop task.
 
 Backfill runs evaluate but never promote; ``force_promotion`` overrides a "no" (the reason says so).
-Every move of the alias, by a run or by a person (:func:`rollback`), is an event in the ledger
+These rules and the other overrides are plain functions in ``tasks/registry/policy.py``; this module
+gathers their inputs (MLflow, the lake, the ledger) and applies the decision. Every move of the alias,
+by a run or by a person (``tasks/registry/rollback.py``), is an event in the ledger
 (``tasks/registry/ledger.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from tasks.core import tracking
+from tasks.core.handoffs import Assessment, DriftReport, Evaluation, PromotionResult
 from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
 from tasks.core.settings import Settings
-from tasks.registry import ledger
+from tasks.registry import ledger, policy
 
 log = logging.getLogger(__name__)
 
 # Metrics of the paired comparison: name -> per-row loss and how it is aggregated.
 PAIRED = {"mdape": "median of |pred - actual| / actual", "mean_abs_log_error": "mean of |ln pred - ln actual|"}
-APPROVE, KEEP = "Promote", "Keep champion"  # the options a person gets for an inconclusive result
-
-
-def absolute_failures(new: dict, params: RetrainParams) -> list[str]:
-    failures = []
-    if new["mdape"] > params.max_mdape:
-        failures.append(f"mdape {new['mdape']:.4f} > bar {params.max_mdape}")
-    if new["ppe10"] < params.min_ppe10:
-        failures.append(f"ppe10 {new['ppe10']:.4f} < bar {params.min_ppe10}")
-    return failures
-
-
-def decide(new: dict, champion: dict | None, params: RetrainParams) -> tuple[bool, str]:
-    """The point-estimate gate: absolute bars, then relative improvement of mdape over the champion.
-
-    Used when no paired predictions exist; :func:`gate` adds the bootstrap intervals on top of it.
-    """
-    failures = absolute_failures(new, params)
-    if failures:
-        return False, "fails the absolute bars: " + "; ".join(failures)
-    if champion is None:
-        return True, f"no champion yet and the absolute bars pass (mdape {new['mdape']:.4f}, ppe10 {new['ppe10']:.4f})"
-    gain = (champion["mdape"] - new["mdape"]) / champion["mdape"]
-    verdict = (f"mdape {new['mdape']:.4f} vs champion {champion['mdape']:.4f}: relative improvement {gain:+.2%}, "
-               f"required {params.min_relative_improvement:.2%}")
-    return gain >= params.min_relative_improvement, verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,252 +108,129 @@ def compare_predictions(settings: Settings, predictions_uri: str, target: str) -
                             resamples=settings.gate_resamples, confidence=settings.gate_confidence, seed=settings.gate_seed)
 
 
-@dataclass
-class Verdict:
-    outcome: str  # "promote", "reject" or "inconclusive"
-    reason: str
-    ci: dict[str, Any] | None = field(default=None)
+def assess(settings: Settings, evaluation: Evaluation, params: RetrainParams, *, target: str) -> policy.Verdict:
+    """The gate over an evaluation result (XCom of ``evaluate``), with the bootstrap when a champion exists.
 
-    @property
-    def promote(self) -> bool:
-        return self.outcome == "promote"
-
-
-def _ci_text(ci: dict) -> str:
-    level = f"{ci['confidence']:.0%}"
-    parts = []
-    for m, r in ci["metrics"].items():
-        parts.append(f"{m} {r['new']:.4f} vs champion {r['champion']:.4f}, improvement {r['difference']:+.4f} "
-                     f"({level} CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], {r['verdict']})")
-    return "; ".join(parts) + f" over {ci['rows']} paired test rows"
-
-
-def gate(new: dict, champion: dict | None, params: RetrainParams, ci: dict | None) -> Verdict:
-    """The promotion decision from the test metrics and the paired bootstrap (see the module doc)."""
-    failures = absolute_failures(new, params)
-    if failures:
-        return Verdict("reject", "fails the absolute bars: " + "; ".join(failures), ci)
-    if champion is None or ci is None:
-        ok, reason = decide(new, champion, params)
-        return Verdict("promote" if ok else "reject", reason, ci)
-    verdicts = {m: r["verdict"] for m, r in ci["metrics"].items()}
-    text = _ci_text(ci)
-    gain = (champion["mdape"] - new["mdape"]) / champion["mdape"]
-    if "worse" in verdicts.values():
-        worse = [m for m, v in verdicts.items() if v == "worse"]
-        return Verdict("reject", f"clearly worse than the champion on {', '.join(worse)}: {text}", ci)
-    if all(v == "better" for v in verdicts.values()):
-        if gain >= params.min_relative_improvement:
-            return Verdict("promote", f"clear improvement: {text}; relative mdape improvement {gain:+.2%}, "
-                                      f"required {params.min_relative_improvement:.2%}", ci)
-        return Verdict("reject", f"clearly better but by less than required: {text}; relative mdape improvement "
-                                 f"{gain:+.2%}, required {params.min_relative_improvement:.2%}", ci)
-    return Verdict("inconclusive", f"inconclusive (an interval contains 0): {text}; relative mdape improvement "
-                                   f"{gain:+.2%}", ci)
-
-
-def assess(settings: Settings, evaluation: dict, params: RetrainParams) -> Verdict:
-    """The gate over an evaluation result (XCom of ``evaluate``), with the bootstrap when a champion exists."""
-    from tasks.core.spec import get_spec
-
-    metrics = evaluation["metrics"]
+    ``target`` is the price column of the evaluation's predictions (the dataset spec's target).
+    """
+    metrics = evaluation.metrics
     ci = None
-    if metrics.get("champion") is not None and evaluation.get("predictions_uri"):
-        ci = compare_predictions(settings, evaluation["predictions_uri"], get_spec(settings.dataset_spec).target)
-    return gate(metrics["new"], metrics.get("champion"), params, ci)
+    if metrics.get("champion") is not None and evaluation.predictions_uri:
+        ci = compare_predictions(settings, evaluation.predictions_uri, target)
+    return policy.gate(metrics["new"], metrics.get("champion"), params, ci)
 
 
-def assess_step(settings: Settings, evaluation: dict, params: RetrainParams) -> dict:
+def assess_step(settings: Settings, evaluation: Evaluation, params: RetrainParams, *, target: str) -> Assessment:
     """The gate's verdict as XCom for the approval branch: outcome, reason, intervals."""
-    v = assess(settings, evaluation, params)
-    return {"outcome": v.outcome, "reason": v.reason, "ci": v.ci, "model_version": str(evaluation["model_version"]),
-            "champion_version": evaluation.get("champion_version")}
+    v = assess(settings, evaluation, params, target=target)
+    return Assessment(outcome=v.outcome, reason=v.reason, ci=v.ci, model_version=str(evaluation.model_version),
+                      champion_version=evaluation.champion_version)
 
 
 # ---------------------------------------------------------------------------------------------
 # Moving the alias
 
 
-def _difference(new: dict, champion: dict | None) -> dict:
-    if not champion:
-        return {}
-    return {k: champion[k] - new[k] for k in new if k in champion and isinstance(new[k], (int, float))}
+def apply_alias(c, settings: Settings, version: str) -> None:
+    """Point ``champion`` at ``version`` unless it is there already (a retry finishing a recorded move)."""
+    current = tracking.champion_version(c, settings.model_name)
+    if current is None or str(current.version) != str(version):
+        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, str(version))
 
 
-def _chosen(approval: dict | None) -> tuple[str | None, str | None]:
-    """(chosen option, user name) of a human-in-the-loop answer."""
-    if not approval:
-        return None, None
-    options = approval.get("chosen_options") or []
-    user = approval.get("responded_by_user")
-    if isinstance(user, dict):
-        name = user.get("name") or user.get("id")
-    else:
-        name = str(user) if user else None
-    return (options[0] if options else None), name or "nobody (the default after the response timeout)"
+def _situation(evaluation: Evaluation, version: str, current, lineage: Lineage, params: RetrainParams,
+               approval: dict | None, drift: DriftReport | None) -> policy.Situation:
+    """The policy's inputs besides the verdict: the live champion, the run, a person's answer, the drift check."""
+    option, user = policy.chosen(approval)
+    drift_blocked, drift_reason = (False, "")
+    if drift is not None:
+        from tasks.quality.drift import drift_blocks_promotion
+
+        drift_blocked, drift_reason = drift_blocks_promotion(drift.model_dump())
+    return policy.Situation(version=version, live=str(current.version) if current is not None else None,
+                     evaluated_against=evaluation.champion_version, run_type=lineage.run_type,
+                     force=params.force_promotion, chosen=option, user=user, drift_blocked=drift_blocked,
+                     drift_reason=drift_reason)
 
 
-def promote_step(settings: Settings, evaluation: dict, params: RetrainParams, lineage: Lineage,
+def _promotion_event(c, settings: Settings, key: str, at, evaluation: Evaluation, lineage: Lineage,
+                     decision: policy.Decision, verdict: policy.Verdict, s: policy.Situation,
+                     triggered_by: str | None, approval: dict | None) -> ledger.LedgerEvent:
+    """The ledger event of a promotion: who, why, the metrics and intervals, the data and validation behind it."""
+    actor = {"type": "dag_run", "dag_id": lineage.dag_id, "run_id": lineage.run_id, "run_type": lineage.run_type,
+             "task": "promote"}
+    if triggered_by:
+        actor["triggered_by"] = triggered_by
+    if s.chosen is not None:
+        actor["approved_by"] = s.user
+    metrics = evaluation.metrics
+    mv = c.get_model_version(settings.model_name, s.version)
+    return ledger.new_event(
+        key, kind="promotion", at=at, model_name=settings.model_name, from_version=s.live, to_version=s.version,
+        reason=decision.reason, actor=actor,
+        metrics={"new": metrics["new"], "champion": metrics.get("champion"),
+                 "difference": policy.metric_difference(metrics["new"], metrics.get("champion"))},
+        ci=verdict.ci,
+        data_window={"start": lineage.window_start, "end": lineage.window_end,
+                     "partitions_sha256": mv.tags.get("data.partitions_sha256"),
+                     "features_sha256": mv.tags.get("data.features_sha256"),
+                     "preprocessing_sha256": mv.tags.get("preprocessing.sha256")},
+        validation=ledger.validation_summary(settings, lineage.window_start, lineage.window_end),
+        evaluation=evaluation.model_dump(include={"report_uri", "predictions_uri", "test_rows", "mlflow_run_id",
+                                                  "champion_version"}),
+        approval=approval,
+    )
+
+
+def _result(version: str, promoted: bool, reason: str, previous: str | None, champion: str | None, outcome: str,
+            ci: dict | None, ledger_event: str | None) -> PromotionResult:
+    """promote_step's XCom."""
+    return PromotionResult(model_version=version, promoted=promoted, reason=reason, previous_champion=previous,
+                           champion_version=champion, outcome=outcome, ci=ci, ledger_event=ledger_event)
+
+
+def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainParams, lineage: Lineage,
                  approval: dict | None = None, event_time: datetime | date | str | None = None,
-                 triggered_by: str | None = None, drift: dict | None = None) -> dict:
-    """Decide, record the decision as MLflow tags, and move the alias (with a ledger event) on a "yes".
+                 triggered_by: str | None = None, drift: DriftReport | None = None, *,
+                 target: str) -> PromotionResult:
+    """Decide (``tasks.registry.policy``), record the decision as MLflow tags, and move the alias (with a ledger
+    event) on a "yes".
 
     ``approval`` is the human-in-the-loop answer for an inconclusive result (``chosen_options``,
     ``responded_by_user``); ``event_time`` the run's logical/interval time for the ledger (default:
     the end of the run's data window); ``triggered_by`` the user who triggered the run, if any;
     ``drift`` the drift check of the run (``tasks.quality.drift.drift_step``), which blocks promotion when the
-    ``drift_action`` setting says so and a feature drifted.
+    ``drift_action`` setting says so and a feature drifted; ``target`` the price column of the predictions.
     """
     c = tracking.client(settings)
-    version = str(evaluation["model_version"])
-    metrics = evaluation["metrics"]
+    version = str(evaluation.model_version)
     at = event_time or datetime.combine(date.fromisoformat(lineage.window_end), datetime.min.time(), timezone.utc)
     key = f"{lineage.dag_id}/{lineage.run_id}/promote/{version}"
     eid = ledger.event_id(at, "promotion", key)
 
     done = ledger.get(settings, eid)
     if done is not None:  # an earlier try decided and recorded; finish its move
-        _apply_alias(c, settings, done.to_version)
+        apply_alias(c, settings, done.to_version)
         log.info("model v%s: promotion already recorded as ledger event %s (retry)", version, eid)
-        return {"model_version": version, "promoted": True, "reason": done.reason, "previous_champion": done.from_version,
-                "champion_version": done.to_version, "outcome": "promote", "ci": done.ci, "ledger_event": eid}
+        return _result(version, True, done.reason, done.from_version, done.to_version, "promote", done.ci, eid)
 
     current = tracking.champion_version(c, settings.model_name)
-    previous = str(current.version) if current is not None else None
-    verdict = assess(settings, evaluation, params)
-    ok, reason, outcome = verdict.promote, verdict.reason, verdict.outcome
-    evaluated_against = evaluation.get("champion_version")
-    chosen, user = _chosen(approval)
-    drift_blocked, drift_reason = (False, "")
-    if drift is not None:
-        from tasks.quality.drift import drift_blocks_promotion
-
-        drift_blocked, drift_reason = drift_blocks_promotion(drift)
-    if lineage.run_type == "backfill":
-        ok, reason = False, f"backfill runs evaluate but never promote ({reason})"
-    elif drift_blocked and ok:
-        ok, reason = False, f"{drift_reason} ({reason})"
-    elif previous not in (evaluated_against, version) and outcome != "reject":
-        ok, reason = False, (f"the champion moved from v{evaluated_against or 'none'} to v{previous} after this model "
-                             f"was evaluated; re-run to compare with the new champion ({reason})")
-    elif outcome == "inconclusive" and chosen is not None:
-        ok = chosen == APPROVE
-        reason = f"{reason}; {'promoted' if ok else 'kept the champion'}: {chosen!r} chosen by {user}"
-    if not ok and params.force_promotion and lineage.run_type != "backfill":
-        ok, reason = True, f"forced by the run's force_promotion param ({reason})"
-    decision = "promoted" if ok else "rejected"
-
+    verdict = assess(settings, evaluation, params, target=target)
+    s = _situation(evaluation, version, current, lineage, params, approval, drift)
+    decision = policy.resolve(verdict, s)
+    move = policy.moves_alias(decision, s)
     event_ref = None
-    if ok and previous != version:
-        actor = {"type": "dag_run", "dag_id": lineage.dag_id, "run_id": lineage.run_id, "run_type": lineage.run_type,
-                 "task": "promote"}
-        if triggered_by:
-            actor["triggered_by"] = triggered_by
-        if chosen is not None:
-            actor["approved_by"] = user
-        mv = c.get_model_version(settings.model_name, version)
-        event = ledger.new_event(
-            key, kind="promotion", at=at, model_name=settings.model_name, from_version=previous, to_version=version,
-            reason=reason, actor=actor,
-            metrics={"new": metrics["new"], "champion": metrics.get("champion"),
-                     "difference": _difference(metrics["new"], metrics.get("champion"))},
-            ci=verdict.ci,
-            data_window={"start": lineage.window_start, "end": lineage.window_end,
-                         "partitions_sha256": mv.tags.get("data.partitions_sha256"),
-                         "features_sha256": mv.tags.get("data.features_sha256"),
-                         "preprocessing_sha256": mv.tags.get("preprocessing.sha256")},
-            validation=ledger.validation_summary(settings, lineage.window_start, lineage.window_end),
-            evaluation={k: evaluation.get(k) for k in ("report_uri", "predictions_uri", "test_rows", "mlflow_run_id",
-                                                       "champion_version")},
-            approval=approval,
-        )
+    if move:
+        event = _promotion_event(c, settings, key, at, evaluation, lineage, decision, verdict, s, triggered_by,
+                                 approval)
         stored, _ = ledger.append(settings, event)
         event_ref = stored.event_id
-    tags = {"promotion.decision": decision, "promotion.reason": reason, "promotion.outcome": outcome,
-            "promotion.previous_champion": previous or "none", "promotion.airflow_run_id": lineage.run_id}
-    if event_ref:
-        tags["promotion.ledger_event"] = event_ref
-    for k, v in tags.items():
+    for k, v in policy.promotion_tags(decision, s.live, lineage.run_id, event_ref).items():
         c.set_model_version_tag(settings.model_name, version, k, v[:5000])
-        c.set_tag(evaluation["mlflow_run_id"], k, v[:5000])
-    if ok and previous != version:
+        c.set_tag(evaluation.mlflow_run_id, k, v[:5000])
+    if move:
         c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, version)
-    log.info("model v%s %s: %s", version, decision, reason)
-    champion = version if ok else previous
-    return {"model_version": version, "promoted": ok, "reason": reason, "previous_champion": previous,
-            "champion_version": champion, "outcome": outcome, "ci": verdict.ci, "ledger_event": event_ref}
-
-
-class RollbackError(ValueError):
-    """The rollback cannot be done as asked; the message says why."""
-
-
-def _run_metrics(c, run_id: str | None) -> dict:
-    if not run_id:
-        return {}
-    data = c.get_run(run_id).data.metrics
-    return {k.removeprefix("test/"): v for k, v in data.items() if k.startswith("test/")}
-
-
-def rollback(settings: Settings, version: str | int, reason: str, actor: dict, at: datetime | date | str,
-             key: str) -> dict:
-    """Move ``champion`` back to ``version``, an earlier champion, and record why in the ledger.
-
-    ``actor`` says who (a DAG run or a person), ``at`` when (the run's time, or the wall clock for a
-    person), ``key`` makes the event unique to that actor and action (a retried task reuses it).
-    """
-    version = str(version).strip().lstrip("v")
-    reason = (reason or "").strip()
-    if not reason:
-        raise RollbackError("a rollback needs a reason")
-    if not version.isdigit():
-        raise RollbackError(f"version must be a model version number, got {version!r}")
-    c = tracking.client(settings)
-    eid = ledger.event_id(at, "rollback", key)
-    done = ledger.get(settings, eid)
-    if done is not None:
-        _apply_alias(c, settings, done.to_version)
-        return {"champion_version": done.to_version, "previous_champion": done.from_version, "ledger_event": eid,
-                "reason": done.reason, "created": False}
-
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = c.get_model_version(settings.model_name, version)
-    except MlflowException as exc:
-        raise RollbackError(f"model {settings.model_name!r} has no version {version}") from exc
-    current = tracking.champion_version(c, settings.model_name)
-    previous = str(current.version) if current is not None else None
-    if previous == version:
-        raise RollbackError(f"v{version} is already the champion")
-    events = ledger.read_all(settings)
-    was_champion = any(e.to_version == version for e in events) or mv.tags.get("promotion.decision") == "promoted"
-    if not was_champion:
-        raise RollbackError(f"v{version} was never the champion (no ledger event made it one and its MLflow tag "
-                            f"promotion.decision is {mv.tags.get('promotion.decision')!r}); a rollback goes back to an "
-                            "earlier champion")
-    new_m = _run_metrics(c, mv.run_id)
-    old_m = _run_metrics(c, current.run_id) if current is not None else {}
-    start, end = mv.tags.get("data.window_start"), mv.tags.get("data.window_end")
-    event = ledger.new_event(
-        key, kind="rollback", at=at, model_name=settings.model_name, from_version=previous, to_version=version,
-        reason=reason, actor=actor,
-        metrics={"new": new_m, "champion": old_m, "difference": _difference(new_m, old_m) if old_m else {},
-                 "note": "each version's own test metrics (test windows may differ; not a paired comparison)"},
-        data_window={"start": start, "end": end, "partitions_sha256": mv.tags.get("data.partitions_sha256")},
-        validation=ledger.validation_summary(settings, start, end) if start and end else None,
-        evaluation={"mlflow_run_id": mv.run_id},
-    )
-    stored, created = ledger.append(settings, event)
-    _apply_alias(c, settings, stored.to_version)
-    c.set_model_version_tag(settings.model_name, version, "rollback.reason", reason[:5000])
-    c.set_model_version_tag(settings.model_name, version, "rollback.ledger_event", stored.event_id)
-    log.info("champion rolled back from v%s to v%s by %s: %s", previous, version, stored.who(), reason)
-    return {"champion_version": stored.to_version, "previous_champion": stored.from_version,
-            "ledger_event": stored.event_id, "reason": stored.reason, "created": created}
-
-
-def _apply_alias(c, settings: Settings, version: str) -> None:
-    current = tracking.champion_version(c, settings.model_name)
-    if current is None or str(current.version) != str(version):
-        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, str(version))
+    log.info("model v%s %s: %s", version, decision.decision, decision.reason)
+    champion = version if decision.promote else s.live
+    return _result(version, decision.promote, decision.reason, s.live, champion, decision.outcome, verdict.ci,
+                   event_ref)

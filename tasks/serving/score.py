@@ -2,7 +2,7 @@
 
 Listings are houses on the market, without a price: the feed drops
 ``<landing>/listings/<YYYY-MM-DD>/*.csv|*.parquet`` with the sales columns minus the target. They
-take the same road as sales up to the model: ``tasks.ingest.landing.read_landing_file`` and ``coerce`` (with
+take the same road as sales up to the model: ``tasks.ingest.read.read_landing_file`` and ``tasks.ingest.landing.coerce`` (with
 a spec variant where the target is optional), then the dataset's Great Expectations suite without
 the expectations on the target, row by row. Rows that fail go to
 ``<lake>/predictions_rejected/ds=<day>/part-0.parquet`` with every reason; the others are scored
@@ -11,7 +11,7 @@ written with the model version to ``<lake>/predictions/ds=<day>/part-0.parquet``
 written atomically and replaced whole, so re-running a day with the same model version gives the
 same files.
 
-    python -m tasks.serving.score --file listings.csv [--out scored.csv|.parquet] [--version N]
+    homeworth score --file listings.csv [--out scored.csv|.parquet] [--version N]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import logging
 import sys
 import tempfile
-from collections import defaultdict
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +36,11 @@ from tasks.ingest.landing import (
     coerce,
     days_in_interval,
     raw_schema,
-    read_landing_file,
 )
+from tasks.ingest.read import read_landing_file
 
 if TYPE_CHECKING:
-    from tasks.model.networks import ModelBundle
+    from tasks.model.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +102,9 @@ def listings_suite(spec: DatasetSpec):
     """The dataset's suite without the expectations on the target column."""
     import great_expectations as gx
 
-    from tasks.quality.validate import BOOKKEEPING
+    from tasks.quality.validate import build_suite
 
-    module = spec.expectations_module_obj()
-    if module is not None:
-        suite = module.build_suite(spec, BOOKKEEPING)
-    else:
-        from expectations.common import spec_expectations
-
-        suite = gx.ExpectationSuite(name=f"{spec.name}_spec", expectations=spec_expectations(spec, BOOKKEEPING))
+    suite = build_suite(spec)
     kept = [e for e in suite.expectations if not _touches(e, spec.target)]
     return gx.ExpectationSuite(name=f"{suite.name}_listings", expectations=kept)
 
@@ -126,65 +119,21 @@ def validate_listings(spec: DatasetSpec, raw: pl.DataFrame, start: date, end: da
     import os
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    from tasks.quality.validate import (
-        REASONS,
-        ROW_ID,
-        ValidationFailed,
-        _batch_evidence,
-        _describe,
-        _duplicate_reasons,
-        _exception_message,
-        _fmt,
-        _view,
-        expectation_parameters,
-    )
+    from tasks.quality.results import REASONS, ROW_ID, judge
+    from tasks.quality.validate import ValidationFailed, expectation_parameters, gx_validate, precheck, tag_reasons
 
     lspec = listings_spec(spec)
-    raw = raw.with_row_index(ROW_ID)
-    reasons: dict[int, list[str]] = defaultdict(list)
-    for rid, err in raw.filter(pl.col(COERCE_ERRORS).is_not_null()).select(ROW_ID, COERCE_ERRORS).iter_rows():
-        reasons[rid].append(f"coercion: {err}")
-    dups = _duplicate_reasons(lspec, raw)
-    for rid, reason in dups.iter_rows():
-        reasons[rid].append(reason)
-    checked = raw.filter(~pl.col(ROW_ID).is_in(dups[ROW_ID].implode()))
-    row_ids = checked[ROW_ID].to_list()
-
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suite = ctx.suites.add(listings_suite(lspec))
-    batch_def = ctx.data_sources.add_pandas("homeworth").add_dataframe_asset(f"{spec.name}_listings") \
-        .add_batch_definition_whole_dataframe("listings")
-    batch = batch_def.get_batch(batch_parameters={"dataframe": _view(lspec, checked).drop(ROW_ID).to_pandas()})
-    result = batch.validate(suite, expectation_parameters=expectation_parameters(lspec, start, end),
-                            result_format={"result_format": "COMPLETE"})
-    failures, summary = [], []
-    for r in result.results:
-        cfg = r.expectation_config
-        severity = (cfg.meta or {}).get("severity", "batch")
-        summary.append({"expectation": _describe(cfg), "severity": severity, "success": bool(r.success),
-                        "unexpected_count": int(r.result.get("unexpected_count") or 0)})
-        error = _exception_message(r)
-        if error is not None:
-            failures.append(f"{_describe(cfg)} could not be evaluated: {error}")
-        elif not r.success and severity == "row" and r.result.get("unexpected_index_list") is not None:
-            values = r.result.get("unexpected_list") or []
-            for i, idx in enumerate(r.result["unexpected_index_list"]):
-                reasons[row_ids[idx]].append(f"{_describe(cfg)}: got {_fmt(values[i] if i < len(values) else None)}")
-        elif not r.success:
-            failures.append(f"{_describe(cfg)} failed: {_batch_evidence(r.result, checked)}")
-    if failures:
-        raise ValidationFailed(f"listings {start}..{end - timedelta(days=1)} ({raw.height} rows) failed "
-                               f"{len(failures)} batch-level expectation(s):\n  - " + "\n  - ".join(failures))
-    reason_df = pl.DataFrame({ROW_ID: list(reasons.keys()), REASONS: list(reasons.values())},
-                             schema={ROW_ID: pl.UInt32, REASONS: pl.List(pl.String)})
-    tagged = raw.join(reason_df, on=ROW_ID, how="left").sort(ROW_ID)
+    pre = precheck(lspec, raw.with_row_index(ROW_ID))
+    result = gx_validate(lspec, pre.checked, lambda: listings_suite(lspec), expectation_parameters(lspec, start, end),
+                         asset=f"{spec.name}_listings", batch="listings")
+    judged = judge(result.results, pre.checked)
+    if judged.failures:
+        raise ValidationFailed(f"listings {start}..{end - timedelta(days=1)} ({pre.raw.height} rows) failed "
+                               f"{len(judged.failures)} batch-level expectation(s):\n  - " + "\n  - ".join(judged.failures))
+    tagged = tag_reasons(pre.raw, pre.reasons, judged.row_reasons).sort(ROW_ID)
     accepted = tagged.filter(pl.col(REASONS).is_null()).drop(ROW_ID, REASONS)
     rejected = tagged.filter(pl.col(REASONS).is_not_null()).drop(ROW_ID)
-    return accepted, rejected, summary
+    return accepted, rejected, judged.summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,10 +169,11 @@ def scored_frame(spec: DatasetSpec, accepted: pl.DataFrame, preds: pl.Series, mo
 
 
 def load_version(settings: Settings, version: str, tmp: str) -> "ModelBundle":
-    from tasks.model.networks import ModelBundle
+    from tasks.model.bundle import ModelBundle
 
     c = tracking.client(settings)
-    return ModelBundle.load(tracking.download_model(c, settings.model_name, str(version), tmp))
+    return ModelBundle.load(tracking.download_model(c, settings.model_name, str(version), tmp),
+                            lake_uri=settings.lake_uri)
 
 
 def champion(settings: Settings) -> dict:
@@ -298,13 +248,13 @@ def _write(df: pl.DataFrame, path: str | None) -> None:
         sys.stdout.write(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m tasks.serving.score") -> int:
     from tasks.core.settings import get_settings
     from tasks.core.spec import get_spec
-    from tasks.ingest.landing import BatchError
+    from tasks.ingest.read import BatchError
     from tasks.quality.validate import ValidationFailed
 
-    p = argparse.ArgumentParser(prog="python -m tasks.serving.score", description="Score a listings file with the champion.")
+    p = argparse.ArgumentParser(prog=prog, description="Score a listings file with the champion.")
     p.add_argument("--file", required=True, help="a listings CSV or Parquet file (the sales columns without the target)")
     p.add_argument("--out", default=None, help="where to write the scored rows (.csv or .parquet); default: stdout as CSV")
     p.add_argument("--rejected", default=None, help="where to write rejected rows with their reasons (.csv or .parquet)")

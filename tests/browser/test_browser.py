@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "ui-retrain.png"
 LOGICAL = "2015-05-28T03:00"  # the as-of date typed into the trigger form (UTC)
@@ -197,8 +199,8 @@ def tiny_lake(home: Path) -> dict:
     from tasks.quality.validate import validate_interval
 
     settings = Settings(home=home)
-    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
-    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines(keepends=True)
+    spec = load_spec(KC_SPEC_PATH)
+    lines = gzip.decompress((KC_DATA_PATH).read_bytes()).decode().splitlines(keepends=True)
     source = home / "sales_slice.csv"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_text(lines[0] + "".join(lines[1::8]))

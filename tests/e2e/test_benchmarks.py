@@ -1,4 +1,4 @@
-"""Smoke test of the pipeline benchmark harness (benchmarks/run.py) on 20k synthetic rows.
+"""Smoke test of the pipeline benchmark harness (``python -m benchmarks.run``) on 20k synthetic rows.
 
 Runs every stage once in its own child process, as `make bench` does at 1M-50M rows, and checks the
 table: every stage is there with positive rows, time, throughput and peak RSS. No timing assertions.
@@ -7,12 +7,12 @@ table: every stage is there with positive rows, time, throughput and peak RSS. N
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.run import STAGES
+from benchmarks.runner import STAGES
+from tests.kc import KC_DATA_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,8 +22,7 @@ def test_benchmark_harness_smoke(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.run", "--sizes", "20k", "--days", "180", "--train-batches", "4",
            "--batch-size", "256", "--validate-chunk-rows", "8000", "--score-rows", "5000", "--repeats", "1",
            "--quiet-wait", "0", "--mem-cap-gib", "4", "--out", str(out), "--json", str(js), "--workdir", str(work)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
     records = json.loads(js.read_text())["records"]
@@ -50,12 +49,11 @@ def test_benchmark_reuses_the_data_of_a_kept_run(tmp_path):
     later = "validate_one_call,gx_partition,scan_partition,floor,pandas,train_load,train_lightning,train_raw,score"
     base = [sys.executable, "-m", "benchmarks.run", "--sizes", "20k", "--days", "180", "--repeats", "1",
             "--quiet-wait", "0", "--mem-cap-gib", "4", "--workdir", str(work)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     runs = []
     for extra in (["--keep", "--skip", f"features,{later}"], ["--reuse", "--skip", f"synth,ingest,validate,{later}"]):
         js = tmp_path / f"run{len(runs)}.json"
         r = subprocess.run([*base, *extra, "--out", str(tmp_path / f"run{len(runs)}.md"), "--json", str(js)], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         runs.append({rec["stage"]: rec for rec in json.loads(js.read_text())["records"]})
     assert runs[0]["validate"]["status"] == "ok" and runs[0]["features"]["status"] == "not run"
@@ -99,7 +97,7 @@ def test_the_pandas_area_comps_compute_the_polars_values(spec):
     from tasks.features.comps import comps
     from tasks.ingest.landing import POLARS_TYPES
 
-    raw = pl.read_csv(Path(__file__).resolve().parents[2] / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz",
+    raw = pl.read_csv(KC_DATA_PATH,
                       infer_schema=False).gather_every(4)
     df = raw.select([(pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date"
                       else pl.col(c).cast(POLARS_TYPES[cs.type])).alias(c) for c, cs in spec.columns.items()])

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from tasks.core import lake
+from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 LAST_DAY = date(2015, 5, 27)
@@ -42,13 +43,13 @@ def pipeline_env(tmp_path_factory, airflow_db):
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    with gzip.open(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", "rt", newline="") as f:
+    with gzip.open(KC_DATA_PATH, "rt", newline="") as f:
         lines = f.readlines()
     reduced = home / "sales_quarter.csv"
     # Every 4th sale, plus every sale of the last day so the daily run has a full file.
     reduced.write_text(lines[0] + "".join(sorted(set(lines[1::4]) | {ln for ln in lines[1:] if '"20150527T' in ln})))
     settings = get_settings()
-    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    spec = load_spec(KC_SPEC_PATH)
     replayed = replay(spec, settings.landing_uri, source=reduced)
     yield settings, spec, replayed
     os.environ["HOMEWORTH_HOME"] = old

@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from tasks.core import storage
+from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 4, 22)
@@ -34,10 +35,10 @@ def parity_env(tmp_path_factory):
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
     version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)), seed=3)
     # The day's sales as listings: the original CSV text, without the price column.
-    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
+    lines = gzip.decompress((KC_DATA_PATH).read_bytes()).decode().splitlines()
     header = next(csv.reader([lines[0]]))
     rows = [next(csv.reader([ln])) for ln in lines[1:] if f'"{DAY:%Y%m%d}T' in ln]
     keep = [i for i, h in enumerate(header) if h != spec.target]
@@ -103,13 +104,13 @@ def test_same_houses_same_prices_batch_vs_app_with_typed_json(parity_env, batch)
 
 def test_both_use_the_registered_bundle_and_its_preprocessing(parity_env, batch, tmp_path):
     from tasks.core import tracking
-    from tasks.model.networks import PREPROCESSING, ModelBundle
+    from tasks.model.bundle import PREPROCESSING, ModelBundle
     from tasks.serving.score import model_frame
 
     settings, spec, version, _ = parity_env
     c = tracking.client(settings)
     folder = tracking.download_model(c, settings.model_name, version, str(tmp_path))
-    bundle = ModelBundle.load(folder)
+    bundle = ModelBundle.load(folder, lake_uri=settings.lake_uri)
     assert bundle.prep.sha256() == c.get_model_version(settings.model_name, version).tags["preprocessing.sha256"]
     assert (Path(folder) / PREPROCESSING).exists()
     direct = bundle.predict(model_frame(spec, batch))

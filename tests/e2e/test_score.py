@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from tasks.core import lake
+from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 5, 14)
@@ -28,7 +29,7 @@ def listing_lines(day: date) -> tuple[str, list[str]]:
     import csv
     import io
 
-    lines = gzip.decompress((REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz").read_bytes()).decode().splitlines()
+    lines = gzip.decompress((KC_DATA_PATH).read_bytes()).decode().splitlines()
     stamp = f'"{day:%Y%m%d}T'
     rows = [next(csv.reader([ln])) for ln in lines[1:] if stamp in ln]
     header = next(csv.reader([lines[0]]))
@@ -54,7 +55,7 @@ def scoring_env(tmp_path_factory):
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
     version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)))
 
     header, lines = listing_lines(DAY)
@@ -75,7 +76,7 @@ def scoring_env(tmp_path_factory):
     # The last three listings of the day come from another feed, as Parquet with typed columns.
     import io
 
-    from tasks.ingest.landing import read_landing_file
+    from tasks.ingest.read import read_landing_file
     from tasks.serving.score import listings_spec
 
     tail = pl.read_csv(io.StringIO("\n".join([header, *lines[-3:]])), schema_overrides={"id": pl.String, "zipcode": pl.String})

@@ -1,4 +1,4 @@
-"""Comparable-sales features (tasks/features/comps.py): point-in-time correctness, a brute-force oracle, scoring parity.
+"""Comparable-sales features (tasks/features/comps/): point-in-time correctness, a brute-force oracle, scoring parity.
 
 The core property: a sale's comp features are a function of the sales dated strictly before it.
 ``test_no_feature_sees_its_own_or_a_later_sale`` changes the prices (and sizes and places) of every
@@ -19,6 +19,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from tasks.features.comps import KM_PER_DEGREE, CompsConfig, LakeHistory, comps
+from tests.kc import KC_DATA_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 START = date(2015, 1, 1)
@@ -141,103 +142,127 @@ def test_chunking_gives_the_same_features():
 # A brute-force oracle
 
 
-def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
+def _window_mean(rows: list[dict], key: str, day: date, w: int, where=lambda h: True) -> float | None:
+    """The mean of ``h[key]`` over the sales ``h`` dated in [day - w days, day) that have one (and ``where``)."""
+    vals = [h[key] for h in rows if day - timedelta(days=w) <= h["date"] < day and h[key] is not None and where(h)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _cell(h: dict, deg: float) -> tuple[int, int]:
+    return math.floor(h["lat"] / deg), math.floor(h["long"] / deg)
+
+
+def _oracle_history(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
+    """Each sale with ln(price / size), ``adj`` (minus the market index of its day) and ``v`` (minus its
+    location's mean ``adj`` before its day)."""
     rows = df.to_dicts()
     for r in rows:
         r["lnppsf"] = math.log(r["price"] / r["sqft"])
-
-    def mkt(w: int, day: date) -> float | None:
-        vals = [h["lnppsf"] for h in rows if day - timedelta(days=w) <= h["date"] < day]
-        return sum(vals) / len(vals) if vals else None
-
     for h in rows:
-        m = mkt(cfg.adjust_window_days, h["date"])
+        m = _window_mean(rows, "lnppsf", h["date"], cfg.adjust_window_days)
         h["adj"] = None if m is None else h["lnppsf"] - m
-
-    def effect(zip_: str, day: date) -> float | None:  # the location's mean adjusted value before `day`
-        vals = [h["adj"] for h in rows if h["zip"] == zip_ and h["adj"] is not None
-                and day - timedelta(days=cfg.location_window_days) <= h["date"] < day]
-        return sum(vals) / len(vals) if vals else None
-
-    for h in rows:
-        z = effect(h["zip"], h["date"]) if cfg.market_location else None
+    for h in rows:  # the location's mean adjusted value before the sale's day
+        z = (_window_mean(rows, "adj", h["date"], cfg.location_window_days, lambda o: o["zip"] == h["zip"])
+             if cfg.market_location else None)
         h["v"] = None if z is None else h["lnppsf"] - z
+    return rows
 
-    def mktloc(w: int, day: date) -> float | None:
-        vals = [h["v"] for h in rows if day - timedelta(days=w) <= h["date"] < day and h["v"] is not None]
-        return sum(vals) / len(vals) if vals else None
+
+def _nowcast(f: dict, name: str, cfg: CompsConfig) -> float | None:
+    """The shortest window carried forward by its lag along the slope to the next."""
+    short, long_ = sorted(set(cfg.market_windows_days))[:2]
+    ms, ml = f[f"comp_{name}_{short}"], f[f"comp_{name}_{long_}"]
+    return None if ms is None or ml is None else ms + (short + 1) / (long_ - short) * (ms - ml)
+
+
+def _oracle_market(rows: list[dict], d: date, cfg: CompsConfig) -> dict:
+    f = {f"comp_mkt_{w}": _window_mean(rows, "lnppsf", d, w) for w in cfg.market_windows_days}
+    if cfg.market_nowcast:
+        f["comp_mkt_now"] = _nowcast(f, "mkt", cfg)
+    if cfg.market_location:
+        f |= {f"comp_mktloc_{w}": _window_mean(rows, "v", d, w) for w in cfg.market_windows_days}
+        if cfg.market_nowcast:
+            f["comp_mktloc_now"] = _nowcast(f, "mktloc", cfg)
+    return f
+
+
+def _oracle_areas(earlier: list[dict], r: dict, cfg: CompsConfig) -> dict:
+    """The zipcode, cell and ring windows and the days since the zipcode's last sale."""
+    d, f = r["date"], {}
     stat, summary = ("mean", statistics.fmean) if cfg.aggregated else ("med", statistics.median)
+
+    def recent(w: int, where) -> list[float]:
+        return [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w) and where(h)]
+
+    for w in cfg.group_windows_days:
+        vals = recent(w, lambda h: h["zip"] == r["zip"])
+        f[f"comp_zip_{w}d_{stat}"] = summary(vals) if vals else None
+        f[f"comp_zip_{w}d_n"] = len(vals)
+    same_zip = [h["date"] for h in earlier if h["zip"] == r["zip"]]
+    f["comp_zip_days_since"] = (d - max(same_zip)).days if same_zip else None
+    ci, cj = _cell(r, cfg.cell_deg)
+    for w in cfg.cell_windows_days:
+        vals = recent(w, lambda h: _cell(h, cfg.cell_deg) == (ci, cj))
+        f[f"comp_cell_{w}d_{stat}"] = summary(vals) if vals else None
+        f[f"comp_cell_{w}d_n"] = len(vals)
+    for w in cfg.ring_windows_days if cfg.ring_cells else []:
+        vals = recent(w, lambda h: abs(_cell(h, cfg.cell_deg)[0] - ci) <= cfg.ring_cells
+                      and abs(_cell(h, cfg.cell_deg)[1] - cj) <= cfg.ring_cells)
+        f[f"comp_ring_{w}d_mean"] = statistics.fmean(vals) if vals else None
+        f[f"comp_ring_{w}d_n"] = len(vals)
+    return f
+
+
+def _oracle_knn(earlier: list[dict], r: dict, cfg: CompsConfig, m_row: float | None) -> dict:
+    """The k nearest earlier sales within the maximum age and the neighbouring cells, by distance."""
+    d, f = r["date"], {}
+    g, rad = cfg.knn_cell_deg, cfg.knn_radius_cells
+    ci, cj = _cell(r, g)
+    cands = []
+    for h in earlier:
+        if h["adj"] is None or h["date"] < d - timedelta(days=cfg.knn_max_age_days):
+            continue
+        if abs(_cell(h, g)[0] - ci) > rad or abs(_cell(h, g)[1] - cj) > rad:
+            continue
+        dy = h["lat"] - r["lat"]
+        dx = (h["long"] - r["long"]) * math.cos(r["lat"] * (math.pi / 180))
+        dist = KM_PER_DEGREE * math.sqrt(dx * dx + dy * dy)
+        cands.append((dist, float((d - h["date"]).days), h["adj"], math.log(h["sqft"])))
+    cands.sort()
+    for k in cfg.knn_k:
+        top = cands[:k]
+        med = statistics.median([c[2] for c in top]) if top else None
+        f[f"comp_knn{k}_med"] = med
+        f[f"comp_knn{k}_est"] = None if med is None or m_row is None else med + m_row + math.log(r["sqft"])
+        f[f"comp_knn{k}_dist_km"] = statistics.fmean([c[0] for c in top]) if top else None
+        f[f"comp_knn{k}_age_days"] = statistics.fmean([c[1] for c in top]) if top else None
+        f[f"comp_knn{k}_size"] = statistics.fmean([c[3] for c in top]) if top else None
+    f["comp_knn_n"] = min(len(cands), max(cfg.knn_k))
+    return f
+
+
+def _oracle_previous(rows: list[dict], earlier: list[dict], r: dict, cfg: CompsConfig, m_row: float | None) -> dict:
+    """The same house's latest earlier sale, adjusted by the market index of its day."""
+    prev = [h for h in earlier if h["id"] == r["id"]]
+    if not prev:
+        return {"comp_prev_adj": None, "comp_prev_est": None, "comp_prev_days": None}
+    p = max(prev, key=lambda h: h["date"])
+    mp = _window_mean(rows, "lnppsf", p["date"], cfg.adjust_window_days)
+    adj = None if mp is None else math.log(p["price"]) - mp
+    return {"comp_prev_adj": adj, "comp_prev_est": None if mp is None or m_row is None else adj + m_row,
+            "comp_prev_days": float((r["date"] - p["date"]).days)}
+
+
+def _oracle(df: pl.DataFrame, cfg: CompsConfig) -> list[dict]:
+    """Per sale, every comp column computed the slow, obvious way from the sales dated before it."""
+    rows = _oracle_history(df, cfg)
     out = []
     for r in rows:
-        d, f = r["date"], {}
-        earlier = [h for h in rows if h["date"] < d]
-        for w in cfg.market_windows_days:
-            f[f"comp_mkt_{w}"] = mkt(w, d)
-        if cfg.market_nowcast:  # the shortest window carried forward by its lag along the slope to the next
-            short, long_ = sorted(set(cfg.market_windows_days))[:2]
-            ms, ml = f[f"comp_mkt_{short}"], f[f"comp_mkt_{long_}"]
-            f["comp_mkt_now"] = None if ms is None or ml is None else ms + (short + 1) / (long_ - short) * (ms - ml)
-        if cfg.market_location:
-            for w in cfg.market_windows_days:
-                f[f"comp_mktloc_{w}"] = mktloc(w, d)
-            if cfg.market_nowcast:
-                ms, ml = f[f"comp_mktloc_{short}"], f[f"comp_mktloc_{long_}"]
-                f["comp_mktloc_now"] = (None if ms is None or ml is None
-                                        else ms + (short + 1) / (long_ - short) * (ms - ml))
-        m_row = mkt(cfg.adjust_window_days, d)
-        for w in cfg.group_windows_days:
-            vals = [h["adj"] for h in earlier if h["zip"] == r["zip"] and h["date"] >= d - timedelta(days=w)
-                    and h["adj"] is not None]
-            f[f"comp_zip_{w}d_{stat}"] = summary(vals) if vals else None
-            f[f"comp_zip_{w}d_n"] = len(vals)
-        same_zip = [h["date"] for h in earlier if h["zip"] == r["zip"]]
-        f["comp_zip_days_since"] = (d - max(same_zip)).days if same_zip else None
-        cell = (math.floor(r["lat"] / cfg.cell_deg), math.floor(r["long"] / cfg.cell_deg))
-        for w in cfg.cell_windows_days:
-            vals = [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w)
-                    and (math.floor(h["lat"] / cfg.cell_deg), math.floor(h["long"] / cfg.cell_deg)) == cell]
-            f[f"comp_cell_{w}d_{stat}"] = summary(vals) if vals else None
-            f[f"comp_cell_{w}d_n"] = len(vals)
-        for w in cfg.ring_windows_days if cfg.ring_cells else []:
-            vals = [h["adj"] for h in earlier if h["adj"] is not None and h["date"] >= d - timedelta(days=w)
-                    and abs(math.floor(h["lat"] / cfg.cell_deg) - cell[0]) <= cfg.ring_cells
-                    and abs(math.floor(h["long"] / cfg.cell_deg) - cell[1]) <= cfg.ring_cells]
-            f[f"comp_ring_{w}d_mean"] = statistics.fmean(vals) if vals else None
-            f[f"comp_ring_{w}d_n"] = len(vals)
-        if not cfg.knn_k:  # an aggregated configuration: no k nearest, no previous sale
-            out.append(f)
-            continue
-        g, rad = cfg.knn_cell_deg, cfg.knn_radius_cells
-        ci, cj = math.floor(r["lat"] / g), math.floor(r["long"] / g)
-        cands = []
-        for h in earlier:
-            if h["adj"] is None or h["date"] < d - timedelta(days=cfg.knn_max_age_days):
-                continue
-            if abs(math.floor(h["lat"] / g) - ci) > rad or abs(math.floor(h["long"] / g) - cj) > rad:
-                continue
-            dy = h["lat"] - r["lat"]
-            dx = (h["long"] - r["long"]) * math.cos(r["lat"] * (math.pi / 180))
-            dist = KM_PER_DEGREE * math.sqrt(dx * dx + dy * dy)
-            cands.append((dist, float((d - h["date"]).days), h["adj"], math.log(h["sqft"])))
-        cands.sort()
-        for k in cfg.knn_k:
-            top = cands[:k]
-            med = statistics.median([c[2] for c in top]) if top else None
-            f[f"comp_knn{k}_med"] = med
-            f[f"comp_knn{k}_est"] = None if med is None or m_row is None else med + m_row + math.log(r["sqft"])
-            f[f"comp_knn{k}_dist_km"] = statistics.fmean([c[0] for c in top]) if top else None
-            f[f"comp_knn{k}_age_days"] = statistics.fmean([c[1] for c in top]) if top else None
-            f[f"comp_knn{k}_size"] = statistics.fmean([c[3] for c in top]) if top else None
-        f["comp_knn_n"] = min(len(cands), max(cfg.knn_k))
-        prev = [h for h in earlier if h["id"] == r["id"]]
-        if prev:
-            p = max(prev, key=lambda h: h["date"])
-            mp = mkt(cfg.adjust_window_days, p["date"])
-            f["comp_prev_adj"] = None if mp is None else math.log(p["price"]) - mp
-            f["comp_prev_est"] = None if mp is None or m_row is None else f["comp_prev_adj"] + m_row
-            f["comp_prev_days"] = float((d - p["date"]).days)
-        else:
-            f["comp_prev_adj"] = f["comp_prev_est"] = f["comp_prev_days"] = None
+        earlier = [h for h in rows if h["date"] < r["date"]]
+        f = _oracle_market(rows, r["date"], cfg) | _oracle_areas(earlier, r, cfg)
+        if cfg.knn_k:  # (an aggregated configuration has no k nearest and no previous sale)
+            m_row = _window_mean(rows, "lnppsf", r["date"], cfg.adjust_window_days)
+            f |= _oracle_knn(earlier, r, cfg, m_row) | _oracle_previous(rows, earlier, r, cfg, m_row)
         out.append(f)
     return out
 
@@ -260,12 +285,12 @@ def test_area_lookup_by_grid_and_by_join_agree_across_the_zero_meridian_and_equa
     """The area table finds a row's cell through a dense grid over the cells' bounding box, or, when
     the box is larger than MAX_CELL_GRID, a join on the packed (row, column) key: both give the oracle's
     values, also for cells on both sides of latitude and longitude 0 (negative cell indices)."""
-    import tasks.features.comps as comps_module
+    import tasks.features.comps.area as comps_area
 
     df = sales(n=200, days=70, seed=5).with_columns(pl.col("lat") - 47.515, pl.col("long") + 122.285)
     assert (df["lat"] < 0).any() and (df["lat"] > 0).any() and (df["long"] < 0).any() and (df["long"] > 0).any()
     by_grid = comps(df, df, AREA)
-    monkeypatch.setattr(comps_module, "MAX_CELL_GRID", 0)
+    monkeypatch.setattr(comps_area, "MAX_CELL_GRID", 0)
     by_join = comps(df, df, AREA)
     assert_frame_equal(by_grid, by_join, check_exact=True)
     want = _oracle(df, AREA)
@@ -300,16 +325,17 @@ def test_area_rows_with_unknown_keys_get_null_means_and_zero_counts():
 
 def write_validated_lake(lake: Path, spec, every: int = 8) -> pl.DataFrame:
     """Every ``every``-th bundled King County sale as validated day partitions of ``lake``."""
+    from tasks.core import lake as lake_paths
     from tasks.core import storage
     from tasks.ingest.landing import DS, POLARS_TYPES
 
-    raw = pl.read_csv(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", infer_schema=False).gather_every(every)
+    raw = pl.read_csv(KC_DATA_PATH, infer_schema=False).gather_every(every)
     df = raw.select([
         (pl.col(c).str.strptime(pl.Date, cs.format) if cs.type == "date" else pl.col(c).cast(POLARS_TYPES[cs.type]))
         .alias(c) for c, cs in spec.columns.items()
     ]).with_columns(pl.col("date").alias(DS))
     for (day,), part in df.group_by(DS):
-        storage.write_parquet_atomic(part, lake.partition_uri(str(lake), "validated", day))
+        storage.write_parquet_atomic(part, lake_paths.partition_uri(str(lake), "validated", day))
     return df
 
 
@@ -341,9 +367,11 @@ def test_build_features_records_comps_in_the_preprocessing(small_lake):
 
 
 def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
-    from tasks.features.build import SPLIT
+    from tasks.features.featureset import SPLIT
     from tasks.features.preprocessing import load_preprocessing
-    from tasks.model.networks import ModelBundle, ModelConfig, TabularNet
+    from tasks.model.bundle import ModelBundle
+    from tasks.model.config import ModelConfig
+    from tasks.model.networks import TabularNet
 
     lake, sold, features = small_lake
     stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")
@@ -360,22 +388,16 @@ def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
     np.testing.assert_allclose(bundle.predict(rows), bundle.predict_features(stored), rtol=1e-6)
 
 
-def test_scoring_an_area_model_recomputes_its_comps_from_the_lake(small_lake, spec, monkeypatch):
+def test_scoring_an_area_model_recomputes_its_comps_from_the_lake(small_lake, spec):
     """HOMEWORTH_COMPS=area: the streamed feature table and scoring (``comps`` on the lake's history,
     rows without a price) agree, and the preprocessing records the aggregated configuration."""
-    from tasks.core.settings import get_settings
     from tasks.datasets.king_county import features as kc
-    from tasks.features.build import SPLIT, build_features
+    from tasks.features.build import build_features
+    from tasks.features.featureset import SPLIT
     from tasks.features.preprocessing import load_preprocessing
 
     lake, _, _ = small_lake
-    monkeypatch.setenv("HOMEWORTH_COMPS", "area")
-    get_settings.cache_clear()
-    try:
-        features = build_features(spec, str(lake), date(2014, 5, 28), date(2015, 5, 28))
-    finally:
-        monkeypatch.delenv("HOMEWORTH_COMPS")
-        get_settings.cache_clear()
+    features = build_features(spec, str(lake), date(2014, 5, 28), date(2015, 5, 28), comps_mode="area")
     prep = load_preprocessing(features["preprocessing_uri"])
     assert prep.comps == kc.COMPS.area_only() and prep.comps.aggregated
     stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")

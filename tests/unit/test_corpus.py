@@ -18,9 +18,11 @@ import polars as pl
 import pytest
 import yaml
 
-from tasks.core import storage
-from tasks.ingest.landing import BatchError, ingest_interval
+from tasks.core import lake, storage
+from tasks.ingest.landing import ingest_interval
+from tasks.ingest.read import BatchError
 from tasks.quality.validate import REASONS, ValidationFailed, validate_interval
+from tests.kc import KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +36,7 @@ ERRORS = {"BatchError": BatchError, "ValidationFailed": ValidationFailed}
 def kc_spec():
     from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    return load_spec(KC_SPEC_PATH)
 
 
 def _sha(path: Path) -> str:
@@ -44,17 +46,17 @@ def _sha(path: Path) -> str:
 def _run(spec, name: str, case: dict, tmp_path: Path) -> dict:
     """Land ``name`` alone for its day, ingest and validate; returns what the checks need."""
     day = date.fromisoformat(case.get("day", MANIFEST["default_day"]))
-    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing, lake_dir = tmp_path / "landing", tmp_path / "lake"
     landed = landing / day.isoformat() / name
     landed.parent.mkdir(parents=True)
     shutil.copyfile(CORPUS / name, landed)
     before = _sha(landed)
-    out = {"day": day, "lake": str(lake), "landed": landed, "error": None, "stage": None}
+    out = {"day": day, "lake": str(lake_dir), "landed": landed, "error": None, "stage": None}
     try:
         out["stage"] = "ingest"
-        out["ingest"] = ingest_interval(spec, str(landing), str(lake), day, day + timedelta(days=1))
+        out["ingest"] = ingest_interval(spec, str(landing), str(lake_dir), day, day + timedelta(days=1))
         out["stage"] = "validate"
-        out["validate"] = validate_interval(spec, str(lake), day, day + timedelta(days=1), case.get("params"))
+        out["validate"] = validate_interval(spec, str(lake_dir), day, day + timedelta(days=1), case.get("params"))
         out["stage"] = None
     except (BatchError, ValidationFailed) as exc:
         out["error"] = exc
@@ -66,8 +68,8 @@ def _run(spec, name: str, case: dict, tmp_path: Path) -> dict:
 def test_corpus_file(kc_spec, name, tmp_path):
     case = CASES[name]
     res = _run(kc_spec, name, case, tmp_path)
-    day, lake = res["day"], res["lake"]
-    parts = {t: lake.partition_uri(lake, t, day) for t in ("raw", "validated", "quarantine")}
+    day, lake_uri = res["day"], res["lake"]
+    parts = {t: lake.partition_uri(lake_uri, t, day) for t in (lake.RAW, lake.VALIDATED, lake.QUARANTINE)}
 
     if case["outcome"] == "failed":
         exc = res["error"]
@@ -142,9 +144,9 @@ def test_parquet_and_csv_ingest_to_the_same_rows(kc_spec, tmp_path):
         landing = tmp_path / name / "landing"
         (landing / day.isoformat()).mkdir(parents=True)
         shutil.copyfile(CORPUS / name, landing / day.isoformat() / name)
-        lake = str(tmp_path / name / "lake")
-        ingest_interval(kc_spec, str(landing), lake, day, day + timedelta(days=1))
-        frames.append(pl.read_parquet(lake.partition_uri(lake, "raw", day)).drop("_source_file"))
+        lake_uri = str(tmp_path / name / "lake")
+        ingest_interval(kc_spec, str(landing), lake_uri, day, day + timedelta(days=1))
+        frames.append(pl.read_parquet(lake.partition_uri(lake_uri, lake.RAW, day)).drop("_source_file"))
     assert frames[0].equals(frames[1]) and frames[0].equals(frames[2])
     assert frames[0]["price"].to_list()[3] == 1_450_000.0  # "1.45e+006"
 

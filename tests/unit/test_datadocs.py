@@ -12,16 +12,16 @@ from pathlib import Path
 import pendulum
 import pytest
 
+from tasks.core import lake as lake_paths
 from tasks.core import storage
 from tasks.ingest.landing import ingest_interval
 from tasks.quality.datadocs import day_html_uri, day_json_uri, interval_html_uri
 from tasks.quality.validate import ValidationFailed, validate_interval
+from tests.kc import KC_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2014, 10, 13)
 NEXT = DAY + timedelta(days=1)
-HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
-          "sqft_above,sqft_basement,yr_built,yr_renovated,zipcode,lat,long,sqft_living15,sqft_lot15")
 GOOD = '"7129300520","20141013T000000",221900,3,1,1180,5650,"1",0,0,3,7,1180,0,1955,0,"98178",47.5112,-122.257,1340,5650'
 GOOD2 = '"4036801170","20141013T000000",380000,4,1.75,1760,7300,"1",0,0,3,7,880,880,1956,0,"98008",47.6034,-122.125,1680,7500'
 NEGATIVE = GOOD2.replace("380000", "-5000")
@@ -33,7 +33,7 @@ ZIP = "expect_column_values_to_be_in_set(zipcode, value_set=[70 values])"
 def land(root: Path, day: date, name: str, lines: list[str]) -> None:
     p = root / "landing" / day.isoformat() / name
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("\n".join([HEADER, *lines]) + "\n")
+    p.write_text("\n".join([KC_HEADER, *lines]) + "\n")
 
 
 def run(spec, root: Path, start: date = DAY, end: date = NEXT, params: dict | None = None, **kw) -> dict:
@@ -110,7 +110,7 @@ def test_a_failed_validation_still_writes_its_data_docs(spec, tmp_path):
     page = Path(details["data_docs"]).read_text()
     assert "nothing was written" in page and "expect_table_row_count_to_be_between(min_value=0, max_value=2)" in page
     # Nothing else: no partitions, and no interval summary for the ledger to count.
-    assert not storage.exists(lake.partition_uri(lake, "validated", DAY))
+    assert not storage.exists(lake_paths.partition_uri(lake, "validated", DAY))
     assert not (tmp_path / "lake" / "_validation" / f"{DAY}_{NEXT}.json").exists()
 
 
@@ -140,7 +140,9 @@ def test_plugin_serves_only_data_docs(spec, tmp_path, monkeypatch):
         plugin = module.HomeworthDataDocsPlugin
         assert plugin.fastapi_apps[0]["url_prefix"] == "/homeworth-datadocs"
         assert all(not v["href"].startswith("/") for v in plugin.external_views)
-        client = TestClient(module.create_app())
+        from tasks.serving.datadocs_app import create_app
+
+        client = TestClient(create_app())
         assert f"{DAY}_{NEXT}.html" in client.get("/").text
         page = client.get(f"/ds={DAY}/data_docs.html")
         assert page.status_code == 200 and PRICE in page.text and page.headers["content-type"].startswith("text/html")
@@ -192,6 +194,7 @@ def _xcoms(dr, task_id: str) -> dict:
         return {r.key: XComModel.deserialize_value(r) for r in rows}
 
 
+@pytest.mark.e2e
 def test_dag_run_returns_and_links_the_data_docs(ingest_run):
     settings, dr = ingest_run
     assert dr.state == "success"

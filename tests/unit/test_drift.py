@@ -13,7 +13,8 @@ import pytest
 
 from tasks.core import lake as lake_paths
 from tasks.core import storage
-from tasks.features.build import feature_set
+from tasks.core.handoffs import FeatureTable, TrainedModel
+from tasks.features.featureset import feature_set
 from tasks.quality.drift import (
     calendar_features,
     drift_blocks_promotion,
@@ -135,18 +136,21 @@ def _validated_day(spec, landing: Path, day: date) -> pl.DataFrame:
     return df.select(*spec.columns, pl.lit(day).alias("ds"), "_source_file", "_source_row")
 
 
-def _features_table(spec, lake_uri: str, start: date, end: date) -> dict:
+def _features_table(spec, lake_uri: str, start: date, end: date) -> FeatureTable:
     """The window's features table as the retrain DAG's build_features writes it (row-level features + split),
     built here from the same pieces so that these tests do not depend on the whole feature pipeline."""
     from tasks.core.lake import features_uri
-    from tasks.features.build import assign_split, window_partitions
+    from tasks.features.featureset import assign_split
+    from tasks.features.plan import window_partitions
 
     fset = feature_set(spec)
     uris = [p["uri"] for p in window_partitions(lake_uri, start, end)]
     df = pl.scan_parquet(uris).pipe(fset.derive).pipe(assign_split, spec, end).collect()
     uri = features_uri(lake_uri, start, end)
     storage.write_parquet_atomic(df, uri)
-    return {"features_uri": uri, "window_start": start.isoformat(), "window_end": end.isoformat()}
+    return FeatureTable(features_uri=uri, window_start=start.isoformat(), window_end=end.isoformat(),
+                        features_sha256="-", preprocessing_uri="-", preprocessing_sha256="-", rows={}, partitions=len(uris),
+                        partitions_sha256="-")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +191,7 @@ def test_drift_step_on_a_features_table_logs_metrics(spec, lake):
     from tasks.core import tracking
 
     settings, meta, run_id, _ = lake
-    out = drift_step(spec, settings, meta, {"mlflow_run_id": run_id})
+    out = drift_step(spec, settings, meta, TrainedModel(mlflow_run_id=run_id, model_version="1")).to_xcom()
     assert out["status"] == "ok" and out["current"]["selection"] == "split == 'test'"
     assert out["threshold"] == 0.2 and out["action"] == "none"
     assert set(out["skipped_features"]) == set(calendar_features(spec, feature_set(spec)))
@@ -196,9 +200,9 @@ def test_drift_step_on_a_features_table_logs_metrics(spec, lake):
     metrics = tracking.client(settings).get_run(run_id).data.metrics
     assert {f"drift/{f}" for f in out["psi"]} <= set(metrics)
     assert metrics["drift/grade"] == pytest.approx(out["psi"]["grade"])
-    assert drift_step(spec, settings, meta) == out  # deterministic; no run: nothing logged
-    recent = drift_step(spec, settings, meta, recent_days=30)
-    assert recent["current"]["selection"] == "date >= " + (date.fromisoformat(meta["window_end"]) - timedelta(days=30)).isoformat()
+    assert drift_step(spec, settings, meta).to_xcom() == out  # deterministic; no run: nothing logged
+    recent = drift_step(spec, settings, meta, recent_days=30).to_xcom()
+    assert recent["current"]["selection"] == "date >= " + (date.fromisoformat(meta.window_end) - timedelta(days=30)).isoformat()
 
 
 def test_drift_vs_champion_sees_a_shift_in_the_newest_days(spec, lake):
@@ -242,6 +246,7 @@ def test_sales_ingest_declares_the_drift_alias_only_for_trigger_retrain(monkeypa
     assert [o.name for o in outlets] == ["validated_sales", "sales_drift_detected"]
 
 
+@pytest.mark.e2e
 def test_drifted_sales_emit_a_sales_drift_event(lake, airflow_db, monkeypatch):
     """dag.test() of sales_ingest with drift_action=trigger_retrain after the newest days drifted (previous test)."""
     import pendulum

@@ -18,7 +18,9 @@ from tasks.core import lake as lake_paths
 from tasks.core import storage
 from tasks.core.spec import DatasetSpec, SplitSpec
 from tasks.datasets.king_county import features as kc
-from tasks.features.build import SPLIT, FeatureSet, assign_split, build_features, fit_preprocessing
+from tasks.features.build import build_features
+from tasks.features.featureset import SPLIT, FeatureSet, assign_split
+from tasks.features.fit import fit_preprocessing
 from tasks.features.preprocessing import Preprocessing, load_preprocessing
 from tasks.ingest.landing import DS, POLARS_TYPES
 
@@ -310,13 +312,13 @@ def test_build_features_is_reproducible(spec, lake):
 
 
 def _build_with_comps(spec, lake_uri: str, mode: str, monkeypatch) -> tuple[dict, pl.DataFrame]:
-    """build_features under HOMEWORTH_COMPS=mode: its metadata and its feature table."""
+    """build_features with the settings' comps mode under HOMEWORTH_COMPS=mode: its metadata and its feature table."""
     from tasks.core.settings import get_settings
 
     monkeypatch.setenv("HOMEWORTH_COMPS", mode)
     get_settings.cache_clear()
     try:
-        meta = build_features(spec, lake_uri, START, WINDOW_END)
+        meta = build_features(spec, lake_uri, START, WINDOW_END, comps_mode=get_settings().comps)
     finally:
         monkeypatch.delenv("HOMEWORTH_COMPS")
         get_settings.cache_clear()
@@ -359,15 +361,15 @@ def test_build_features_market_only_streams_the_market_index_of_comps(spec, lake
 
 
 def test_row_span_comes_from_the_footers_or_is_left_to_a_scan():
-    from tasks.features.build import _row_span
+    from tasks.features.plan import row_span
 
     d = date(2015, 1, 1)
     info = [{"rows": 3, "tmin": d, "tmax": d + timedelta(days=2)}, {"rows": 0, "tmin": None, "tmax": None},
             {"rows": 5, "tmin": d - timedelta(days=1), "tmax": d}]
-    assert _row_span(info) == (d - timedelta(days=1), d + timedelta(days=2))
-    assert _row_span([*info, {"rows": 2, "tmin": None, "tmax": None}]) is None  # a range unknown: scan
-    assert _row_span([{"rows": 2, "tmin": 1, "tmax": 5}]) is None  # not dates
-    assert _row_span([]) is None
+    assert row_span(info) == (d - timedelta(days=1), d + timedelta(days=2))
+    assert row_span([*info, {"rows": 2, "tmin": None, "tmax": None}]) is None  # a range unknown: scan
+    assert row_span([{"rows": 2, "tmin": 1, "tmax": 5}]) is None  # not dates
+    assert row_span([]) is None
 
 
 def test_build_features_area_streams_the_same_values_as_comps(spec, lake, monkeypatch):
@@ -492,13 +494,13 @@ def test_target_offset_is_fitted_on_train_and_round_trips(spec, features_file):
 def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
     """HOMEWORTH_COMPS=false: row-level features only; the target offset then has no column to use."""
     from tasks.core.settings import get_settings
-    from tasks.features.build import feature_set
+    from tasks.features.featureset import feature_set
 
-    assert feature_set(spec).comps == kc.COMPS
+    assert feature_set(spec).comps == feature_set(spec, get_settings().comps).comps == kc.COMPS
     monkeypatch.setenv("HOMEWORTH_COMPS", "false")
     get_settings.cache_clear()
     try:
-        fset = feature_set(spec)
+        fset = feature_set(spec, get_settings().comps)
         assert fset.comps is None and fset.comp_columns() == []
         assert fset.numeric == kc.NUMERIC and not set(fset.target_offset) <= set(fset.numeric)
         for value, mode in (("market", "market"), ("area", "area"), ("true", "full"), ("0", "off"), ("FULL", "full")):
@@ -507,14 +509,16 @@ def test_comps_can_be_switched_off_by_setting(spec, monkeypatch):
             assert get_settings().comps == mode
         monkeypatch.setenv("HOMEWORTH_COMPS", "market")
         get_settings.cache_clear()
-        assert feature_set(spec).comps == kc.COMPS.market_only()
+        assert feature_set(spec, get_settings().comps).comps == kc.COMPS.market_only()
         monkeypatch.setenv("HOMEWORTH_COMPS", "area")
         get_settings.cache_clear()
-        assert feature_set(spec).comps == kc.COMPS.area_only()
+        assert feature_set(spec, get_settings().comps).comps == kc.COMPS.area_only()
         monkeypatch.setenv("HOMEWORTH_COMPS", "knn")
         get_settings.cache_clear()
         with pytest.raises(ValueError, match="comps"):
             get_settings()
+        with pytest.raises(ValueError, match="comps mode"):
+            feature_set(spec, "knn")
     finally:
         monkeypatch.delenv("HOMEWORTH_COMPS")
         get_settings.cache_clear()

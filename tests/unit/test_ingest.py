@@ -10,26 +10,24 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.core import storage
-from tasks.core.spec import DatasetSpec
+from tasks.core import lake, storage
+from tasks.core.spec import DatasetSpec, load_spec
 from tasks.ingest.landing import (
     COERCE_ERRORS,
     SOURCE_FILE,
     SOURCE_ROW,
-    BatchError,
     coerce,
     days_in_interval,
     ingest_day,
     ingest_interval,
     raw_schema,
-    read_landing_file,
 )
+from tasks.ingest.read import BatchError, read_landing_file
+from tests.kc import KC_HEADER, KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
 DAY = date(2014, 10, 13)
-KC_HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
-             "sqft_above,sqft_basement,yr_built,yr_renovated,zipcode,lat,long,sqft_living15,sqft_lot15")
 KC_ROWS = [
     '"7129300520","20141013T000000",221900,3,1,1180,5650,"1",0,0,3,7,1180,0,1955,0,"98178",47.5112,-122.257,1340,5650',
     '"1373800295","20141013T000000",1.45e+006,3,3,4380,6320,"2",0,3,5,10,3580,800,1952,0,"98199",47.6452,-122.411,3080,7680',
@@ -53,9 +51,7 @@ def tiny_spec(**csv) -> DatasetSpec:
 
 @pytest.fixture(scope="module")
 def kc_spec():
-    from tasks.core.spec import load_spec
-
-    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    return load_spec(KC_SPEC_PATH)
 
 
 def _coerce_one(spec: DatasetSpec, column: str, values: list) -> tuple[list, list]:
@@ -250,10 +246,10 @@ def test_days_in_interval():
 
 
 def test_day_without_landing_folder_writes_empty_partition(tmp_path, kc_spec):
-    lake = str(tmp_path / "lake")
-    report = ingest_day(kc_spec, str(tmp_path / "landing"), lake, DAY)
+    lake_uri = str(tmp_path / "lake")
+    report = ingest_day(kc_spec, str(tmp_path / "landing"), lake_uri, DAY)
     assert report.rows == 0 and report.files == []
-    raw = pl.read_parquet(lake.partition_uri(lake, "raw", DAY))
+    raw = pl.read_parquet(lake.partition_uri(lake_uri, lake.RAW, DAY))
     assert raw.height == 0 and raw.schema == pl.Schema(raw_schema(kc_spec))
 
 
@@ -272,10 +268,10 @@ def test_one_bad_file_fails_the_day_and_writes_nothing(tmp_path):
     folder.mkdir(parents=True)
     (folder / "a.csv").write_text("id,date,price,rooms\na,2014-10-13,1,2\n")
     (folder / "b.csv").write_text("id;date;price;rooms\n")
-    lake = str(tmp_path / "lake")
-    msg = _raises(lambda: ingest_interval(tiny_spec(), str(tmp_path / "landing"), lake, DAY, date(2014, 10, 14)))
+    lake_uri = str(tmp_path / "lake")
+    msg = _raises(lambda: ingest_interval(tiny_spec(), str(tmp_path / "landing"), lake_uri, DAY, date(2014, 10, 14)))
     assert "b.csv" in msg and "';'-separated" in msg
-    assert not storage.exists(lake.partition_uri(lake, "raw", DAY))
+    assert not storage.exists(lake.partition_uri(lake_uri, lake.RAW, DAY))
 
 
 def test_ingest_is_idempotent_and_leaves_landing_untouched(tmp_path, kc_spec):
@@ -284,10 +280,10 @@ def test_ingest_is_idempotent_and_leaves_landing_untouched(tmp_path, kc_spec):
     landed = folder / "sales.csv"
     landed.write_text(KC_HEADER + "\n" + "\n".join(KC_ROWS) + "\n")
     before = hashlib.sha256(landed.read_bytes()).hexdigest()
-    lake = str(tmp_path / "lake")
-    runs = [ingest_interval(kc_spec, str(tmp_path / "landing"), lake, DAY, date(2014, 10, 15)) for _ in range(2)]
+    lake_uri = str(tmp_path / "lake")
+    runs = [ingest_interval(kc_spec, str(tmp_path / "landing"), lake_uri, DAY, date(2014, 10, 15)) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["rows_landed"] == 2 and runs[0]["files"] == 1 and runs[0]["days"] == 2
-    part = lake.partition_uri(lake, "raw", DAY)
+    part = lake.partition_uri(lake_uri, lake.RAW, DAY)
     assert runs[0]["partitions"][DAY.isoformat()] == storage.file_sha256(part)
     assert hashlib.sha256(landed.read_bytes()).hexdigest() == before

@@ -84,7 +84,7 @@ def _champion(settings, c) -> str:
 
 
 def test_rollback_refusals(champions):
-    from tasks.registry.promote import RollbackError, rollback
+    from tasks.registry.rollback import RollbackError, rollback
 
     settings, c = champions
     args = dict(actor={"type": "user", "user": "t"}, at="2015-06-01T00:00:00Z", key="t")
@@ -129,6 +129,7 @@ def test_cli_rollback_champion_and_ledger(champions, capsys):
     assert "never the champion" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_rollback_dag(champions, airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 

@@ -11,7 +11,7 @@ import pytest
 from tasks.core.lineage import training_window
 from tasks.core.metrics import HIGHER_IS_BETTER, METRICS, price_metrics
 from tasks.core.params import RetrainParams
-from tasks.registry.promote import decide
+from tasks.registry.policy import decide
 
 # ---------------------------------------------------------------------------------------------
 # price_metrics

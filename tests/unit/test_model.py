@@ -1,4 +1,5 @@
-"""Unit tests of tasks.model.networks and tasks.model.train: short CPU runs, determinism, the safetensors bundle, batching."""
+"""Unit tests of the model (tasks.model: networks, train, bundle, tensors): short CPU runs, determinism, the
+safetensors bundle, batching."""
 
 from __future__ import annotations
 
@@ -12,18 +13,13 @@ import pytorch_lightning as L
 import torch
 from safetensors.torch import load_file
 
-from tasks.features.build import SPLIT
+from tasks.core.handoffs import TrainedModel
+from tasks.features.featureset import SPLIT
 from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
-from tasks.model.networks import (
-    CONFIG,
-    PREPROCESSING,
-    WEIGHTS,
-    IndexBatches,
-    ModelBundle,
-    ModelConfig,
-    TabularNet,
-    save_bundle,
-)
+from tasks.model.bundle import CONFIG, PREPROCESSING, WEIGHTS, ModelBundle, save_bundle
+from tasks.model.config import ModelConfig
+from tasks.model.networks import TabularNet
+from tasks.model.tensors import IndexBatches
 from tasks.model.train import train
 
 ROWS = {"train": 240, "val": 80, "test": 40}
@@ -123,6 +119,40 @@ def test_predict_of_no_rows_is_empty(runs):
     family, (result, _, _) = runs
     out = ModelBundle(result.net, config(family), PREP).predict(synthetic_frame(0))
     assert out.shape == (0,)
+
+
+def test_comps_history_is_passed_in_never_read_from_settings(tmp_path):
+    from tasks.features.comps import CompsConfig
+
+    cfg = config("mlp")
+    prep = PREP.model_copy(update={"comps": CompsConfig(time="date", target="price", size="x0", lat="x1", long="x2")})
+    bundle = ModelBundle(TabularNet(3, [3], cfg), cfg, prep)
+    with pytest.raises(ValueError, match="history of validated sales"):
+        bundle.history_frame()  # neither a history nor a lake: no silent fallback to the settings' lake
+    given = pl.DataFrame({"price": [1.0]})
+    assert bundle.history_frame(given) is given
+    lake = ModelBundle(TabularNet(3, [3], cfg), cfg, prep, lake_uri=str(tmp_path / "lake"))
+    assert lake.history_frame().height == 0  # a lake with no validated partitions yet
+
+
+def test_train_step_payloads_are_typed_handoffs():
+    from types import SimpleNamespace
+
+    from tasks.model.retrain import reused_result, train_result
+    from tasks.model.train import TrainResult
+
+    result = TrainResult(net=None, metrics={"val_rmse_ln": 0.2}, best_epoch=3, epochs_run=5, seconds=10.004,
+                         refit={"done": True, "seconds": 2.0})
+    out = train_result("r1", 7, result, "tabm", "tuned").to_xcom()
+    assert out == {"mlflow_run_id": "r1", "model_version": "7", "val_rmse_ln": 0.2, "epochs": 5, "best_epoch": 3,
+                   "train_seconds": 12.0, "refit": {"done": True, "seconds": 2.0}, "model_family": "tabm",
+                   "config_source": "tuned", "reused": False}
+    done = SimpleNamespace(info=SimpleNamespace(run_id="r0"),
+                           data=SimpleNamespace(tags={"model_version": "6"}, metrics={"best/val_rmse_ln": 0.3}))
+    reused = reused_result(done)
+    assert (reused.mlflow_run_id, reused.model_version, reused.val_rmse_ln, reused.reused, reused.refit) == (
+        "r0", "6", 0.3, True, None)
+    assert TrainedModel.from_xcom(reused.to_xcom()) == reused  # JSON over XCom and back
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,19 +7,14 @@ import polars as pl
 import pytest
 import torch
 
-from tasks.features.build import SPLIT
+from tasks.features.featureset import SPLIT
 from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
-from tasks.model.networks import (
-    FAMILY_DEFAULTS,
-    BatchEnsembleLinear,
-    ModelBundle,
-    ModelConfig,
-    PriceModule,
-    TabularNet,
-    default_config,
-    save_bundle,
-)
-from tasks.model.train import gbm_matrix, train, train_gbm
+from tasks.model.bundle import ModelBundle, save_bundle
+from tasks.model.config import FAMILY_DEFAULTS, ModelConfig, default_config
+from tasks.model.gbm import gbm_matrix, train_gbm
+from tasks.model.module import PriceModule
+from tasks.model.networks import BatchEnsembleLinear, TabularNet
+from tasks.model.train import train
 
 ROWS = {"train": 160, "val": 60, "test": 40}
 PREP = Preprocessing(

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.core.notify import ERROR_LINES, email_notifier, failure_callbacks, failure_summary, log_failure_summary
-from tasks.ingest.landing import BatchError
+from tasks.ingest.read import BatchError
 from tasks.quality.validate import ValidationFailed
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-from tasks.features.build import CLIP_QUANTILES, SPLIT, FeatureSet, fit_preprocessing
+from tasks.features.featureset import SPLIT, FeatureSet
+from tasks.features.fit import CLIP_QUANTILES, fit_preprocessing
 from tasks.features.preprocessing import NumericStat, Preprocessing, Vocabulary
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_knn_in_slices_of_bounded_candidate_pairs_gives_the_same_features():
 
 
 def test_plan_chunks_keeps_day_order_and_bounds_rows():
-    from tasks.features.build import plan_chunks
+    from tasks.features.plan import plan_chunks
 
     parts = [{"uri": str(i), "rows": n} for i, n in enumerate([5, 5, 12, 1, 1, 1, 0, 7])]
     chunks = plan_chunks(parts, 10)
@@ -187,7 +188,7 @@ def test_loader_yields_every_train_row_once_per_epoch_in_a_seeded_order(stream_f
 
 
 def test_streaming_training_run(stream_file):
-    from tasks.model.networks import ModelConfig
+    from tasks.model.config import ModelConfig
     from tasks.model.train import train
 
     path, df = stream_file
@@ -214,7 +215,7 @@ def test_streaming_training_validates_within_an_epoch_on_a_sample_of_val(stream_
 
     import tasks.model.data
     import tasks.model.train
-    from tasks.model.networks import ModelConfig
+    from tasks.model.config import ModelConfig
     from tasks.model.train import train
 
     class Recorder(Logger):
@@ -281,7 +282,7 @@ def test_sample_split_is_whole_when_small_and_every_kth_row_when_large(stream_fi
 
 
 def test_gbm_trains_on_a_bounded_sample(stream_file):
-    from tasks.model.train import train_gbm
+    from tasks.model.gbm import train_gbm
 
     path, df = stream_file
     prep = PREP
@@ -292,7 +293,7 @@ def test_gbm_trains_on_a_bounded_sample(stream_file):
 
 
 def test_drift_reads_a_bounded_sample_of_each_side():
-    from tasks.features.build import bounded_sample
+    from tasks.features.featureset import bounded_sample
 
     lf = pl.LazyFrame({"x": np.arange(10_000, dtype=float)})
     assert bounded_sample(lf, 10**6).height == 10_000

@@ -16,9 +16,9 @@ from polars.testing import assert_frame_equal
 
 from tasks.core import lake, storage
 from tasks.ingest.replay import replay
+from tests.kc import KC_HEADER
 
-HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
-          "sqft_above,sqft_basement,yr_built,yr_renovated,zipcode,lat,long,sqft_living15,sqft_lot15\n")
+HEADER = KC_HEADER + "\n"
 # Original King County quirks: quoted ids and floors, compact ISO dates, prices in exponent notation.
 LINES = {
     date(2014, 10, 13): [

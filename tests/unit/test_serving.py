@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kc import KC_SPEC_PATH
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +28,7 @@ def served(tmp_path_factory):
     old = os.environ["HOMEWORTH_HOME"]
     os.environ["HOMEWORTH_HOME"] = str(home / "state")
     get_settings.cache_clear()
-    spec = load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    spec = load_spec(KC_SPEC_PATH)
     settings = Settings(serving_alias_ttl_s=0)  # re-check the alias on every request
     rows = typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20))
     version = register_version(settings, spec, rows)
@@ -112,7 +114,7 @@ def test_new_champion_is_served_without_restart(served):
 
 
 def test_alias_is_checked_at_most_every_ttl(served):
-    from tasks.serving.api import ChampionCache
+    from tasks.serving.champion import ChampionCache
 
     settings, *_ = served
     cache = ChampionCache(settings, ttl_s=3600)

@@ -13,10 +13,11 @@ import pytest
 from tasks.core.spec import load_spec
 from tasks.datasets.king_county import synth
 from tasks.ingest.landing import COERCE_ERRORS, POLARS_TYPES, ingest_day
+from tests.kc import KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
-SPEC_FILE = REPO / "tasks" / "datasets" / "king_county" / "spec.yaml"
+SPEC_FILE = KC_SPEC_PATH
 START = date(2014, 5, 2)
 # Small but with several chunks per run and a day split over two files (the weekdays have > 1500 rows).
 SMALL = dict(rows=6_000, days=5, seed=7, chunk_rows=1_500)

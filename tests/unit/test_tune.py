@@ -12,7 +12,7 @@ import pendulum
 import pytest
 
 from tasks.core.params import RetrainParams, TuneParams
-from tasks.model.networks import ModelConfig, default_config
+from tasks.model.config import ModelConfig, default_config
 from tasks.model.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,11 +81,14 @@ def test_without_a_tuning_result_the_family_defaults_apply():
 
 
 def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
+    from tasks.core.handoffs import FeatureTable
     from tasks.core.lineage import Lineage
     from tasks.model.retrain import model_config
     from tasks.model.tune import best_config, record_best
 
-    features = {"preprocessing_sha256": "p" * 64, "features_sha256": "f" * 64}
+    features = FeatureTable(preprocessing_sha256="p" * 64, features_sha256="f" * 64, features_uri="-",
+                            preprocessing_uri="-", window_start="2013-05-28", window_end="2015-05-28", rows={},
+                            partitions=0, partitions_sha256="-")
     assert best_config(fresh_settings, "king_county") is None
     lineage = Lineage(dag_id="price_model_tune", run_id="r1", window_start="2013-05-28", window_end="2015-05-28")
     other = dict(TUNED, lr=3e-3)
@@ -124,6 +127,7 @@ def tune_env(tmp_path_factory, airflow_db, spec):
     get_settings.cache_clear()
 
 
+@pytest.mark.e2e  # the whole tuning DAG through dag.test(), training included
 def test_tuning_dag_fans_out_trials_and_records_the_best(tune_env):
     from airflow.dag_processing.dagbag import DagBag
 

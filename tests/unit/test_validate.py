@@ -14,21 +14,21 @@ import pytest
 
 from tasks.core import lake, storage
 from tasks.ingest.landing import ingest_interval
+from tasks.quality.results import fmt
 from tasks.quality.validate import (
     REASONS,
     ValidationFailed,
-    _fmt,
     build_suite,
     expectation_parameters,
     validate_interval,
 )
+from tests.kc import KC_DATA_PATH, KC_HEADER, KC_SPEC_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
 DAY = date(2014, 10, 13)
 NEXT = DAY + timedelta(days=1)
-KC_HEADER = ("id,date,price,bedrooms,bathrooms,sqft_living,sqft_lot,floors,waterfront,view,condition,grade,"
-             "sqft_above,sqft_basement,yr_built,yr_renovated,zipcode,lat,long,sqft_living15,sqft_lot15")
+KC_HEADER = KC_HEADER
 GOOD = '"7129300520","20141013T000000",221900,3,1,1180,5650,"1",0,0,3,7,1180,0,1955,0,"98178",47.5112,-122.257,1340,5650'
 GOOD2 = '"4036801170","20141013T000000",380000,4,1.75,1760,7300,"1",0,0,3,7,880,880,1956,0,"98008",47.6034,-122.125,1680,7500'
 NEGATIVE = GOOD2.replace("380000", "-5000")
@@ -39,7 +39,7 @@ BOOKKEEPING = ["ds", "_source_file", "_source_row"]
 def kc_spec():
     from tasks.core.spec import load_spec
 
-    return load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml")
+    return load_spec(KC_SPEC_PATH)
 
 
 def land(root: Path, day: date, name: str, lines: list[str]) -> Path:
@@ -192,7 +192,7 @@ def test_unevaluable_expectation_fails_the_batch(kc_spec, tmp_path, monkeypatch)
 def test_every_expectation_has_a_severity(kc_spec):
     from tasks.core.spec import load_spec
 
-    for spec in (kc_spec, load_spec(REPO / "tasks" / "datasets" / "king_county" / "spec.yaml").model_copy(update={"expectations_module": None})):
+    for spec in (kc_spec, load_spec(KC_SPEC_PATH).model_copy(update={"expectations_module": None})):
         suite = build_suite(spec)
         severities = {(e.meta or {}).get("severity") for e in suite.expectations}
         assert severities == {"row", "batch"}, spec.expectations_module
@@ -204,17 +204,17 @@ def test_every_expectation_has_a_severity(kc_spec):
 
 
 def test_fmt_values_for_people():
-    assert _fmt(pd.Timestamp("2099-01-01")) == "2099-01-01"
-    assert _fmt(pd.Timestamp("2014-10-13 08:30")) == "2014-10-13T08:30:00"
-    assert _fmt(np.int64(33)) == "33" and _fmt(np.float64(-5000)) == "-5000.0"
-    assert _fmt(float("nan")) == "null" and _fmt(None) == "null" and _fmt(pd.NaT) == "null"
-    assert _fmt(np.datetime64("2014-10-13T00:00:00.000000000")) == "2014-10-13"
-    assert _fmt("4036\n801170") == "'4036\\n801170'"
+    assert fmt(pd.Timestamp("2099-01-01")) == "2099-01-01"
+    assert fmt(pd.Timestamp("2014-10-13 08:30")) == "2014-10-13T08:30:00"
+    assert fmt(np.int64(33)) == "33" and fmt(np.float64(-5000)) == "-5000.0"
+    assert fmt(float("nan")) == "null" and fmt(None) == "null" and fmt(pd.NaT) == "null"
+    assert fmt(np.datetime64("2014-10-13T00:00:00.000000000")) == "2014-10-13"
+    assert fmt("4036\n801170") == "'4036\\n801170'"
 
 
 # ---------------------------------------------------------------- real data
 def _real_lines() -> tuple[str, list[str]]:
-    with gzip.open(REPO / "tasks" / "datasets" / "king_county" / "kc_house_data.csv.gz", "rt", newline="") as f:
+    with gzip.open(KC_DATA_PATH, "rt", newline="") as f:
         lines = f.read().splitlines()
     return lines[0], lines[1:]
 

@@ -1,7 +1,7 @@
 """Features of a King County sale: its own row (``derive``) and comparable earlier sales (``COMPS``).
 
 ``derive`` sees one row at a time (point in time by construction); ``COMPS`` configures the
-history-aware stage (``tasks/features/comps.py``): statistics of the sales dated before this one in the same
+history-aware stage (``tasks/features/comps/``): statistics of the sales dated before this one in the same
 zipcode, the same 0.01-degree cell and among the nearest by latitude and longitude, a county-wide
 market index, and the same house's previous sale.
 """
