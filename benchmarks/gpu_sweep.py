@@ -62,7 +62,7 @@ def run(trial):
 
 if __name__ == "__main__":
     from tasks.model.tune import sample_trials
-    trials = sample_trials(N, SEED, ["tabm"], max_epochs=int(os.environ.get("MAXEP", "40")))
+    trials = [t.to_xcom() for t in sample_trials(N, SEED, ["tabm"], max_epochs=int(os.environ.get("MAXEP", "40")))]
     t0 = time.time()
     ctx = mp.get_context("spawn")
     with ctx.Pool(PROCS) as pool, open(f"{OUT}/trials.jsonl", "w") as fh:

@@ -65,26 +65,27 @@ def price_model_tune():
         from tasks.model.tune import sample_trials
 
         p = TuneParams(**params)
-        return sample_trials(p.n_trials, p.seed, list(p.families), p.max_epochs, p.max_time_s)
+        return [t.to_xcom() for t in sample_trials(p.n_trials, p.seed, list(p.families), p.max_epochs, p.max_time_s)]
 
     @task(execution_timeout=timedelta(hours=2))
     def run_trial(trial: dict, features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.core.handoffs import FeatureTable
+        from tasks.core.handoffs import FeatureTable, Trial
         from tasks.core.settings import get_settings
         from tasks.model.tune import run_trial as run
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
-        return run(get_settings(), FeatureTable.from_xcom(features), trial, lineage)
+        return run(get_settings(), FeatureTable.from_xcom(features), Trial.from_xcom(trial), lineage).to_xcom()
 
     @task
     def record_best(results: list[dict], features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
-        from tasks.core.handoffs import FeatureTable
+        from tasks.core.handoffs import FeatureTable, TrialResult
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.model.tune import record_best as record
 
         lineage = _lineage(dag_run, _as_of(data_interval_end, dag_run), params)
-        return record(get_settings(), get_spec().name, FeatureTable.from_xcom(features), list(results), lineage)
+        trials = [TrialResult.from_xcom(r) for r in results]
+        return record(get_settings(), get_spec().name, FeatureTable.from_xcom(features), trials, lineage).to_xcom()
 
     features = build_features()
     results = run_trial.partial(features=features).expand(trial=plan_trials())

@@ -127,3 +127,54 @@ class PromotionResult(Handoff):
     outcome: str | None = None
     ci: dict[str, Any] | None = None
     ledger_event: str | None = None
+
+
+class ChampionRef(Handoff):
+    """``listings_score``'s ``champion``: the version pinned for the whole run (retries use the same model)."""
+
+    model_name: str
+    model_version: str
+    run_id: str | None = None
+
+
+class ScoreResult(Handoff):
+    """``listings_score``'s ``score``: listings scored and rejected per day with one model version."""
+
+    start: str
+    end: str
+    model_version: str
+    rows: int
+    scored: int
+    rejected: int
+    days: list[dict[str, Any]] = []
+
+
+class Trial(Handoff):
+    """``price_model_tune``'s ``plan_trials``: one configuration to train (a ``ModelConfig`` as JSON)."""
+
+    trial: int
+    config: dict[str, Any]
+
+
+class TrialResult(Handoff):
+    """``run_trial``: the trial's validation error and its MLflow run."""
+
+    trial: int
+    config: dict[str, Any]
+    val_rmse_ln: float | None = None
+    best_epoch: int | None = None
+    epochs: int | None = None
+    seconds: float | None = None
+    mlflow_run_id: str | None = None
+    reused: bool = False
+
+
+class TuningResult(Handoff):
+    """``record_best``: the best configuration, recorded as the dataset's tuning result in MLflow."""
+
+    best: dict[str, Any]
+    best_trial: int
+    val_rmse_ln: float | None = None
+    mlflow_run_id: str
+    trials: list[dict[str, Any]] = []
+    reused: bool = False

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.core import tracking
-from tasks.core.handoffs import FeatureTable
+from tasks.core.handoffs import FeatureTable, Trial, TrialResult, TuningResult
 from tasks.core.settings import Settings
 from tasks.model.config import ModelConfig, default_config
 
@@ -125,35 +125,35 @@ def sample_config(rng: "np.random.Generator", families: list[str], max_epochs: i
 
 
 def sample_trials(n_trials: int, seed: int, families: list[str], max_epochs: int,
-                  max_time_s: int | None = None) -> list[dict]:
-    """``[{"trial": i, "config": {...}}]``: trial 0 the default configuration, the others drawn (seeded).
+                  max_time_s: int | None = None) -> list[Trial]:
+    """Trial 0 the default configuration, the others drawn (seeded); each config a ``ModelConfig`` as JSON.
 
     ``max_time_s`` caps each trial's training (and so the retrain that later uses the configuration).
     """
     first = "tabm" if "tabm" in families else families[0]
     cap = {"max_time_s": max_time_s} if max_time_s else {}
-    trials = [{"trial": 0, "config": json.loads(default_config(first, max_epochs=max_epochs, **cap).model_dump_json())}]
+    trials = [Trial(trial=0, config=json.loads(default_config(first, max_epochs=max_epochs, **cap).model_dump_json()))]
     if first != "tabm":
-        trials[0]["config"].pop("k")
+        trials[0].config.pop("k")
     for i in range(1, n_trials):
         rng = np.random.default_rng([seed, i])
-        trials.append({"trial": i, "config": sample_config(rng, list(families), max_epochs, max_time_s)})
+        trials.append(Trial(trial=i, config=sample_config(rng, list(families), max_epochs, max_time_s)))
     return trials
 
 
-def pick_best(results: list[dict]) -> dict:
+def pick_best(results: list[TrialResult]) -> TrialResult:
     """The trial with the lowest finite validation rmse_ln (ties: the lower trial index)."""
-    ok = [r for r in results if r.get(MONITOR) is not None and math.isfinite(r[MONITOR])]
+    ok = [r for r in results if r.val_rmse_ln is not None and math.isfinite(r.val_rmse_ln)]
     if not ok:
-        raise ValueError(f"no trial finished with a finite {MONITOR}: {results}")
-    return min(ok, key=lambda r: (r[MONITOR], r["trial"]))
+        raise ValueError(f"no trial finished with a finite {MONITOR}: {[r.to_xcom() for r in results]}")
+    return min(ok, key=lambda r: (r.val_rmse_ln, r.trial))
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps (the DAG's tasks)
 
 
-def run_trial(settings: Settings, features: FeatureTable, trial: dict, lineage: "Lineage") -> dict:
+def run_trial(settings: Settings, features: FeatureTable, trial: Trial, lineage: "Lineage") -> TrialResult:
     """Train one trial's configuration on the features; a run in the tuning experiment. Returns its result."""
     from tasks.features.preprocessing import load_preprocessing
     from tasks.model.train import train
@@ -161,15 +161,15 @@ def run_trial(settings: Settings, features: FeatureTable, trial: dict, lineage: 
     ts = tuning_settings(settings)
     c = tracking.client(ts)
     exp = tracking.experiment_id(c, ts)
-    task = f"trial-{trial['trial']}"
+    task = f"trial-{trial.trial}"
     done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, task)
     if done is not None and MONITOR in done.data.metrics:
-        log.info("reusing finished MLflow run %s of trial %s", done.info.run_id, trial["trial"])
-        return {"trial": trial["trial"], "config": trial["config"], MONITOR: done.data.metrics[MONITOR],
-                "seconds": done.data.metrics.get("train_seconds"), "mlflow_run_id": done.info.run_id, "reused": True}
-    cfg = ModelConfig(**trial["config"])
+        log.info("reusing finished MLflow run %s of trial %s", done.info.run_id, trial.trial)
+        return TrialResult(trial=trial.trial, config=trial.config, val_rmse_ln=done.data.metrics[MONITOR],
+                           seconds=done.data.metrics.get("train_seconds"), mlflow_run_id=done.info.run_id, reused=True)
+    cfg = ModelConfig(**trial.config)
     prep = load_preprocessing(features.preprocessing_uri)
-    tags = {**lineage.tags(), tracking.TAG_TASK: task, TAG_KIND: KIND_TRIAL, TAG_TRIAL: str(trial["trial"]),
+    tags = {**lineage.tags(), tracking.TAG_TASK: task, TAG_KIND: KIND_TRIAL, TAG_TRIAL: str(trial.trial),
             TAG_DATASET: prep.dataset, "preprocessing.sha256": features.preprocessing_sha256}
     run = c.create_run(exp, run_name=f"{lineage.run_id}__{task}", tags=tags)
     try:
@@ -185,33 +185,35 @@ def run_trial(settings: Settings, features: FeatureTable, trial: dict, lineage: 
     except BaseException:
         c.set_terminated(run.info.run_id, "FAILED")
         raise
-    log.info("trial %s (%s): val rmse_ln %.4f in %.0fs", trial["trial"], cfg.family, value, result.seconds)
-    return {"trial": trial["trial"], "config": trial["config"], MONITOR: value, "best_epoch": result.best_epoch,
-            "epochs": result.epochs_run, "seconds": round(result.seconds, 1), "mlflow_run_id": run.info.run_id,
-            "reused": False}
+    log.info("trial %s (%s): val rmse_ln %.4f in %.0fs", trial.trial, cfg.family, value, result.seconds)
+    return TrialResult(trial=trial.trial, config=trial.config, val_rmse_ln=value, best_epoch=result.best_epoch,
+                       epochs=result.epochs_run, seconds=round(result.seconds, 1), mlflow_run_id=run.info.run_id,
+                       reused=False)
 
 
-def record_best(settings: Settings, dataset: str, features: FeatureTable, results: list[dict], lineage: "Lineage") -> dict:
+def record_best(settings: Settings, dataset: str, features: FeatureTable, results: list[TrialResult],
+                lineage: "Lineage") -> TuningResult:
     """Pick the best trial by validation rmse_ln and record it as the dataset's tuning result in MLflow."""
     ts = tuning_settings(settings)
     c = tracking.client(ts)
     exp = tracking.experiment_id(c, ts)
     done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, "record_best")
     if done is not None and done.data.tags.get(TAG_BEST):
-        return {"best": json.loads(done.data.tags[TAG_BEST]), "best_trial": int(done.data.tags.get(TAG_TRIAL, -1)),
-                MONITOR: done.data.metrics.get(f"best/{MONITOR}"), "mlflow_run_id": done.info.run_id, "reused": True}
+        return TuningResult(best=json.loads(done.data.tags[TAG_BEST]), best_trial=int(done.data.tags.get(TAG_TRIAL, -1)),
+                            val_rmse_ln=done.data.metrics.get(f"best/{MONITOR}"), mlflow_run_id=done.info.run_id,
+                            reused=True)
     best = pick_best(results)
-    config = best["config"]
+    config = best.config
     tags = {**lineage.tags(), tracking.TAG_TASK: "record_best", TAG_KIND: KIND_RESULT, TAG_DATASET: dataset,
-            TAG_BEST: json.dumps(config, sort_keys=True), TAG_TRIAL: str(best["trial"]),
+            TAG_BEST: json.dumps(config, sort_keys=True), TAG_TRIAL: str(best.trial),
             "preprocessing.sha256": features.preprocessing_sha256, "data.features_sha256": features.features_sha256}
     run = c.create_run(exp, run_name=f"{lineage.dag_id}__{lineage.run_id}__best", tags=tags)
     try:
         for k, v in config.items():
             c.log_param(run.info.run_id, k, v)
-        c.log_metric(run.info.run_id, f"best/{MONITOR}", best[MONITOR])
+        c.log_metric(run.info.run_id, f"best/{MONITOR}", best.val_rmse_ln)
         c.log_metric(run.info.run_id, "n_trials", len(results))
-        table = sorted(({k: r.get(k) for k in ("trial", MONITOR, "seconds", "mlflow_run_id", "config")} for r in results),
+        table = sorted((r.model_dump(include={"trial", MONITOR, "seconds", "mlflow_run_id", "config"}) for r in results),
                        key=lambda r: r["trial"])
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "trials.json").write_text(json.dumps(table, indent=2))
@@ -220,10 +222,10 @@ def record_best(settings: Settings, dataset: str, features: FeatureTable, result
     except BaseException:
         c.set_terminated(run.info.run_id, "FAILED")
         raise
-    log.info("best of %d trials: trial %s, val rmse_ln %.4f: %s", len(results), best["trial"], best[MONITOR], config)
-    return {"best": config, "best_trial": best["trial"], MONITOR: best[MONITOR], "mlflow_run_id": run.info.run_id,
-            "trials": [{"trial": r["trial"], "family": r["config"]["family"], MONITOR: r.get(MONITOR)} for r in results],
-            "reused": False}
+    log.info("best of %d trials: trial %s, val rmse_ln %.4f: %s", len(results), best.trial, best.val_rmse_ln, config)
+    return TuningResult(best=config, best_trial=best.trial, val_rmse_ln=best.val_rmse_ln, mlflow_run_id=run.info.run_id,
+                        trials=[{"trial": r.trial, "family": r.config["family"], MONITOR: r.val_rmse_ln} for r in results],
+                        reused=False)
 
 
 # ---------------------------------------------------------------------------------------------

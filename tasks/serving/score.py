@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tasks.core import lake, storage, tracking
+from tasks.core.handoffs import ChampionRef, ScoreResult
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import (
@@ -176,14 +177,14 @@ def load_version(settings: Settings, version: str, tmp: str) -> "ModelBundle":
                             lake_uri=settings.lake_uri)
 
 
-def champion(settings: Settings) -> dict:
+def champion(settings: Settings) -> ChampionRef:
     """The champion's version now (the scoring DAG pins it once per run, so retries use the same model)."""
     c = tracking.client(settings)
     mv = tracking.champion_version(c, settings.model_name)
     if mv is None:
         raise RuntimeError(f"model {settings.model_name!r} has no champion yet: nothing can score listings; "
                            "run price_model_retrain (or promote a version) first")
-    return {"model_name": settings.model_name, "model_version": str(mv.version), "run_id": mv.run_id}
+    return ChampionRef(model_name=settings.model_name, model_version=str(mv.version), run_id=mv.run_id)
 
 
 def score_day(spec: DatasetSpec, settings: Settings, day: date, version: str, bundle: "ModelBundle | None" = None) -> dict:
@@ -209,20 +210,20 @@ def score_day(spec: DatasetSpec, settings: Settings, day: date, version: str, bu
     return result
 
 
-def score_interval(spec: DatasetSpec, settings: Settings, start: date, end: date, version: str) -> dict:
+def score_interval(spec: DatasetSpec, settings: Settings, start: date, end: date, version: str) -> ScoreResult:
     """Score every day of [start, end) with one model version; the model is downloaded once."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_version(settings, version, tmp)
         days = [score_day(spec, settings, d, version, bundle) for d in days_in_interval(start, end)]
-    return {"start": start.isoformat(), "end": end.isoformat(), "model_version": str(version),
-            "rows": sum(d["rows"] for d in days), "scored": sum(d["scored"] for d in days),
-            "rejected": sum(d["rejected"] for d in days),
-            "days": [{k: d[k] for k in ("day", "rows", "scored", "rejected")} for d in days]}
+    return ScoreResult(start=start.isoformat(), end=end.isoformat(), model_version=str(version),
+                       rows=sum(d["rows"] for d in days), scored=sum(d["scored"] for d in days),
+                       rejected=sum(d["rejected"] for d in days),
+                       days=[{k: d[k] for k in ("day", "rows", "scored", "rejected")} for d in days])
 
 
 def score_file(spec: DatasetSpec, settings: Settings, path: str, version: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, str]:
     """(scored rows, rejected rows, model version) of a one-off listings file; nothing is written to the lake."""
-    version = str(version) if version else champion(settings)["model_version"]
+    version = str(version) if version else champion(settings).model_version
     raw = read_listings(spec, [path], date.today())
     event_time = spec.event_time
     dates = raw[event_time].drop_nulls() if event_time else pl.Series([], dtype=pl.Date)

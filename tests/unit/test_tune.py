@@ -11,6 +11,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
+from tasks.core.handoffs import FeatureTable, TrialResult
 from tasks.core.params import RetrainParams, TuneParams
 from tasks.model.config import ModelConfig, default_config
 from tasks.model.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
@@ -27,33 +28,32 @@ def test_sampler_is_deterministic_per_seed_and_trial():
     assert sample_trials(4, 3, ["tabm", "mlp_plr"], 40) == a[:4], "adding trials never changes earlier ones"
     other = sample_trials(10, 4, ["tabm", "mlp_plr"], 40)
     assert other[0] == a[0] and other[1:] != a[1:]
-    assert [t["trial"] for t in a] == list(range(10))
+    assert [t.trial for t in a] == list(range(10))
 
 
 def test_trial_zero_is_the_default_and_every_trial_is_a_valid_config():
     trials = sample_trials(30, 0, ["tabm", "mlp_plr"], 25, max_time_s=100)
     default = default_config("tabm", max_epochs=25, max_time_s=100)
-    assert ModelConfig(**trials[0]["config"]) == default
+    assert ModelConfig(**trials[0].config) == default
     families = set()
     for t in trials:
-        cfg = ModelConfig(**t["config"])
+        cfg = ModelConfig(**t.config)
         families.add(cfg.family)
         assert cfg.max_epochs == 25 and cfg.max_time_s == 100
         assert set(cfg.hidden) <= set(SEARCH_SPACE["width"].values) and len(cfg.hidden) in SEARCH_SPACE["depth"].values
         assert 5e-4 <= cfg.lr <= 4e-3 and 1e-5 <= cfg.weight_decay <= 1e-3
-        assert ("k" in t["config"]) == (cfg.family == "tabm")
+        assert ("k" in t.config) == (cfg.family == "tabm")
     assert families == {"tabm", "mlp_plr"}
-    assert len({json.dumps(t["config"], sort_keys=True) for t in trials}) == 30
-    assert {ModelConfig(**t["config"]).family for t in sample_trials(8, 0, ["mlp"], 5)} == {"mlp"}
+    assert len({json.dumps(t.config, sort_keys=True) for t in trials}) == 30
+    assert {ModelConfig(**t.config).family for t in sample_trials(8, 0, ["mlp"], 5)} == {"mlp"}
 
 
 def test_best_is_picked_by_validation_rmse():
-    results = [{"trial": 0, "val_rmse_ln": 0.18, "config": {}}, {"trial": 1, "val_rmse_ln": 0.17, "config": {}},
-               {"trial": 2, "val_rmse_ln": float("nan"), "config": {}}, {"trial": 3, "val_rmse_ln": 0.17, "config": {}},
-               {"trial": 4, "val_rmse_ln": None, "config": {}}]
-    assert pick_best(results)["trial"] == 1  # the lowest; a tie goes to the lower trial; nan and None never win
+    results = [TrialResult(trial=i, val_rmse_ln=v, config={}) for i, v in
+               enumerate([0.18, 0.17, float("nan"), 0.17, None])]
+    assert pick_best(results).trial == 1  # the lowest; a tie goes to the lower trial; nan and None never win
     with pytest.raises(ValueError, match="no trial finished"):
-        pick_best([{"trial": 0, "val_rmse_ln": math.inf}])
+        pick_best([TrialResult(trial=0, val_rmse_ln=math.inf, config={})])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +81,6 @@ def test_without_a_tuning_result_the_family_defaults_apply():
 
 
 def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
-    from tasks.core.handoffs import FeatureTable
     from tasks.core.lineage import Lineage
     from tasks.model.retrain import model_config
     from tasks.model.tune import best_config, record_best
@@ -93,17 +92,17 @@ def test_recorded_result_is_found_per_dataset_newest_first(fresh_settings):
     lineage = Lineage(dag_id="price_model_tune", run_id="r1", window_start="2013-05-28", window_end="2015-05-28")
     other = dict(TUNED, lr=3e-3)
     first = record_best(fresh_settings, "king_county", features,
-                        [{"trial": 0, "val_rmse_ln": 0.2, "config": other}, {"trial": 1, "val_rmse_ln": 0.1, "config": TUNED}],
+                        [TrialResult(trial=0, val_rmse_ln=0.2, config=other), TrialResult(trial=1, val_rmse_ln=0.1, config=TUNED)],
                         lineage)
-    assert first["best_trial"] == 1 and first["best"] == TUNED
-    record_best(fresh_settings, "elsewhere", features, [{"trial": 0, "val_rmse_ln": 0.1, "config": other}],
+    assert first.best_trial == 1 and first.best == TUNED
+    record_best(fresh_settings, "elsewhere", features, [TrialResult(trial=0, val_rmse_ln=0.1, config=other)],
                 lineage.model_copy(update={"run_id": "r2"}))
     found, run_id = best_config(fresh_settings, "king_county")
-    assert found == TUNED and run_id == first["mlflow_run_id"]
+    assert found == TUNED and run_id == first.mlflow_run_id
     cfg, source, tuning_run = model_config(fresh_settings, "king_county", RetrainParams())
     assert source == "tuned" and cfg == ModelConfig(**TUNED) and tuning_run == run_id
     again = record_best(fresh_settings, "king_county", features, [], lineage)  # a retried task
-    assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert again.reused and again.mlflow_run_id == first.mlflow_run_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +150,6 @@ def test_tuning_dag_fans_out_trials_and_records_the_best(tune_env):
     assert result.data.metrics["best/val_rmse_ln"] == pytest.approx(best_val)
     assert json.loads(result.data.tags[TAG_BEST]) == found
     planned = sample_trials(3, 1, ["tabm", "mlp_plr"], 1, TuneParams().max_time_s)
-    assert found in [t["config"] for t in planned]
+    assert found in [t.config for t in planned]
     cfg, source, _ = model_config(settings, "king_county", RetrainParams())
     assert source == "tuned" and cfg == ModelConfig(**found)
