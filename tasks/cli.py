@@ -1,8 +1,8 @@
 """homeworth: the champion, batch scoring, the endpoint and landing data, from one command.
 
-    homeworth champion                   # the live version, since when, by whom, why, its metrics
+    homeworth champion [--json] [--repair] # the champion, since when, by whom, why, its metrics
     homeworth ledger [--json] [--limit N]
-    homeworth rollback --version 3 --reason "v4 over-values waterfront houses" [--user alice]
+    homeworth rollback --version 3 --reason "v4 over-values waterfront houses" [--user alice] [--expect 4]
     homeworth score --file listings.csv [--out scored.csv] [--version N]   # batch scoring
     homeworth serve [--host 127.0.0.1] [--port 8000]                        # the endpoint on its own
     homeworth replay [--start 2015-03-01] [--end 2015-05-28]                # the bundled sales as a daily feed
@@ -15,6 +15,10 @@ loads neither torch, MLflow nor Polars.
 
 A rollback from here is a person's action: it is recorded with the wall-clock time and the user
 (``--user``, else the login name). The ``champion_rollback`` DAG does the same from the Airflow UI.
+
+The champion is the promotion ledger's newest event; the MLflow alias follows it. ``champion`` exits
+with 3 and says so on stderr when the two disagree (a move interrupted between its ledger event and the
+alias, or an alias moved by hand); ``champion --repair`` points the alias at the ledger's champion.
 """
 
 from __future__ import annotations
@@ -49,41 +53,53 @@ def _fmt_metrics(m: dict | None) -> str:
 
 
 def champion_info(settings) -> dict:
-    """The live version with the ledger event (or, before the ledger existed, the tags) explaining it."""
+    """The champion (the ledger's newest event) with the event explaining it (or, before the ledger existed,
+    the alias and its tags), the alias, and any disagreement between them."""
     from tasks.core import tracking
-    from tasks.registry import ledger
+    from tasks.registry import champion
 
     c = tracking.client(settings)
-    mv = tracking.champion_version(c, settings.model_name)
-    if mv is None:
-        return {"model_name": settings.model_name, "champion_version": None}
-    event = ledger.latest_for(settings, str(mv.version))
+    state = champion.read(c, settings)
+    base = {"model_name": settings.model_name, "champion_version": state.version, "alias_version": state.alias,
+            "ledger_version": state.head.to_version if state.head is not None else None,
+            "disagreement": champion.disagreement(state),
+            "unreadable_ledger_files": [f"{name}: {why}" for name, why in state.scan.problems]}
+    if state.version is None:
+        return base
+    mv = c.get_model_version(settings.model_name, state.version)
+    event = state.head
     metrics = {}
     if mv.run_id:
         metrics = {k.removeprefix("test/"): v for k, v in c.get_run(mv.run_id).data.metrics.items()
                    if k.startswith("test/")}
-    info = {"model_name": settings.model_name, "champion_version": str(mv.version), "test_metrics": metrics,
+    info = {**base, "test_metrics": metrics,
             "data_window": [mv.tags.get("data.window_start"), mv.tags.get("data.window_end")],
             "mlflow_run_id": mv.run_id, "source": mv.source}
     if event is not None:
         info.update({"since": event.at.isoformat(), "by": event.who(), "kind": event.kind, "reason": event.reason,
-                     "from_version": event.from_version, "ledger_event": event.event_id})
+                     "from_version": event.from_version, "ledger_event": event.event_id, "ledger_seq": event.seq})
     else:
         info.update({"since": None, "by": mv.tags.get("promotion.airflow_run_id"), "kind": "promotion",
                      "reason": mv.tags.get("promotion.reason"), "ledger_event": None})
     return info
 
 
-def cmd_champion(args) -> int:
-    from tasks.core.settings import get_settings
+def _repair(settings) -> None:
+    """``homeworth champion --repair``: point the alias at the ledger's newest event, saying what moved."""
+    from tasks.core import tracking
+    from tasks.registry import champion
 
-    info = champion_info(get_settings())
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    if info["champion_version"] is None:
-        print(f"{info['model_name']}: no champion yet")
-        return 1
+    c = tracking.client(settings)
+    before = champion.read(c, settings)
+    after = champion.sync(c, settings)
+    if before.alias != after.alias:
+        print(f"repaired: moved the alias '{tracking.CHAMPION}' from v{before.alias or ' (none)'} to "
+              f"v{after.alias} (ledger event #{after.head.seq}, {after.head.event_id})", file=sys.stderr)
+    else:
+        print("nothing to repair: the alias and the ledger agree", file=sys.stderr)
+
+
+def _print_champion(info: dict) -> None:
     print(f"{info['model_name']} champion: v{info['champion_version']}")
     print(f"  since:   {info.get('since') or 'unknown (before the ledger)'} ({info.get('kind')} by {info.get('by')})")
     if info.get("from_version") is not None:
@@ -91,15 +107,42 @@ def cmd_champion(args) -> int:
     print(f"  why:     {info.get('reason')}")
     print(f"  test:    {_fmt_metrics(info['test_metrics'])}")
     print(f"  window:  {info['data_window'][0]} .. {info['data_window'][1]} (end exclusive)")
-    print(f"  ledger:  {info.get('ledger_event') or '-'}")
-    return 0
+    seq = f"#{info['ledger_seq']} " if info.get("ledger_seq") else ""
+    print(f"  ledger:  {seq}{info.get('ledger_event') or '-'}")
+
+
+def cmd_champion(args) -> int:
+    """Exit status: 0, 1 with no champion, 3 when the alias and the ledger disagree (stderr says how to repair)."""
+    from tasks.core.settings import get_settings
+
+    settings = get_settings()
+    if args.repair:
+        _repair(settings)
+    info = champion_info(settings)
+    for problem in info["unreadable_ledger_files"]:
+        print(f"warning: unreadable ledger file skipped: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    elif info["champion_version"] is None:
+        print(f"{info['model_name']}: no champion yet")
+    else:
+        _print_champion(info)
+    if info["disagreement"]:
+        print(f"CHAMPION DISAGREEMENT: {info['disagreement']}.\n  The ledger is the source of truth. Repair: "
+              f"homeworth champion --repair (points the alias at v{info['ledger_version']}; the next promote or "
+              "rollback does the same)", file=sys.stderr)
+        return 3
+    return 0 if info["champion_version"] is not None else 1
 
 
 def cmd_ledger(args) -> int:
     from tasks.core.settings import get_settings
     from tasks.registry import ledger
 
-    events = ledger.read_all(get_settings())
+    found = ledger.scan(get_settings())
+    for name, why in found.problems:
+        print(f"warning: ledger file {name} is unreadable and was skipped: {why}", file=sys.stderr)
+    events = found.events
     if args.limit:
         events = events[-args.limit:]
     if args.json:
@@ -129,10 +172,14 @@ def cmd_rollback(args) -> int:
     user = args.user or getpass.getuser()
     actor = {"type": "user", "user": user, "host": socket.gethostname(), "via": "tasks.cli"}
     try:
-        out = rollback(get_settings(), args.version, args.reason, actor, at, key=f"cli/{user}/{at.isoformat()}")
+        out = rollback(get_settings(), args.version, args.reason, actor, at, key=f"cli/{user}/{at.isoformat()}",
+                       expected=args.expect)
     except RollbackError as exc:
         print(f"rollback refused: {exc}", file=sys.stderr)
         return 2
+    if out["outcome"] == "superseded":
+        print(f"nothing moved: {out['reason']}", file=sys.stderr)
+        return 4
     print(f"champion: v{out['previous_champion']} -> v{out['champion_version']} (ledger event {out['ledger_event']})")
     return 0
 
@@ -141,6 +188,8 @@ def _add_operator_commands(sub) -> None:
     """champion, ledger and rollback: the champion's history and its one manual move."""
     ch = sub.add_parser("champion", help="show the live version and why it is live")
     ch.add_argument("--json", action="store_true")
+    ch.add_argument("--repair", action="store_true",
+                    help="point the champion alias at the ledger's newest event if they disagree")
     ch.set_defaults(func=cmd_champion)
     le = sub.add_parser("ledger", help="every move of the champion, oldest first")
     le.add_argument("--json", action="store_true")
@@ -150,6 +199,8 @@ def _add_operator_commands(sub) -> None:
     rb.add_argument("--version", required=True, help="the model version to make champion again")
     rb.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rb.add_argument("--user", default=None, help="who is doing this (default: the login name)")
+    rb.add_argument("--expect", default=None,
+                    help="the champion you mean to replace; if another one is live by then, nothing moves")
     rb.set_defaults(func=cmd_rollback)
 
 

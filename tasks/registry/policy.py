@@ -8,8 +8,9 @@ a person's answer) and applies what :func:`resolve` returns. The rules, in order
    champion, then the bootstrap intervals (clearly worse, clearly better by enough, inconclusive), or
    the point-estimate relative improvement (:func:`decide`) when there are no paired predictions;
 2. the overrides (:func:`resolve`): a backfill run never promotes; a drift check can block a "yes"; a
-   champion that moved after the evaluation blocks anything but a rejection; a person's answer settles an
-   inconclusive result; ``force_promotion`` turns the remaining "no" into a "yes" (the reason says so).
+   champion that moved after the evaluation turns anything but a rejection into ``superseded`` (which
+   nothing overrides); a person's answer settles an inconclusive result; ``force_promotion`` turns the
+   remaining "no" into a "yes" (the reason says so).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from tasks.core.params import RetrainParams
 
 APPROVE, KEEP = "Promote", "Keep champion"  # the options a person gets for an inconclusive result
+SUPERSEDED = "superseded"  # the outcome of a move whose expected champion is no longer the champion
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +134,19 @@ class Situation:
 class Decision:
     promote: bool
     reason: str
-    outcome: str  # the gate's outcome: "promote", "reject" or "inconclusive"
+    outcome: str  # the gate's outcome: "promote", "reject" or "inconclusive"; or SUPERSEDED
 
     @property
     def decision(self) -> str:
-        return "promoted" if self.promote else "rejected"
+        return "promoted" if self.promote else "superseded" if self.outcome == SUPERSEDED else "rejected"
+
+
+def superseded(reason: str) -> Decision:
+    """No move: the champion this model was compared with (the move's expectation) is no longer the champion.
+
+    Not an error (a newer model won, or an older run was re-run) and not overridable, ``force_promotion``
+    included: the comparison behind the decision is out of date."""
+    return Decision(False, reason, SUPERSEDED)
 
 
 def resolve(verdict: Verdict, s: Situation) -> Decision:
@@ -147,8 +157,8 @@ def resolve(verdict: Verdict, s: Situation) -> Decision:
     elif s.drift_blocked and ok:
         ok, reason = False, f"{s.drift_reason} ({reason})"
     elif s.live not in (s.evaluated_against, s.version) and outcome != "reject":
-        ok, reason = False, (f"the champion moved from v{s.evaluated_against or 'none'} to v{s.live} after this model "
-                             f"was evaluated; re-run to compare with the new champion ({reason})")
+        return superseded(f"the champion moved from v{s.evaluated_against or 'none'} to v{s.live} after this model "
+                          f"was evaluated; re-run to compare with the new champion ({reason})")
     elif outcome == "inconclusive" and s.chosen is not None:
         ok = s.chosen == APPROVE
         reason = f"{reason}; {'promoted' if ok else 'kept the champion'}: {s.chosen!r} chosen by {s.user}"
@@ -171,6 +181,12 @@ def metric_difference(new: dict, champion: dict | None) -> dict:
     if not champion:
         return {}
     return {k: champion[k] - new[k] for k in new if k in champion and isinstance(new[k], (int, float))}
+
+
+def rerun_tags(outcome: str, reason: str, airflow_run_id: str) -> dict[str, str]:
+    """The MLflow tags of a re-run of a promotion already recorded (its first decision's tags stay)."""
+    return {"promotion.rerun.outcome": outcome, "promotion.rerun.reason": reason,
+            "promotion.rerun.airflow_run_id": airflow_run_id}
 
 
 def promotion_tags(decision: Decision, live: str | None, airflow_run_id: str,

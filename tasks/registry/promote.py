@@ -16,9 +16,10 @@ interval of each difference, champion minus challenger, of the median APE and of
 
 Backfill runs evaluate but never promote; ``force_promotion`` overrides a "no" (the reason says so).
 These rules and the other overrides are plain functions in ``tasks/registry/policy.py``; this module
-gathers their inputs (MLflow, the lake, the ledger) and applies the decision. Every move of the alias,
-by a run or by a person (``tasks/registry/rollback.py``), is an event in the ledger
-(``tasks/registry/ledger.py``).
+gathers their inputs (MLflow, the lake, the ledger) and applies the decision. Every move of the champion,
+by a run or by a person (``tasks/registry/rollback.py``), is first an event in the ledger
+(``tasks/registry/ledger.py``, the source of truth, compare-and-set on the champion it replaces), then a
+move of the alias, which follows the ledger (``tasks/registry/champion.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tasks.core.handoffs import Assessment, DriftReport, Evaluation, PromotionRe
 from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
 from tasks.core.settings import Settings
-from tasks.registry import ledger, policy
+from tasks.registry import champion, ledger, policy
 
 log = logging.getLogger(__name__)
 
@@ -131,26 +132,18 @@ def assess_step(settings: Settings, evaluation: Evaluation, params: RetrainParam
 # Moving the alias
 
 
-def apply_alias(c, settings: Settings, version: str) -> None:
-    """Point ``champion`` at ``version`` unless it is there already (a retry finishing a recorded move)."""
-    current = tracking.champion_version(c, settings.model_name)
-    if current is None or str(current.version) != str(version):
-        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, str(version))
-
-
-def _situation(evaluation: Evaluation, version: str, current, lineage: Lineage, params: RetrainParams,
+def _situation(evaluation: Evaluation, version: str, live: str | None, lineage: Lineage, params: RetrainParams,
                approval: dict | None, drift: DriftReport | None) -> policy.Situation:
-    """The policy's inputs besides the verdict: the live champion, the run, a person's answer, the drift check."""
+    """The policy's inputs besides the verdict: the champion now, the run, a person's answer, the drift check."""
     option, user = policy.chosen(approval)
     drift_blocked, drift_reason = (False, "")
     if drift is not None:
         from tasks.quality.drift import drift_blocks_promotion
 
         drift_blocked, drift_reason = drift_blocks_promotion(drift.model_dump())
-    return policy.Situation(version=version, live=str(current.version) if current is not None else None,
-                     evaluated_against=evaluation.champion_version, run_type=lineage.run_type,
-                     force=params.force_promotion, chosen=option, user=user, drift_blocked=drift_blocked,
-                     drift_reason=drift_reason)
+    return policy.Situation(version=version, live=live, evaluated_against=evaluation.champion_version,
+                            run_type=lineage.run_type, force=params.force_promotion, chosen=option, user=user,
+                            drift_blocked=drift_blocked, drift_reason=drift_reason)
 
 
 def _promotion_event(c, settings: Settings, key: str, at, evaluation: Evaluation, lineage: Lineage,
@@ -167,7 +160,7 @@ def _promotion_event(c, settings: Settings, key: str, at, evaluation: Evaluation
     mv = c.get_model_version(settings.model_name, s.version)
     return ledger.new_event(
         key, kind="promotion", at=at, model_name=settings.model_name, from_version=s.live, to_version=s.version,
-        reason=decision.reason, actor=actor,
+        reason=decision.reason, actor=actor, outcome=decision.outcome,
         metrics={"new": metrics["new"], "champion": metrics.get("champion"),
                  "difference": policy.metric_difference(metrics["new"], metrics.get("champion"))},
         ci=verdict.ci,
@@ -189,18 +182,52 @@ def _result(version: str, promoted: bool, reason: str, previous: str | None, cha
                            champion_version=champion, outcome=outcome, ci=ci, ledger_event=ledger_event)
 
 
+def _tag(c, settings: Settings, mlflow_run_id: str | None, version: str, tags: dict[str, str]) -> None:
+    """The tags on the model version and on its MLflow run."""
+    for k, v in tags.items():
+        c.set_model_version_tag(settings.model_name, version, k, v[:5000])
+        if mlflow_run_id:
+            c.set_tag(mlflow_run_id, k, v[:5000])
+
+
+def _recorded(c, settings: Settings, evaluation: Evaluation, lineage: Lineage, done: ledger.LedgerEvent,
+              state: champion.State) -> PromotionResult:
+    """A retried or cleared promote whose earlier try recorded ``done``: finish its tags, never move the alias.
+
+    The alias already follows the ledger (``champion.sync``). If a newer event has replaced this run's
+    version since, the re-run is ``superseded``: it succeeds and says why, and the champion stays."""
+    version = done.to_version
+    outcome = done.outcome or "promote"
+    if c.get_model_version(settings.model_name, version).tags.get("promotion.ledger_event") != done.event_id:
+        # the earlier try stopped between its ledger event and its tags
+        _tag(c, settings, evaluation.mlflow_run_id, version, policy.promotion_tags(
+            policy.Decision(True, done.reason, outcome), done.from_version, lineage.run_id, done.event_id))
+    if state.version == version:
+        log.info("model v%s: promotion already recorded as ledger event #%d %s (retry)", version, done.seq,
+                 done.event_id)
+        return _result(version, True, done.reason, done.from_version, version, outcome, done.ci, done.event_id)
+    h = state.head
+    reason = (f"this run promoted v{version} (ledger event #{done.seq}), but v{h.to_version} has been the champion "
+              f"since ledger event #{h.seq} ({h.kind} by {h.who()}); re-running the promotion leaves it there")
+    _tag(c, settings, evaluation.mlflow_run_id, version, policy.rerun_tags("superseded", reason, lineage.run_id))
+    log.warning("model v%s superseded: %s", version, reason)
+    return _result(version, False, reason, h.to_version, h.to_version, "superseded", done.ci, done.event_id)
+
+
 def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainParams, lineage: Lineage,
                  approval: dict | None = None, event_time: datetime | date | str | None = None,
                  triggered_by: str | None = None, drift: DriftReport | None = None, *,
                  target: str) -> PromotionResult:
-    """Decide (``tasks.registry.policy``), record the decision as MLflow tags, and move the alias (with a ledger
-    event) on a "yes".
+    """Decide (``tasks.registry.policy``), record the decision as MLflow tags, and on a "yes" move the champion:
+    a ledger event first (compare-and-set on the champion the evaluation compared against), then the alias.
 
     ``approval`` is the human-in-the-loop answer for an inconclusive result (``chosen_options``,
     ``responded_by_user``); ``event_time`` the run's logical/interval time for the ledger (default:
     the end of the run's data window); ``triggered_by`` the user who triggered the run, if any;
     ``drift`` the drift check of the run (``tasks.quality.drift.drift_step``), which blocks promotion when the
     ``drift_action`` setting says so and a feature drifted; ``target`` the price column of the predictions.
+    A move whose expected champion is no longer the champion (a newer model won meanwhile, or this is a
+    re-run of an older run) does not happen: the outcome is ``superseded`` and the task succeeds.
     """
     c = tracking.client(settings)
     version = str(evaluation.model_version)
@@ -208,29 +235,27 @@ def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainPara
     key = f"{lineage.dag_id}/{lineage.run_id}/promote/{version}"
     eid = ledger.event_id(at, "promotion", key)
 
-    done = ledger.get(settings, eid)
-    if done is not None:  # an earlier try decided and recorded; finish its move
-        apply_alias(c, settings, done.to_version)
-        log.info("model v%s: promotion already recorded as ledger event %s (retry)", version, eid)
-        return _result(version, True, done.reason, done.from_version, done.to_version, "promote", done.ci, eid)
+    state = champion.sync(c, settings)  # first complete a move recorded in the ledger but not applied
+    done = state.scan.find(eid)
+    if done is not None:  # an earlier try decided and recorded
+        return _recorded(c, settings, evaluation, lineage, done, state)
 
-    current = tracking.champion_version(c, settings.model_name)
     verdict = assess(settings, evaluation, params, target=target)
-    s = _situation(evaluation, version, current, lineage, params, approval, drift)
+    s = _situation(evaluation, version, state.version, lineage, params, approval, drift)
     decision = policy.resolve(verdict, s)
-    move = policy.moves_alias(decision, s)
-    event_ref = None
-    if move:
+    event_ref, now = None, s.live
+    if policy.moves_alias(decision, s):
         event = _promotion_event(c, settings, key, at, evaluation, lineage, decision, verdict, s, triggered_by,
                                  approval)
-        stored, _ = ledger.append(settings, event)
-        event_ref = stored.event_id
-    for k, v in policy.promotion_tags(decision, s.live, lineage.run_id, event_ref).items():
-        c.set_model_version_tag(settings.model_name, version, k, v[:5000])
-        c.set_tag(evaluation.mlflow_run_id, k, v[:5000])
-    if move:
-        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, version)
+        try:
+            stored, _ = ledger.append(settings, event, expected=evaluation.champion_version, empty_head=state.alias)
+        except ledger.Superseded as exc:  # another move won between our read and our append
+            decision, now = policy.superseded(f"{exc}; the champion stays ({decision.reason})"), exc.champion
+        else:
+            event_ref = stored.event_id
+            champion.sync(c, settings, own=event_ref)  # the commit point was the append; the alias follows
+    _tag(c, settings, evaluation.mlflow_run_id, version,
+         policy.promotion_tags(decision, s.live, lineage.run_id, event_ref))
     log.info("model v%s %s: %s", version, decision.decision, decision.reason)
-    champion = version if decision.promote else s.live
-    return _result(version, decision.promote, decision.reason, s.live, champion, decision.outcome, verdict.ci,
-                   event_ref)
+    return _result(version, decision.promote, decision.reason, s.live, version if decision.promote else now,
+                   decision.outcome, verdict.ci, event_ref)

@@ -31,9 +31,24 @@ def test_append_is_once_per_key_and_ordered(fresh_settings):
     assert [e.event_id for e in events] == [e1.event_id, e2.event_id, e3.event_id]
     assert [e.seq for e in events] == [1, 2, 3]
     assert ledger.latest_for(fresh_settings, "1").event_id == e3.event_id
-    files = sorted(p.name for p in Path(ledger.ledger_uri(fresh_settings)).iterdir())
-    assert files == sorted(f"{e.event_id}.json" for e in events), "one file per event, nothing else (no temp files)"
+    root = Path(ledger.ledger_uri(fresh_settings))
+    files = sorted(p.name for p in root.iterdir())
+    assert files == ["00000001.json", "00000002.json", "00000003.json"], "one file per event by seq, no temp files"
     assert e1.event_id.startswith("20150528T030000000000Z__promotion__")
+    assert ledger.get(fresh_settings, e2.event_id) == e2 and ledger.head(fresh_settings) == e3
+    # A file of the older shape (<event_id>.json, seq inside) stays readable; the next append follows it.
+    old = _event("dag/run3/promote", "2", at="2015-05-30T03:00:00Z", frm="1")
+    old.seq = 4
+    (root / f"{old.event_id}.json").write_text(old.model_dump_json())
+    e5, created = ledger.append(fresh_settings, _event("dag/run4/promote", "1", at="2015-05-31T03:00:00Z", frm="2"),
+                                expected="2")
+    assert created and e5.seq == 5 and (root / "00000005.json").exists()
+    assert [e.seq for e in ledger.read_all(fresh_settings)] == [1, 2, 3, 4, 5]
+    # Compare-and-set: a move from a version that is no longer the champion is refused, and nothing is written.
+    with pytest.raises(ledger.Superseded, match="expected to replace v2, but the champion is v1"):
+        ledger.append(fresh_settings, _event("dag/run5/promote", "3", at="2015-06-01T03:00:00Z", frm="2"),
+                      expected="2")
+    assert len(ledger.read_all(fresh_settings)) == 5
     with pytest.raises(ValueError):
         ledger.append(fresh_settings, ledger.LedgerEvent(kind="rollback", at=datetime.now(timezone.utc), model_name="m",
                                                          from_version=None, to_version="1", reason="x", actor={}))

@@ -165,6 +165,9 @@ def test_a_champion_that_moved_after_evaluation_blocks_all_but_a_rejection():
     d = policy.resolve(YES, moved)
     assert not d.promote and d.reason == ("the champion moved from v2 to v4 after this model was evaluated; re-run to "
                                           "compare with the new champion (clear improvement)")
+    assert d.outcome == "superseded" and d.decision == "superseded"
+    forced = policy.resolve(YES, _situation(live="4", evaluated_against="2", force=True))
+    assert not forced.promote and forced.outcome == "superseded", "force_promotion cannot override an outdated comparison"
     approved = policy.resolve(UNSURE, _situation(live="4", evaluated_against="2", chosen=APPROVE, user="a"))
     assert not approved.promote and approved.reason.startswith("the champion moved"), "a person's yes cannot override it"
     assert policy.resolve(NO, moved).reason == NO.reason
@@ -376,7 +379,8 @@ def test_a_champion_that_moved_after_evaluation_blocks_promotion(registry):
     v, r = new_version()
     out = promote_step(settings, _evaluation(settings, v, r, "1" if live != "1" else "2", 0.10, "e"),
                        RetrainParams(**BARS), _lineage("run_e"), target=TARGET)
-    assert not out.promoted and "moved" in out.reason
+    assert not out.promoted and "moved" in out.reason and out.outcome == "superseded" and out.champion_version == live
+    assert c.get_model_version(settings.model_name, v).tags["promotion.decision"] == "superseded"
     assert str(tracking.champion_version(c, settings.model_name).version) == live
 
 
