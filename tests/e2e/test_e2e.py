@@ -18,6 +18,7 @@ import pytest
 
 from tasks.core import lake
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 LAST_DAY = date(2015, 5, 27)
@@ -33,27 +34,21 @@ def _sha(path: str) -> str:
 @pytest.fixture(scope="module")
 def pipeline_env(tmp_path_factory, airflow_db):
     """Private settings for the module, and a reduced replay of the bundled data."""
-    import os
-
     from tasks.core.settings import get_settings
     from tasks.core.spec import load_spec
     from tasks.ingest.replay import replay
 
     home = tmp_path_factory.mktemp("e2e")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    with gzip.open(KC_DATA_PATH, "rt", newline="") as f:
-        lines = f.readlines()
-    reduced = home / "sales_quarter.csv"
-    # Every 4th sale, plus every sale of the last day so the daily run has a full file.
-    reduced.write_text(lines[0] + "".join(sorted(set(lines[1::4]) | {ln for ln in lines[1:] if '"20150527T' in ln})))
-    settings = get_settings()
-    spec = load_spec(KC_SPEC_PATH)
-    replayed = replay(spec, settings.landing_uri, source=reduced)
-    yield settings, spec, replayed
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        with gzip.open(KC_DATA_PATH, "rt", newline="") as f:
+            lines = f.readlines()
+        reduced = home / "sales_quarter.csv"
+        # Every 4th sale, plus every sale of the last day so the daily run has a full file.
+        reduced.write_text(lines[0] + "".join(sorted(set(lines[1::4]) | {ln for ln in lines[1:] if '"20150527T' in ln})))
+        settings = get_settings()
+        spec = load_spec(KC_SPEC_PATH)
+        replayed = replay(spec, settings.landing_uri, source=reduced)
+        yield settings, spec, replayed
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 
 from tasks.core import storage
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 4, 22)
@@ -32,27 +33,23 @@ def parity_env(tmp_path_factory):
     from tasks.core.spec import load_spec
 
     home = tmp_path_factory.mktemp("parity")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
-    version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)), seed=3)
-    # The day's sales as listings: the original CSV text, without the price column.
-    lines = gzip.decompress((KC_DATA_PATH).read_bytes()).decode().splitlines()
-    header = next(csv.reader([lines[0]]))
-    rows = [next(csv.reader([ln])) for ln in lines[1:] if f'"{DAY:%Y%m%d}T' in ln]
-    keep = [i for i, h in enumerate(header) if h != spec.target]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([header[i] for i in keep])
-    writer.writerows([[r[i] for i in keep] for r in rows])
-    folder = Path(settings.landing_uri) / "listings" / DAY.isoformat()
-    folder.mkdir(parents=True)
-    (folder / "listings.csv").write_text(out.getvalue())
-    text_houses = [{header[i]: r[i] for i in keep} for r in rows]
-    yield settings, spec, version, text_houses
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
+        version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)), seed=3)
+        # The day's sales as listings: the original CSV text, without the price column.
+        lines = gzip.decompress((KC_DATA_PATH).read_bytes()).decode().splitlines()
+        header = next(csv.reader([lines[0]]))
+        rows = [next(csv.reader([ln])) for ln in lines[1:] if f'"{DAY:%Y%m%d}T' in ln]
+        keep = [i for i, h in enumerate(header) if h != spec.target]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([header[i] for i in keep])
+        writer.writerows([[r[i] for i in keep] for r in rows])
+        folder = Path(settings.landing_uri) / "listings" / DAY.isoformat()
+        folder.mkdir(parents=True)
+        (folder / "listings.csv").write_text(out.getvalue())
+        text_houses = [{header[i]: r[i] for i in keep} for r in rows]
+        yield settings, spec, version, text_houses
 
 
 @pytest.fixture(scope="module")

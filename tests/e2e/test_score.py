@@ -13,6 +13,7 @@ import pytest
 
 from tasks.core import lake
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2015, 5, 14)
@@ -45,46 +46,40 @@ def listing_lines(day: date) -> tuple[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def scoring_env(tmp_path_factory):
-    import os
-
     from benchmarks.serving import register_version, sample_csv, typed_rows
     from tasks.core.settings import get_settings
     from tasks.core.spec import load_spec
 
     home = tmp_path_factory.mktemp("score")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
-    version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)))
+    with private_home(home / "state"):
+        settings, spec = get_settings(), load_spec(KC_SPEC_PATH)
+        version = register_version(settings, spec, typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20)))
 
-    header, lines = listing_lines(DAY)
-    cols = header.split(",")
-    folder = Path(settings.landing_uri) / "listings" / DAY.isoformat()
-    folder.mkdir(parents=True)
-    good = lines[:-3]
-    bad = []
-    for change, value in (("bedrooms", "40"), ("zipcode", '"10001"'), ("sqft_living", "abc")):
-        fields = good[0].split(",")
-        fields[cols.index(change)] = value
-        fields[0] = f'"99990000{len(bad)}"'
-        bad.append(",".join(fields))
-    other_day = good[1].split(",")
-    other_day[0], other_day[1] = '"999900009"', '"20150513T000000"'
-    bad += [",".join(other_day), good[2]]  # a listing dated another day; good[2] again: a duplicate
-    (folder / "listings.csv").write_text("\n".join([header, *good, *bad]) + "\n")
-    # The last three listings of the day come from another feed, as Parquet with typed columns.
-    import io
+        header, lines = listing_lines(DAY)
+        cols = header.split(",")
+        folder = Path(settings.landing_uri) / "listings" / DAY.isoformat()
+        folder.mkdir(parents=True)
+        good = lines[:-3]
+        bad = []
+        for change, value in (("bedrooms", "40"), ("zipcode", '"10001"'), ("sqft_living", "abc")):
+            fields = good[0].split(",")
+            fields[cols.index(change)] = value
+            fields[0] = f'"99990000{len(bad)}"'
+            bad.append(",".join(fields))
+        other_day = good[1].split(",")
+        other_day[0], other_day[1] = '"999900009"', '"20150513T000000"'
+        bad += [",".join(other_day), good[2]]  # a listing dated another day; good[2] again: a duplicate
+        (folder / "listings.csv").write_text("\n".join([header, *good, *bad]) + "\n")
+        # The last three listings of the day come from another feed, as Parquet with typed columns.
+        import io
 
-    from tasks.ingest.read import read_landing_file
-    from tasks.serving.score import listings_spec
+        from tasks.ingest.read import read_landing_file
+        from tasks.serving.score import listings_spec
 
-    tail = pl.read_csv(io.StringIO("\n".join([header, *lines[-3:]])), schema_overrides={"id": pl.String, "zipcode": pl.String})
-    tail.write_parquet(folder / "feed2.parquet")
-    read_landing_file(str(folder / "feed2.parquet"), listings_spec(spec))  # readable as landing data
-    yield settings, spec, version, {"good": len(good) + 3, "bad": len(bad), "csv": folder / "listings.csv"}
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+        tail = pl.read_csv(io.StringIO("\n".join([header, *lines[-3:]])), schema_overrides={"id": pl.String, "zipcode": pl.String})
+        tail.write_parquet(folder / "feed2.parquet")
+        read_landing_file(str(folder / "feed2.parquet"), listings_spec(spec))  # readable as landing data
+        yield settings, spec, version, {"good": len(good) + 3, "bad": len(bad), "csv": folder / "listings.csv"}
 
 
 @pytest.fixture(scope="module")

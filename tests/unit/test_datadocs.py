@@ -18,6 +18,7 @@ from tasks.ingest.landing import ingest_interval
 from tasks.quality.datadocs import day_html_uri, day_json_uri, interval_html_uri
 from tasks.quality.validate import ValidationFailed, validate_interval
 from tests.kc import KC_HEADER
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = date(2014, 10, 13)
@@ -164,25 +165,19 @@ def test_plugin_serves_only_data_docs(spec, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def ingest_run(tmp_path_factory, airflow_db):
     """One daily dag.test() of sales_ingest on a private landing zone (a good and a bad row)."""
-    import os
-
     from airflow.dag_processing.dagbag import DagBag
 
     from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("datadocs_e2e")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings = get_settings()
-    land(Path(settings.home), DAY, "sales.csv", [GOOD, NEGATIVE])
-    dag = DagBag(dag_folder=str(REPO / "dags" / "sales_ingest.py")).dags["sales_ingest"]
-    # dag.test() applies run_conf to the DAG object's params: say explicitly that this is not a bulk load.
-    dr = dag.test(logical_date=pendulum.datetime(DAY.year, DAY.month, DAY.day, tz="UTC"),
-                  run_conf={"from_date": None, "to_date": None})
-    yield settings, dr
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        settings = get_settings()
+        land(Path(settings.home), DAY, "sales.csv", [GOOD, NEGATIVE])
+        dag = DagBag(dag_folder=str(REPO / "dags" / "sales_ingest.py")).dags["sales_ingest"]
+        # dag.test() applies run_conf to the DAG object's params: say explicitly that this is not a bulk load.
+        dr = dag.test(logical_date=pendulum.datetime(DAY.year, DAY.month, DAY.day, tz="UTC"),
+                      run_conf={"from_date": None, "to_date": None})
+        yield settings, dr
 
 
 def _xcoms(dr, task_id: str) -> dict:

@@ -26,6 +26,7 @@ from tasks.quality.drift import (
     psi_numeric,
     quantile_edges,
 )
+from tests.support import private_home
 
 NUMERIC = ["a", "b", "k"]
 CATEGORICAL = ["zip"]
@@ -156,35 +157,29 @@ def _features_table(spec, lake_uri: str, start: date, end: date) -> FeatureTable
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, spec):
     """A synthetic window of validated sales (240 days) and its features table, with a champion in MLflow."""
-    import os
-
     from tasks.core import tracking
     from tasks.core.settings import get_settings
     from tasks.datasets.king_county.synth import generate
 
     home = tmp_path_factory.mktemp("drift")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings = get_settings()
-    start, days = date(2014, 5, 2), 240
-    generate(rows=14_000, days=days, seed=5, out=home / "landing", start=start)
-    for i in range(days):
-        day = start + timedelta(days=i)
-        storage.write_parquet_atomic(_validated_day(spec, home / "landing", day),
-                                     lake_paths.partition_uri(settings.lake_uri, "validated", day))
-    end = start + timedelta(days=days)
-    meta = _features_table(spec, settings.lake_uri, start, end)
-    c = tracking.client(settings)
-    exp = tracking.experiment_id(c, settings)
-    tracking.ensure_registered_model(c, settings.model_name)
-    run = c.create_run(exp)
-    mv = c.create_model_version(settings.model_name, source="file:///nowhere", run_id=run.info.run_id,
-                                tags={"data.window_start": start.isoformat(), "data.window_end": end.isoformat()})
-    c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, mv.version)
-    yield settings, meta, run.info.run_id, end
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        settings = get_settings()
+        start, days = date(2014, 5, 2), 240
+        generate(rows=14_000, days=days, seed=5, out=home / "landing", start=start)
+        for i in range(days):
+            day = start + timedelta(days=i)
+            storage.write_parquet_atomic(_validated_day(spec, home / "landing", day),
+                                         lake_paths.partition_uri(settings.lake_uri, "validated", day))
+        end = start + timedelta(days=days)
+        meta = _features_table(spec, settings.lake_uri, start, end)
+        c = tracking.client(settings)
+        exp = tracking.experiment_id(c, settings)
+        tracking.ensure_registered_model(c, settings.model_name)
+        run = c.create_run(exp)
+        mv = c.create_model_version(settings.model_name, source="file:///nowhere", run_id=run.info.run_id,
+                                    tags={"data.window_start": start.isoformat(), "data.window_end": end.isoformat()})
+        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, mv.version)
+        yield settings, meta, run.info.run_id, end
 
 
 def test_drift_step_on_a_features_table_logs_metrics(spec, lake):

@@ -10,6 +10,7 @@ import pendulum
 import pytest
 
 from tasks.registry import ledger
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,39 +58,33 @@ def test_append_is_once_per_key_and_ordered(fresh_settings):
 @pytest.fixture(scope="module")
 def champions(tmp_path_factory):
     """A registry where v1 then v2 were promoted by runs (with ledger events) and v3 was rejected."""
-    import os
-
     from tasks.core import tracking
     from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("ledger")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings = get_settings()
-    c = tracking.client(settings)
-    exp = tracking.experiment_id(c, settings)
-    tracking.ensure_registered_model(c, settings.model_name)
-    for v, mdape in (("1", 0.11), ("2", 0.10), ("3", 0.12)):
-        run = c.create_run(exp, tags={"data.window_start": "2014-05-28", "data.window_end": "2015-05-28"})
-        for k, val in {"mdape": mdape, "ppe10": 0.5, "rmse_ln": 0.2}.items():
-            c.log_metric(run.info.run_id, f"test/{k}", val)
-        c.set_terminated(run.info.run_id, "FINISHED")
-        c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
-                               tags={"data.window_start": "2014-05-28", "data.window_end": "2015-05-28",
-                                     "promotion.decision": "promoted" if v != "3" else "rejected"})
-    prev = None
-    for v in ("1", "2"):
-        ledger.append(settings, ledger.new_event(f"price_model_retrain/run{v}/promote", kind="promotion",
-                                                 at=f"2015-05-2{v}T03:00:00Z", model_name=settings.model_name,
-                                                 from_version=prev, to_version=v, reason=f"clear improvement {v}",
-                                                 actor={"type": "dag_run", "dag_id": "price_model_retrain",
-                                                        "run_id": f"run{v}"}))
-        prev = v
-    c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, "2")
-    yield settings, c
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        settings = get_settings()
+        c = tracking.client(settings)
+        exp = tracking.experiment_id(c, settings)
+        tracking.ensure_registered_model(c, settings.model_name)
+        for v, mdape in (("1", 0.11), ("2", 0.10), ("3", 0.12)):
+            run = c.create_run(exp, tags={"data.window_start": "2014-05-28", "data.window_end": "2015-05-28"})
+            for k, val in {"mdape": mdape, "ppe10": 0.5, "rmse_ln": 0.2}.items():
+                c.log_metric(run.info.run_id, f"test/{k}", val)
+            c.set_terminated(run.info.run_id, "FINISHED")
+            c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                   tags={"data.window_start": "2014-05-28", "data.window_end": "2015-05-28",
+                                         "promotion.decision": "promoted" if v != "3" else "rejected"})
+        prev = None
+        for v in ("1", "2"):
+            ledger.append(settings, ledger.new_event(f"price_model_retrain/run{v}/promote", kind="promotion",
+                                                     at=f"2015-05-2{v}T03:00:00Z", model_name=settings.model_name,
+                                                     from_version=prev, to_version=v, reason=f"clear improvement {v}",
+                                                     actor={"type": "dag_run", "dag_id": "price_model_retrain",
+                                                            "run_id": f"run{v}"}))
+            prev = v
+        c.set_registered_model_alias(settings.model_name, tracking.CHAMPION, "2")
+        yield settings, c
 
 
 def _champion(settings, c) -> str:

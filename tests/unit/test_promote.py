@@ -20,6 +20,7 @@ from tasks.core.params import RetrainParams
 from tasks.registry import policy
 from tasks.registry.policy import APPROVE, KEEP, decide, gate
 from tasks.registry.promote import paired_bootstrap
+from tests.support import private_home
 
 BARS = {"max_mdape": 0.5, "min_ppe10": 0.0}
 TARGET = "price"  # the price column of the evaluations' predictions below
@@ -226,36 +227,30 @@ def test_tags_and_differences_record_the_decision():
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    import os
-
     from tasks.core import lake, storage, tracking
     from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("promote")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings = get_settings()
-    c = tracking.client(settings)
-    exp = tracking.experiment_id(c, settings)
-    tracking.ensure_registered_model(c, settings.model_name)
-    # The validation summary an ingest run leaves; the ledger quotes it.
-    storage.write_json_atomic(storage.join(lake.validation_dir(settings.lake_uri), "2014-05-02_2015-05-28.json"), {
-        "start": "2014-05-02", "end": "2015-05-28", "rows_read": 120, "rows_accepted": 117, "rows_quarantined": 3,
-        "expectations": [{"expectation": "expect_column_values_to_be_between(price, ...)", "severity": "row",
-                          "success": False, "unexpected_count": 3}]})
+    with private_home(home / "state"):
+        settings = get_settings()
+        c = tracking.client(settings)
+        exp = tracking.experiment_id(c, settings)
+        tracking.ensure_registered_model(c, settings.model_name)
+        # The validation summary an ingest run leaves; the ledger quotes it.
+        storage.write_json_atomic(storage.join(lake.validation_dir(settings.lake_uri), "2014-05-02_2015-05-28.json"), {
+            "start": "2014-05-02", "end": "2015-05-28", "rows_read": 120, "rows_accepted": 117, "rows_quarantined": 3,
+            "expectations": [{"expectation": "expect_column_values_to_be_between(price, ...)", "severity": "row",
+                              "success": False, "unexpected_count": 3}]})
 
-    def new_version() -> tuple[str, str]:
-        run = c.create_run(exp, tags={"data.partitions_sha256": "abc", "data.window_start": "2014-05-28",
-                                      "data.window_end": "2015-05-28"})
-        c.set_terminated(run.info.run_id, "FINISHED")
-        mv = c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model",
-                                    run_id=run.info.run_id, tags={"data.partitions_sha256": "abc"})
-        return str(mv.version), run.info.run_id
+        def new_version() -> tuple[str, str]:
+            run = c.create_run(exp, tags={"data.partitions_sha256": "abc", "data.window_start": "2014-05-28",
+                                          "data.window_end": "2015-05-28"})
+            c.set_terminated(run.info.run_id, "FINISHED")
+            mv = c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model",
+                                        run_id=run.info.run_id, tags={"data.partitions_sha256": "abc"})
+            return str(mv.version), run.info.run_id
 
-    yield settings, c, new_version
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+        yield settings, c, new_version
 
 
 def _evaluation(settings, version, run_id, champion_version, sigma_new, name) -> Evaluation:

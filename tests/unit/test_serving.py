@@ -9,34 +9,29 @@ from pathlib import Path
 import pytest
 
 from tests.kc import KC_SPEC_PATH
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import os
-
     from fastapi.testclient import TestClient
 
     from benchmarks.serving import houses_json, register_version, sample_csv, typed_rows
-    from tasks.core.settings import Settings, get_settings
+    from tasks.core.settings import Settings
     from tasks.core.spec import load_spec
     from tasks.serving.api import create_app
 
     home = tmp_path_factory.mktemp("serving")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    spec = load_spec(KC_SPEC_PATH)
-    settings = Settings(serving_alias_ttl_s=0)  # re-check the alias on every request
-    rows = typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20))
-    version = register_version(settings, spec, rows)
-    houses = houses_json(spec, typed_rows(spec, sample_csv(spec, home / "houses.csv", every=50, offset=7, limit=120)))
-    with TestClient(create_app(settings, spec)) as client:
-        yield settings, spec, client, version, rows, houses
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        spec = load_spec(KC_SPEC_PATH)
+        settings = Settings(serving_alias_ttl_s=0)  # re-check the alias on every request
+        rows = typed_rows(spec, sample_csv(spec, home / "fit.csv", every=20))
+        version = register_version(settings, spec, rows)
+        houses = houses_json(spec, typed_rows(spec, sample_csv(spec, home / "houses.csv", every=50, offset=7, limit=120)))
+        with TestClient(create_app(settings, spec)) as client:
+            yield settings, spec, client, version, rows, houses
 
 
 def test_predict_batch(served):

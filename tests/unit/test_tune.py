@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pendulum
@@ -15,6 +14,7 @@ from tasks.core.handoffs import FeatureTable, TrialResult
 from tasks.core.params import RetrainParams, TuneParams
 from tasks.model.config import ModelConfig, default_config
 from tasks.model.tune import SEARCH_SPACE, pick_best, resolve_config, sample_trials
+from tests.support import private_home
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,14 +116,10 @@ def tune_env(tmp_path_factory, airflow_db, spec):
     from tasks.core.settings import get_settings
 
     home = tmp_path_factory.mktemp("tune")
-    old = os.environ["HOMEWORTH_HOME"]
-    os.environ["HOMEWORTH_HOME"] = str(home / "state")
-    get_settings.cache_clear()
-    settings = get_settings()
-    write_validated_lake(Path(settings.lake_uri), spec, every=10)
-    yield settings
-    os.environ["HOMEWORTH_HOME"] = old
-    get_settings.cache_clear()
+    with private_home(home / "state"):
+        settings = get_settings()
+        write_validated_lake(Path(settings.lake_uri), spec, every=10)
+        yield settings
 
 
 @pytest.mark.e2e  # the whole tuning DAG through dag.test(), training included
