@@ -138,7 +138,7 @@ def st_features(p: dict, clock: Clock) -> dict:
     spec = load_spec()
     clock.imported()
     start, end = window(p)
-    seconds, out, runs = best_of(p, lambda: timed(build_features, spec, p["lake"], start, end, comps_mode=p["comps"]))
+    seconds, out, runs = best_of(p, lambda: timed(build_features, spec, p["lake"], start, end, comps_mode=p["comps"], rebuild=True))
     local = storage.local_path(out["features_uri"])
     columns = len(pl.read_parquet_schema(local))
     rows = sum(out["rows"].values())

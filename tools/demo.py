@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.core import storage
+from tasks.core import lake, storage
 from tasks.core.settings import get_settings
 from tasks.core.spec import get_spec
 from tasks.ingest.replay import replay
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def lake_counts(lake_uri: str, table: str) -> int:
     root = storage.join(lake_uri, table)
-    files = [storage.join(root, d, storage.PART_FILE) for d in storage.list_dir(root) if d.startswith("ds=")]
+    files = [f for d in storage.list_dir(root) if d.startswith("ds=") and (f := lake.day_file(lake_uri, table, d[3:]))]
     return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files) if files else 0
 
 

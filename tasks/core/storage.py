@@ -4,6 +4,12 @@ Roots are URIs (``/path``, ``file:///path``, ``s3://bucket/prefix`` ...), resolv
 file systems. Each day-partition is one Parquet file, ``<lake>/<table>/ds=<YYYY-MM-DD>/part-0.parquet``,
 written to a hidden temporary name beside the target and renamed over it, so a reader sees the old
 file or the new one, never half of one, and re-running a day replaces exactly that day.
+
+Temporary names are unique to the attempt (``.<name>.tmp-<pid>-<uuid4 hex>``, :func:`temp_path`): two
+writers of the same target, in two processes or two threads of one, never touch each other's file; the
+last rename wins and the target is always one writer's complete bytes. Hidden names (a leading ``.``)
+are never listed to readers (:func:`list_dir`); the files of writers killed mid-write are removed by
+:func:`sweep_stale_temp` once older than a bound (docs/reliability.md, "Immutable inputs").
 """
 
 from __future__ import annotations
@@ -11,17 +17,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+import uuid
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow.fs as pafs
 
 if TYPE_CHECKING:
     import polars as pl
 
+log = logging.getLogger(__name__)
+
 PART_FILE = "part-0.parquet"
+# What marks a temporary file: ``.<target name>.tmp-<pid>[-<uuid4 hex>]`` (the uuid-less form is the old one).
+TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..+\.tmp-\d+(-[0-9a-f]{32})?$")
+# A temporary file older than this is a killed writer's (a live writer keeps appending to its file, and
+# no single write of the pipeline takes hours): :func:`sweep_stale_temp`'s default.
+STALE_TEMP_S = 6 * 3600
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -40,13 +57,22 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_dir(uri: str) -> list[str]:
-    """Names directly below ``uri`` (files and folders), sorted; empty if it does not exist."""
+def file_mtime_ns(uri: str) -> int | None:
+    """A file's modification time (ns), None when it is not a file."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    return (info.mtime_ns or 0) if info.type == pafs.FileType.File else None
+
+
+def list_dir(uri: str, hidden: bool = False) -> list[str]:
+    """Names directly below ``uri`` (files and folders), sorted; empty if it does not exist.
+
+    Hidden names (a leading ``.``: writers' temporary files, hash sidecars) are left out unless ``hidden``."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(info.base_name for info in infos)
+    return sorted(info.base_name for info in infos if hidden or not info.base_name.startswith("."))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -55,15 +81,100 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write to ``.<name>.tmp-<pid>`` beside the target, then rename over it."""
-    fs, path = resolve(uri)
+def temp_path(path: str) -> str:
+    """A hidden temporary name beside ``path``, unique to the attempt: ``.<name>.tmp-<pid>-<uuid4 hex>``
+    (the pid says whose it is; the uuid separates threads of one process and a reused pid)."""
     parent, name = path.rsplit("/", 1)
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{name}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    return f"{parent}/.{name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a base name is a writer's temporary file (:func:`temp_path`, or the old ``.tmp-<pid>`` form)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (OSError, FileNotFoundError):
+        pass
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> dict | None:
+    """Write to an attempt-unique hidden name beside the target (:func:`temp_path`), then rename over it.
+
+    Concurrent writers of one target each rename their own complete file; the last rename wins. A
+    failed write removes its temporary file (a killed one leaves it to :func:`sweep_stale_temp`).
+    Returns the written file's key (size, modification time, inode: a rename keeps them) for a local
+    file, taken before the rename: a concurrent writer may have replaced the target since."""
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = temp_path(path)
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        key = _file_key(tmp) if isinstance(fs, pafs.LocalFileSystem) else None
+        fs.move(tmp, path)
+    except BaseException:
+        _remove_quietly(fs, tmp)
+        raise
+    return key
+
+
+def publish_once(tmp: str, path: str) -> bool:
+    """Move the local file ``tmp`` to ``path`` unless ``path`` exists; True if this call published it.
+
+    For immutable files (keyed by their inputs): a hard link creates ``path`` only if it is absent
+    (atomic on a local file system), so a finished file is never replaced under its readers, and of
+    concurrent writers the first to finish wins. ``tmp`` is removed either way. Where hard links are
+    not supported, a rename after an existence check (a narrow race: both files are complete)."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        if os.path.exists(path):
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def sweep_stale_temp(root_uri: str, older_than_s: float = STALE_TEMP_S,
+                     garbage: Callable[[str], bool] = is_temp_name) -> list[str]:
+    """Remove the temporary files (:func:`is_temp_name`) below ``root_uri`` not modified for ``older_than_s``
+    seconds: those of writers killed mid-write. Returns the paths removed. ``garbage``: which base names
+    to consider (default: temporary files).
+
+    Called where a task starts writing a folder (an ingested day, a validated day, a feature window).
+    The wall clock is used here only to collect garbage, never for a result: a live writer's file is
+    younger than the bound (it is being written), so removing older ones changes nothing a reader or a
+    writer sees. A file another sweep removed first is skipped."""
+    fs, root = resolve(root_uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except (OSError, FileNotFoundError):
+        return []
+    cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
+    removed = []
+    for info in infos:
+        if info.type == pafs.FileType.File and garbage(info.base_name) and info.mtime_ns is not None \
+                and info.mtime_ns < cutoff_ns:
+            _remove_quietly(fs, info.path)
+            removed.append(info.path)
+            log.warning("removed %s: untouched for over %.0f s (a killed writer's, or no longer published)",
+                        info.path, older_than_s)
+    return removed
+
+
+def parquet_bytes(df: "pl.DataFrame") -> bytes:
+    """A frame as the bytes of one Parquet file (zstd, with statistics), as the lake writes it."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
 
 
 def write_parquet_atomic(df: "pl.DataFrame", uri: str, record_sha256: bool = False) -> str:
@@ -71,14 +182,46 @@ def write_parquet_atomic(df: "pl.DataFrame", uri: str, record_sha256: bool = Fal
 
     ``record_sha256``: also record it beside the file for :func:`cached_file_sha256` (files that later
     tasks hash for their lineage, such as validated partitions)."""
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
-    data = buf.getvalue()
-    write_bytes_atomic(uri, data)
+    data = parquet_bytes(df)
+    key = write_bytes_atomic(uri, data)
     sha = hashlib.sha256(data).hexdigest()
-    if record_sha256:
-        _record_sha256(uri, sha)
+    if record_sha256 and key is not None:  # keyed by the file written, not by whatever is there now
+        _record_sha256(uri, sha, key)
     return sha
+
+
+def write_addressed(data: bytes, uri_for: Callable[[str], str], record_sha256: bool = False) -> tuple[str, str]:
+    """Write ``data`` atomically to the file named by its sha256 (``uri_for(sha256)``). Returns (uri, sha256).
+
+    A file of that name holds the same bytes: it is written again all the same (renamed over itself), so
+    its modification time says it is in use (:func:`sweep_stale_temp` collects unpublished ones by age)."""
+    sha = hashlib.sha256(data).hexdigest()
+    uri = uri_for(sha)
+    key = write_bytes_atomic(uri, data)
+    if record_sha256 and key is not None:
+        _record_sha256(uri, sha, key)
+    return uri, sha
+
+
+def link_atomic(src_uri: str, dst_uri: str, sha256: str | None = None) -> None:
+    """Make ``dst_uri`` the same file as ``src_uri``, atomically replacing what was there: a hard link
+    under a temporary name renamed over it (a copy where links are not supported). ``sha256``: record it
+    for :func:`cached_file_sha256` of ``dst_uri``."""
+    src, dst = local_path(src_uri), local_path(dst_uri)
+    if src is None or dst is None:
+        key = write_bytes_atomic(dst_uri, read_bytes(src_uri))
+    else:
+        tmp = temp_path(dst)
+        try:
+            os.link(src, tmp)
+            key = _file_key(tmp)
+            os.replace(tmp, dst)
+        except OSError:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            key = write_bytes_atomic(dst_uri, read_bytes(src_uri))
+    if sha256 and key is not None:
+        _record_sha256(dst_uri, sha256, key)
 
 
 def write_json_atomic(uri: str, obj: Any) -> str:

@@ -1,8 +1,9 @@
 """MLflow glue: one place that points MLflow at the settings' store and finds or creates runs.
 
 The tracking URI is a setting: a local sqlite store by default, an ``http://`` tracking server in
-production; nothing else changes. Runs are found again by their Airflow lineage tags, so a retried
-task reuses its finished run instead of logging a second one.
+production; nothing else changes. Runs are found again by their Airflow lineage tags, in any state, so
+a retried task reuses what an earlier try completed instead of logging a second one, and marks what a
+killed try left half done (tag ``homeworth.orphan``, never deleted).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 TAG_DAG_ID, TAG_RUN_ID, TAG_TASK = "airflow.dag_id", "airflow.run_id", "airflow.task"
+TAG_ORPHAN = "homeworth.orphan"  # on a run or model version a retried task left behind: why it is not used
 
 
 def client(settings: Settings) -> "MlflowClient":
@@ -40,15 +42,58 @@ def experiment_id(c: "MlflowClient", settings: Settings) -> str:
     return c.create_experiment(settings.experiment_name, artifact_location=artifact)
 
 
+def _lineage_filter(dag_id: str, run_id: str, task: str) -> str:
+    return (f"tags.`{TAG_DAG_ID}` = '{dag_id}' and tags.`{TAG_RUN_ID}` = '{run_id}' "
+            f"and tags.`{TAG_TASK}` = '{task}'")
+
+
 def find_run(c: "MlflowClient", exp_id: str, dag_id: str, run_id: str, task: str):
-    """The finished MLflow run an earlier try of this Airflow task logged, if any."""
-    runs = c.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{TAG_DAG_ID}` = '{dag_id}' and tags.`{TAG_RUN_ID}` = '{run_id}' "
-        f"and tags.`{TAG_TASK}` = '{task}' and attributes.status = 'FINISHED'",
-        max_results=1,
-    )
+    """The newest finished MLflow run a try of this Airflow task logged, if any."""
+    runs = c.search_runs([exp_id], filter_string=_lineage_filter(dag_id, run_id, task) + " and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def find_runs(c: "MlflowClient", exp_id: str, dag_id: str, run_id: str, task: str) -> list:
+    """Every MLflow run the tries of this Airflow task logged, in any state (RUNNING, SCHEDULED, FAILED,
+    KILLED, FINISHED; a try killed by SIGKILL or the OOM killer leaves its run RUNNING), newest first."""
+    return list(c.search_runs([exp_id], filter_string=_lineage_filter(dag_id, run_id, task),
+                              order_by=["attributes.start_time DESC"], max_results=1000))
+
+
+def run_versions(c: "MlflowClient", name: str, run_id: str) -> list:
+    """The versions of registered model ``name`` created from an MLflow run, oldest first."""
+    found = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def artifact_sizes(c: "MlflowClient", uri: str) -> dict[str, int | None]:
+    """Name -> size in bytes (None where the store does not say) of the files directly under an artifact
+    URI, such as a model version's source; empty when nothing is there."""
+    from mlflow.artifacts import list_artifacts
+
+    files = list_artifacts(artifact_uri=uri, tracking_uri=c.tracking_uri)
+    return {f.path.rstrip("/").rsplit("/", 1)[-1]: f.file_size for f in files if not f.is_dir}
+
+
+def mark_orphan_run(c: "MlflowClient", run, reason: str) -> bool:
+    """Record why a run another try left behind is not used (tag ``homeworth.orphan``) and end it FAILED;
+    nothing is deleted. A run already marked keeps its first reason. True when it was marked now."""
+    if run.data.tags.get(TAG_ORPHAN) and run.info.status == "FAILED":
+        return False
+    c.set_tag(run.info.run_id, TAG_ORPHAN, reason[:5000])
+    if run.info.status != "FAILED":
+        c.set_terminated(run.info.run_id, "FAILED")
+    return True
+
+
+def mark_orphan_version(c: "MlflowClient", name: str, mv, reason: str) -> bool:
+    """Record on a model version why it is not used (tag ``homeworth.orphan``); it stays registered.
+    A version already marked keeps its first reason. True when it was marked now."""
+    if mv.tags.get(TAG_ORPHAN):
+        return False
+    c.set_model_version_tag(name, mv.version, TAG_ORPHAN, reason[:5000])
+    return True
 
 
 def ensure_registered_model(c: "MlflowClient", name: str) -> None:

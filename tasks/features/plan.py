@@ -38,11 +38,12 @@ def plan_window(lake_uri: str, start: date, end: date, cfg: CompsConfig | None) 
 
 
 def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
-    """The validated partitions of days in [start, end) that exist, with their content hashes."""
+    """The validated partitions of days in [start, end) that exist, with their content hashes: each the
+    file its day's manifest publishes (``lake.day_file``: named by its content, never rewritten), or a
+    day's ``part-0.parquet`` from before manifests."""
     out = []
     for day in days_in_interval(start, end):
-        uri = lake.partition_uri(lake_uri, lake.VALIDATED, day)
-        if storage.exists(uri):
+        if (uri := lake.day_file(lake_uri, lake.VALIDATED, day)) is not None:
             out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.cached_file_sha256(uri)})
     return out
 

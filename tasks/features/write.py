@@ -1,5 +1,6 @@
-"""Writing a feature table to ``<final>.tmp`` before it is renamed: one streaming plan hashed as it
-grows (:func:`stream_table`), or chunks appended to one Parquet file (:func:`write_chunks`)."""
+"""Writing a feature table to a temporary name unique to the attempt before it is published: one
+streaming plan hashed as it grows (:func:`stream_table`), or chunks appended to one Parquet file
+(:func:`write_chunks`); then :func:`publish_table` (never over a finished table)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,32 @@ FEATURES_COMPRESSION = "lz4"
 PLAIN_CHUNK_ROWS = 500_000
 
 
-def prepare_output(out_uri: str):
-    """The feature table's filesystem, local path and temporary path (``<local>.tmp``, a crashed run's
-    removed: the table's hash reads whatever file is there); its folder is created."""
+def prepare_output(out_uri: str) -> tuple[str, str]:
+    """The feature table's local path and a temporary path beside it unique to this attempt
+    (``storage.temp_path``: hidden, never another build's); its folder is created."""
     local = storage.local_path(out_uri)
     if local is None:
         raise NotImplementedError(f"{out_uri}: features are streamed to a local path; set HOMEWORTH_LAKE_URI to one")
-    tmp = local + ".tmp"
-    fs, _ = storage.resolve(out_uri)
-    fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    if os.path.exists(tmp):  # a crashed run's (the table's hash reads whatever file is at tmp)
-        os.remove(tmp)
-    return fs, local, tmp
+    os.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
+    return local, storage.temp_path(local)
+
+
+def split_counts(path: str) -> dict[str, int]:
+    """Rows per split of a written feature table (its ``split`` column)."""
+    return {k: int(n) for k, n in pl.scan_parquet(path).group_by(SPLIT).len().collect().iter_rows()}
+
+
+def publish_table(tmp: str, local: str, counts: dict[str, int],
+                  sha256: Callable[[], str | None] | None) -> tuple[dict[str, int], Callable[[], str | None] | None]:
+    """Publish the table written at ``tmp`` as ``local`` unless a finished one is there (``storage.publish_once``).
+
+    A table's path is keyed by its inputs, so one already there (a concurrent or an earlier attempt's) holds
+    the same rows: it is kept, never replaced under a task reading it, and its counts are read back (its hash
+    is then computed from it: None)."""
+    if storage.publish_once(tmp, local):
+        return counts, sha256
+    log.info("%s: another attempt published this table first; using it", local)
+    return split_counts(local), None
 
 
 def stream_table(frame: pl.LazyFrame, tmp: str,
@@ -56,7 +71,7 @@ def stream_table(frame: pl.LazyFrame, tmp: str,
         frame.sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
     finally:
         growing.finish()
-    counts = {k: int(n) for k, n in pl.scan_parquet(tmp).group_by(SPLIT).len().collect().iter_rows()}
+    counts = split_counts(tmp)
 
     def sha256() -> str | None:
         hashing.result()

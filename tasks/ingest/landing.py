@@ -199,6 +199,7 @@ def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date) ->
     report.rows = raw.height
     report.coerce_errors = raw[COERCE_ERRORS].is_not_null().sum()
     report.raw_uri = lake.partition_uri(lake_uri, lake.RAW, day)
+    storage.sweep_stale_temp(lake.partition_dir(lake_uri, lake.RAW, day))  # killed writers' temporary files
     report.raw_sha256 = storage.write_parquet_atomic(raw, report.raw_uri)
     if not frames:
         log.warning("no landing files for %s under %s: wrote an empty raw partition", day, landing_uri)

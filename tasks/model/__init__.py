@@ -8,7 +8,8 @@
 - ``train``: ``train`` (with the refit on train + validation);
 - ``bundle``: the saved model (safetensors, config, preprocessing) and ``ModelBundle``, which scores;
 - ``gbm``: the gradient-boosting yardstick;
-- ``tune``: the tuning space and trials; ``retrain``: the retrain DAG's features and train steps.
+- ``tune``: the tuning space and trials; ``retrain``: the retrain DAG's features and train steps;
+- ``attempts``: a retried train's earlier tries (reuse a complete model version, or mark the orphans).
 
 It imports ``tasks.core`` and ``tasks.features``, never ``tasks.registry`` or ``tasks.serving``.
 """

@@ -5,7 +5,8 @@ promote step in ``tasks/registry/promote.py``.
 
 Each step takes and returns a small handoff model (``tasks.core.handoffs``: what XCom carries as JSON:
 URIs, counts, versions, metrics), reads its inputs from the lake or the MLflow store, and can run again with the same
-result: features are keyed by the window, a retried train reuses the MLflow run it finished, the
+result: features are keyed by the window, a retried train reuses the model version an earlier try
+registered (whatever state its MLflow run was left in) or marks that try orphan and trains once, the
 evaluation is keyed by the window and the model version, and moving the alias is one call.
 """
 
@@ -42,16 +43,20 @@ def features_step(spec: DatasetSpec, settings: Settings, interval_end: date, par
 
 
 def train_step(settings: Settings, features: FeatureTable, params: RetrainParams, lineage: Lineage) -> TrainedModel:
-    """Train the window's model in an MLflow run, save and register its bundle; a retried task reuses
-    the run an earlier try finished."""
+    """Train the window's model in an MLflow run, save and register its bundle. One model version per
+    Airflow run: a retried task reuses the complete version an earlier try registered, even one killed before
+    it could end its run, or marks what the earlier tries left orphan and trains once more
+    (``tasks.model.attempts``)."""
     from tasks.features.preprocessing import load_preprocessing
+    from tasks.model.attempts import settle
 
     c = tracking.client(settings)
     exp = tracking.experiment_id(c, settings)
-    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, "train")
-    if done is not None and done.data.tags.get("model_version"):
-        log.info("reusing finished MLflow run %s of an earlier try", done.info.run_id)
-        return reused_result(done)
+    kept = settle(c, settings.model_name, tracking.find_runs(c, exp, lineage.dag_id, lineage.run_id, "train"))
+    if kept is not None:
+        log.info("reusing MLflow run %s and model version %s of an earlier try", kept.run.info.run_id,
+                 kept.version.version)
+        return reused_result(kept.run)
     prep = load_preprocessing(features.preprocessing_uri)
     cfg, config_source, tuning_run = model_config(settings, prep.dataset, params)
     tags = run_tags(lineage, features, prep.dataset, cfg.family, config_source, tuning_run)
@@ -63,7 +68,7 @@ def train_step(settings: Settings, features: FeatureTable, params: RetrainParams
 
 
 def reused_result(done) -> TrainedModel:
-    """What ``train_step`` returns for the MLflow run an earlier try finished."""
+    """What ``train_step`` returns for the MLflow run of an earlier try whose model version it reuses."""
     return TrainedModel(mlflow_run_id=done.info.run_id, model_version=done.data.tags["model_version"],
                         val_rmse_ln=done.data.metrics.get("best/val_rmse_ln"), reused=True,
                         refit=json.loads(done.data.tags.get("train.refit", "null")))
@@ -134,19 +139,27 @@ def _log_result(c, run_id: str, result: TrainResult, refit_on_val: bool) -> None
 def _save_and_register(c, settings: Settings, run, result: TrainResult, cfg: ModelConfig, prep: Preprocessing,
                        features_uri: str, tags: dict[str, str]):
     """Log the bundle and the features' manifest as the run's artifacts, register the bundle as a new
-    version of the settings' model (tagged as the run, less the task) and tag the run with it."""
+    version of the settings' model (tagged as the run, less the task, plus the bundle's file sizes, which a
+    retry checks before reusing it) and tag the run with it."""
+    from tasks.model.attempts import TAG_BUNDLE_SIZES
     from tasks.model.bundle import save_bundle
 
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         save_bundle(Path(tmp) / "model", result.net, cfg, prep)
+        sizes = {f.name: f.stat().st_size for f in sorted((Path(tmp) / "model").iterdir()) if f.is_file()}
         c.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
         manifest = lake.manifest_uri(features_uri)
         (Path(tmp) / "manifest.json").write_bytes(storage.read_bytes(manifest))
         c.log_artifact(run_id, str(Path(tmp) / "manifest.json"), "lineage")
     tracking.ensure_registered_model(c, settings.model_name)
+    given_up = c.get_run(run_id).data.tags.get(tracking.TAG_ORPHAN)  # by a later try: this one is a zombie
+    if given_up:
+        raise RuntimeError(f"MLflow run {run_id} was marked orphan by a later try of this task ({given_up}); "
+                           "not registering a second model version for the Airflow run")
     mv = c.create_model_version(settings.model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
-                                tags={k: v for k, v in tags.items() if k != tracking.TAG_TASK})
+                                tags={**{k: v for k, v in tags.items() if k != tracking.TAG_TASK},
+                                      TAG_BUNDLE_SIZES: json.dumps(sizes, sort_keys=True)})
     c.set_tag(run_id, "model_version", mv.version)
     return mv.version
 

@@ -24,6 +24,10 @@ worse on validation than the default it would replace); trial ``i > 0`` draws ev
 depends only on the seed and its index
 (no state shared between mapped tasks; adding trials never changes earlier ones).
 
+**Retries**: a retried trial reuses its earlier try's run, whatever state a kill left it in, when that run
+logged the trial's metric (:func:`settle_trial`); other earlier runs are marked orphan (FAILED, tag
+``homeworth.orphan``) and the trial trains once more.
+
 **Result**: a run in the MLflow experiment ``<experiment>-tuning`` tagged ``homeworth.kind =
 tuning-result`` and ``dataset = <spec name>``, with the best configuration as params and as the JSON
 tag ``homeworth.best_config`` (each trial is a run of its own there, tagged ``tuning-trial``).
@@ -162,11 +166,13 @@ def run_trial(settings: Settings, features: FeatureTable, trial: Trial, lineage:
     c = tracking.client(ts)
     exp = tracking.experiment_id(c, ts)
     task = f"trial-{trial.trial}"
-    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, task)
-    if done is not None and MONITOR in done.data.metrics:
-        log.info("reusing finished MLflow run %s of trial %s", done.info.run_id, trial.trial)
-        return TrialResult(trial=trial.trial, config=trial.config, val_rmse_ln=done.data.metrics[MONITOR],
-                           seconds=done.data.metrics.get("train_seconds"), mlflow_run_id=done.info.run_id, reused=True)
+    done = settle_trial(c, tracking.find_runs(c, exp, lineage.dag_id, lineage.run_id, task))
+    if done is not None:
+        log.info("reusing MLflow run %s of trial %s from an earlier try", done.info.run_id, trial.trial)
+        m = done.data.metrics
+        return TrialResult(trial=trial.trial, config=trial.config, val_rmse_ln=m.get(MONITOR),
+                           best_epoch=int(m["best_epoch"]) if "best_epoch" in m else None,
+                           seconds=m.get("train_seconds"), mlflow_run_id=done.info.run_id, reused=True)
     cfg = ModelConfig(**trial.config)
     prep = load_preprocessing(features.preprocessing_uri)
     tags = {**lineage.tags(), tracking.TAG_TASK: task, TAG_KIND: KIND_TRIAL, TAG_TRIAL: str(trial.trial),
@@ -191,14 +197,39 @@ def run_trial(settings: Settings, features: FeatureTable, trial: Trial, lineage:
                        reused=False)
 
 
+def settle_trial(c, runs: list):
+    """The earlier try's run of a trial to reuse, or None; every other earlier run is marked orphan (FAILED,
+    tag ``homeworth.orphan``). Reused: a FINISHED run (its metric is absent only when training diverged: the
+    result is then None, as the first try returned), else a run a killed try left with the metric logged (it
+    is ended FINISHED). ``runs``: newest first."""
+    usable = [r for r in runs if not r.data.tags.get(tracking.TAG_ORPHAN)
+              and (r.info.status == "FINISHED" or MONITOR in r.data.metrics)]
+    done = min(usable, key=lambda r: r.info.status != "FINISHED", default=None)
+    reusable = {r.info.run_id for r in usable}
+    for r in runs:
+        if r is done:
+            continue
+        why = (f"superseded by run {done.info.run_id} of the same trial" if r.info.run_id in reusable
+               else f"attempt ended {r.info.status} before logging {MONITOR}")
+        tracking.mark_orphan_run(c, r, why)
+    if done is not None and done.info.status != "FINISHED":
+        c.set_terminated(done.info.run_id, "FINISHED")
+        done = c.get_run(done.info.run_id)
+    return done
+
+
 def record_best(settings: Settings, dataset: str, features: FeatureTable, results: list[TrialResult],
                 lineage: "Lineage") -> TuningResult:
     """Pick the best trial by validation rmse_ln and record it as the dataset's tuning result in MLflow."""
     ts = tuning_settings(settings)
     c = tracking.client(ts)
     exp = tracking.experiment_id(c, ts)
-    done = tracking.find_run(c, exp, lineage.dag_id, lineage.run_id, "record_best")
-    if done is not None and done.data.tags.get(TAG_BEST):
+    runs = tracking.find_runs(c, exp, lineage.dag_id, lineage.run_id, "record_best")
+    done = next((r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(TAG_BEST)), None)
+    for r in runs:
+        if r.info.status != "FINISHED":  # a killed try's result run, never found by best_config: say so
+            tracking.mark_orphan_run(c, r, f"attempt ended {r.info.status} before recording the result")
+    if done is not None:
         return TuningResult(best=json.loads(done.data.tags[TAG_BEST]), best_trial=int(done.data.tags.get(TAG_TRIAL, -1)),
                             val_rmse_ln=done.data.metrics.get(f"best/{MONITOR}"), mlflow_run_id=done.info.run_id,
                             reused=True)

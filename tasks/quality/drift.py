@@ -292,7 +292,7 @@ def recent_validated(spec: DatasetSpec, lake_uri: str, end: date, days: int, fse
     """Features of the validated sales of the ``days`` days before ``end`` (derived as training derives them)."""
     fset = fset or feature_set(spec)
     uris = [u for d in days_in_interval(end - timedelta(days=days), end)
-            if storage.exists(u := lake.partition_uri(lake_uri, lake.VALIDATED, d))]
+            if (u := lake.day_file(lake_uri, lake.VALIDATED, d))]
     if not uris:
         return pl.DataFrame()
     lf = pl.scan_parquet([storage.local_path(u) or u for u in uris]).pipe(fset.derive)
@@ -322,7 +322,7 @@ def drift_vs_champion(spec: DatasetSpec, settings: "Settings", end: date, *, rec
     ws, we = tags.get("data.window_start"), tags.get("data.window_end")
     if not (ws and we):
         return {**base, "status": "skipped", "reason": f"champion v{mv.version} has no data.window_* tags"}
-    ref_uri = lake.features_uri(settings.lake_uri, date.fromisoformat(ws), date.fromisoformat(we))
+    ref_uri = lake.find_features_uri(settings.lake_uri, ws, we, tags.get("data.features_sha256"))
     if not storage.exists(ref_uri):
         return {**base, "status": "skipped", "reason": f"champion v{mv.version}'s features table {ref_uri} is gone"}
     fset = feature_set(spec, settings.comps)

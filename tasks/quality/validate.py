@@ -9,9 +9,11 @@ naming the expectation, the column and a sample of the bad values, and writes no
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -31,6 +33,8 @@ from tasks.quality.results import REASONS, ROW_ID, Judgement, judge
 log = logging.getLogger(__name__)
 
 BOOKKEEPING = [DS, SOURCE_FILE, SOURCE_ROW, COERCE_ERRORS]
+# A day's validated or quarantine file named by its content (``lake.addressed_part_uri``).
+ADDRESSED = re.compile(r"^part-[0-9a-f]{16}\.parquet$")
 
 
 class ValidationFailed(ValueError):
@@ -71,7 +75,7 @@ def reference_window(spec: DatasetSpec, lake_uri: str, start: date, days: int) -
     if not days:
         return None
     uris = [u for d in days_in_interval(start - timedelta(days=days), start)
-            if storage.exists(u := lake.partition_uri(lake_uri, lake.VALIDATED, d))]
+            if (u := lake.day_file(lake_uri, lake.VALIDATED, d))]
     if len(uris) < max(days // 2, 1):
         return None
     ref = pl.scan_parquet(uris).select(
@@ -177,14 +181,18 @@ def _suite_for(spec: DatasetSpec, exp_params: dict):
     return suite
 
 
-def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date]) -> pl.DataFrame:
+def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date], raw_files: dict | None = None) -> pl.DataFrame:
+    """The raw partitions of ``days`` in one frame; ``raw_files`` gets {day: {uri, sha256}} of the bytes read."""
     schema = raw_schema(spec)
     frames = []
     for day in days:
         uri = lake.partition_uri(lake_uri, lake.RAW, day)
         if not storage.exists(uri):
             raise ValidationFailed(f"{uri}: raw partition missing; run the ingest step for {day} first")
-        frames.append(pl.read_parquet(storage.read_bytes(uri)))
+        data = storage.read_bytes(uri)
+        if raw_files is not None:
+            raw_files[day.isoformat()] = {"uri": uri, "sha256": hashlib.sha256(data).hexdigest()}
+        frames.append(pl.read_parquet(data))
     if not frames:
         return pl.DataFrame(schema=schema)
     return pl.concat(frames, how="vertical")
@@ -259,9 +267,10 @@ def batch_failure(start: date, end: date, raw: pl.DataFrame, judged: Judgement) 
 
 
 def write_partitions(lake_uri: str, days: list[date], tagged: pl.DataFrame) -> tuple[dict, dict]:
-    """(Re)write each day's validated and quarantine partitions of ``tagged`` (see :func:`tag_reasons`).
+    """Write each day's validated and quarantine files of ``tagged`` (see :func:`tag_reasons`), each named
+    by its content (``lake.addressed_part_uri``): nothing a reader reads changes until :func:`publish_days`.
 
-    Returns ({day: sha256s and counts}, {day: the same with the partitions' URIs}).
+    Returns ({day: sha256s and counts}, {day: the same with the files' URIs}).
     """
     validated = tagged.filter(pl.col(REASONS).is_null()).drop(ROW_ID, REASONS, COERCE_ERRORS)
     quarantine = tagged.filter(pl.col(REASONS).is_not_null()).drop(ROW_ID)
@@ -269,14 +278,59 @@ def write_partitions(lake_uri: str, days: list[date], tagged: pl.DataFrame) -> t
     for day in days:
         v = validated.filter(pl.col(DS) == day)
         q = quarantine.filter(pl.col(DS) == day)
-        v_uri = lake.partition_uri(lake_uri, lake.VALIDATED, day)
-        q_uri = lake.partition_uri(lake_uri, lake.QUARANTINE, day)
-        partitions[day.isoformat()] = {
-            "validated": storage.write_parquet_atomic(v, v_uri, record_sha256=True), "accepted": v.height,
-            "quarantine": storage.write_parquet_atomic(q, q_uri), "quarantined": q.height,
-        }
+        v_uri, v_sha = storage.write_addressed(storage.parquet_bytes(v), partial(
+            lake.addressed_part_uri, lake_uri, lake.VALIDATED, day), record_sha256=True)
+        q_uri, q_sha = storage.write_addressed(storage.parquet_bytes(q), partial(
+            lake.addressed_part_uri, lake_uri, lake.QUARANTINE, day))
+        partitions[day.isoformat()] = {"validated": v_sha, "accepted": v.height, "quarantine": q_sha,
+                                       "quarantined": q.height}
         written[day.isoformat()] = {**partitions[day.isoformat()], "validated_uri": v_uri, "quarantine_uri": q_uri}
     return partitions, written
+
+
+def publish_days(lake_uri: str, written: dict, raw_files: dict, run_id: str | None, data_docs: dict) -> None:
+    """Publish each day's result as one unit: its manifest (``lake.day_manifest_uri``), written last, names
+    the validated and quarantine files of this validation and the raw file they came from. Then
+    ``part-0.parquet`` of each table is linked to the published files, for readers of the older layout."""
+    for day, w in written.items():
+        storage.write_json_atomic(lake.day_manifest_uri(lake_uri, day), {
+            "day": day, "run_id": run_id, "raw": raw_files.get(day),
+            "validated": {"uri": w["validated_uri"], "sha256": w["validated"], "rows": w["accepted"]},
+            "quarantine": {"uri": w["quarantine_uri"], "sha256": w["quarantine"], "rows": w["quarantined"]},
+            "data_docs": data_docs.get(day)})
+        _link_legacy(lake_uri, day)
+
+
+def _link_legacy(lake_uri: str, day: str, tries: int = 5) -> None:
+    """Point each table's ``part-0.parquet`` of ``day`` at the files its manifest names now; again if the
+    manifest changed meanwhile (an overlapping validation of the day): the last to link saw the last manifest."""
+    for _ in range(tries):
+        published = lake.published_day(lake_uri, day)
+        for table in (lake.VALIDATED, lake.QUARANTINE):
+            storage.link_atomic(published[table]["uri"], lake.partition_uri(lake_uri, table, date.fromisoformat(day)),
+                                sha256=published[table]["sha256"] if table == lake.VALIDATED else None)
+        if lake.published_day(lake_uri, day) == published:
+            return
+    log.warning("%s: the day's manifest kept changing; its part-0.parquet links may be behind it", day)
+
+
+def _unpublished(keep: set[str], name: str) -> bool:
+    return bool(ADDRESSED.match(name)) and name not in keep
+
+
+def sweep_days(lake_uri: str, days: list[date]) -> None:
+    """Remove the temporary files of killed writers (``storage.sweep_stale_temp``) from the folders a
+    validation of ``days`` writes (validated, quarantine and Data Docs), and the validated / quarantine
+    files that the day's manifest no longer names, once as old (a feature build still reading one, planned
+    before a re-validation, has had that long)."""
+    for day in days:
+        for folder in (lake.partition_dir(lake_uri, lake.VALIDATED, day),
+                       lake.partition_dir(lake_uri, lake.QUARANTINE, day), lake.data_docs_day_dir(lake_uri, day)):
+            storage.sweep_stale_temp(folder)
+        published = lake.published_day(lake_uri, day)
+        keep = {published[t]["uri"].rsplit("/", 1)[1] for t in (lake.VALIDATED, lake.QUARANTINE)} if published else set()
+        for table in (lake.VALIDATED, lake.QUARANTINE):  # files of earlier validations, no longer published
+            storage.sweep_stale_temp(lake.partition_dir(lake_uri, table, day), garbage=partial(_unpublished, keep))
 
 
 def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, params: dict | None = None, *,
@@ -291,7 +345,9 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     ``run_id`` (the Airflow run) is shown in the Data Docs.
     """
     days = days_in_interval(start, end)
-    pre = precheck(spec, _read_raw(spec, lake_uri, days).with_row_index(ROW_ID))
+    sweep_days(lake_uri, days)
+    raw_files: dict = {}
+    pre = precheck(spec, _read_raw(spec, lake_uri, days, raw_files).with_row_index(ROW_ID))
     # GX runs on an empty batch too, so that a lower bound on the row count can fail it.
     reference = reference_window(spec, lake_uri, start, reference_days(spec, params))
     result = run_gx(spec, pre.checked, start, end, params, reference=reference)
@@ -312,6 +368,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     _log_failing(judged.summary, out["rows_quarantined"], pre.raw.height)
     out.update(write_docs(partitions=written, failures=[]))
     log.info("Data Docs: %s", out["data_docs"])
+    publish_days(lake_uri, written, raw_files, run_id, {d: datadocs.day_html_uri(lake_uri, d) for d in written})
     storage.write_json_atomic(
         lake.validation_summary_uri(lake_uri, start, end),
         {k: out[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined", "expectations",

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -279,8 +280,9 @@ def test_build_features_splits_and_writes_a_manifest(spec, lake):
     assert meta["rows"] == {"train": 6, "val": 4, "test": 4}
     assert meta["partitions"] == 6
     assert set(kc.NUMERIC) <= set(feats.columns) and {*spec.columns, DS, SPLIT} <= set(feats.columns)
-    assert meta["features_uri"] == f"{lake_uri}/features/window=2014-12-01_2015-05-28/part-0.parquet"
-    assert storage.list_dir(meta["features_uri"].rsplit("/", 1)[0]) == ["manifest.json", "part-0.parquet"]
+    folder, name = meta["features_uri"].rsplit("/", 1)
+    assert folder.startswith(f"{lake_uri}/features/window=2014-12-01_2015-05-28/inputs=") and name == "part-0.parquet"
+    assert storage.list_dir(folder, hidden=True) == ["manifest.json", "part-0.parquet"]
 
     manifest = json.loads(storage.read_bytes(meta["features_uri"].rsplit("/", 1)[0] + "/manifest.json"))
     in_window = [d for d, (_, s) in LAKE_DAYS.items() if s]
@@ -305,6 +307,7 @@ def test_build_features_is_reproducible(spec, lake):
 
     first = build_features(spec, lake_uri, START, WINDOW_END)
     first_bytes = storage.read_bytes(first["features_uri"])
+    shutil.rmtree(Path(storage.local_path(first["features_uri"])).parent)  # else the finished table is reused
     second = build_features(spec, lake_uri, START, WINDOW_END)
 
     assert storage.read_bytes(second["features_uri"]) == first_bytes

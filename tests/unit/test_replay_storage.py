@@ -133,7 +133,7 @@ def test_write_parquet_atomic_replaces_and_leaves_no_temp_file(tmp_path):
     sha = storage.write_parquet_atomic(new, uri)
 
     folder = uri.rsplit("/", 1)[0]
-    assert storage.list_dir(folder) == ["part-0.parquet"]  # no ".part-0.parquet.tmp-<pid>" left behind
+    assert storage.list_dir(folder, hidden=True) == ["part-0.parquet"]  # no ".part-0.parquet.tmp-..." left behind
     assert_frame_equal(pl.read_parquet(uri), new)
     assert sha == hashlib.sha256(Path(uri).read_bytes()).hexdigest() == storage.file_sha256(uri)
 
@@ -174,7 +174,7 @@ def test_cached_file_sha256_reuses_a_recorded_hash_until_the_file_changes(tmp_pa
     sha = storage.write_parquet_atomic(pl.DataFrame({"x": [1, 2]}), uri, record_sha256=True)
     sidecar = Path(uri).parent / ".part-0.parquet.sha256.json"
     assert json.loads(sidecar.read_text())["sha256"] == sha
-    assert storage.list_dir(str(Path(uri).parent)) == [".part-0.parquet.sha256.json", "part-0.parquet"]
+    assert storage.list_dir(str(Path(uri).parent), hidden=True) == [".part-0.parquet.sha256.json", "part-0.parquet"]
 
     # The recorded hash is what is returned while the file is unchanged (a planted one proves it is read) ...
     rec = json.loads(sidecar.read_text())
