@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint venv services bench clean
+.PHONY: demo test test-fast faults lint venv services bench clean
 
 # The pinned lock, then the project itself in editable mode (the `homeworth` command; no PYTHONPATH).
 $(STAMP): requirements.txt pyproject.toml
@@ -28,6 +28,11 @@ test: $(STAMP) services
 ## Unit and DAG tiers only: no training, no scheduler, no services (under 2 minutes).
 test-fast: $(STAMP)
 	source ./env.sh && python -m pytest -q -m "unit or dag" tests
+
+## The fault-injection suite (tests/faults): SIGKILLs task processes under the real scheduler, checks the
+## invariants, ends with "faults injected N, survived N, invariant checks passed N" (docs/reliability.md).
+faults: $(STAMP)
+	source ./env.sh && python -m pytest -q -m faults tests/faults
 
 lint: $(STAMP)
 	source ./env.sh && ruff check .

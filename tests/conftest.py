@@ -45,7 +45,7 @@ for key in [k for k in os.environ if k.startswith("HOMEWORTH_") and k != "HOMEWO
     del os.environ[key]
 
 
-TIERS = ("unit", "dag", "e2e", "integration", "browser")
+TIERS = ("unit", "dag", "e2e", "integration", "browser", "faults")
 
 
 def pytest_collection_modifyitems(config, items):

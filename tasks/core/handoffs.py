@@ -12,6 +12,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
+from tasks.core.faults import fault_point
+
 
 class Handoff(BaseModel):
     """Base of every XCom payload: JSON in, JSON out; unknown keys are kept, not dropped."""
@@ -19,6 +21,7 @@ class Handoff(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def to_xcom(self) -> dict[str, Any]:
+        fault_point(None, "before_return")  # test-only (tasks/core/faults.py)
         return self.model_dump(mode="json")
 
     @classmethod

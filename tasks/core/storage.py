@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow.fs as pafs
 
+from tasks.core.faults import fault_point
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -113,6 +115,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> dict | None:
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
+        fault_point(None, "mid_write")  # test-only (tasks/core/faults.py)
         key = _file_key(tmp) if isinstance(fs, pafs.LocalFileSystem) else None
         fs.move(tmp, path)
     except BaseException:

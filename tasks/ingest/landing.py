@@ -18,6 +18,7 @@ from datetime import date, timedelta
 import polars as pl
 
 from tasks.core import lake, storage
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import IngestResult
 from tasks.core.settings import Settings
 from tasks.core.spec import ColumnSpec, DatasetSpec
@@ -227,5 +228,7 @@ def report_dict(report: DayReport) -> dict:
 
 def ingest_step(spec: DatasetSpec, settings: Settings, start: date, end: date) -> IngestResult:
     """The ``ingest`` task: every day of [start, end) from the settings' landing zone into its lake's ``raw``."""
+    fault_point("ingest", "start")
     result = ingest_interval(spec, settings.landing_uri, settings.lake_uri, start, end)
+    fault_point("ingest", "after_effect")
     return IngestResult.model_validate({k: v for k, v in result.items() if k != "partitions"})

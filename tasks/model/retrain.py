@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from tasks.core import lake, storage, tracking
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import FeatureTable, TrainedModel
 from tasks.core.lineage import Lineage, training_window
 from tasks.core.params import RetrainParams
@@ -38,8 +39,11 @@ log = logging.getLogger(__name__)
 def features_step(spec: DatasetSpec, settings: Settings, interval_end: date, params: RetrainParams) -> FeatureTable:
     from tasks.features.build import build_features
 
+    fault_point("build_features", "start")
     start, end = training_window(interval_end, params.window_days)
-    return FeatureTable.model_validate(build_features(spec, settings.lake_uri, start, end, comps_mode=settings.comps))
+    built = build_features(spec, settings.lake_uri, start, end, comps_mode=settings.comps)
+    fault_point("build_features", "after_effect")
+    return FeatureTable.model_validate(built)
 
 
 def train_step(settings: Settings, features: FeatureTable, params: RetrainParams, lineage: Lineage) -> TrainedModel:
@@ -50,6 +54,7 @@ def train_step(settings: Settings, features: FeatureTable, params: RetrainParams
     from tasks.features.preprocessing import load_preprocessing
     from tasks.model.attempts import settle
 
+    fault_point("train", "start")
     c = tracking.client(settings)
     exp = tracking.experiment_id(c, settings)
     kept = settle(c, settings.model_name, tracking.find_runs(c, exp, lineage.dag_id, lineage.run_id, "train"))
@@ -64,6 +69,7 @@ def train_step(settings: Settings, features: FeatureTable, params: RetrainParams
     with _finished_or_failed(c, run.info.run_id):
         result = _train_logged(c, settings, run.info.run_id, cfg, prep, features, params)
         version = _save_and_register(c, settings, run, result, cfg, prep, features.features_uri, tags)
+        fault_point("train", "after_effect")
     return train_result(run.info.run_id, version, result, cfg.family, config_source)
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tasks.core import lake, storage
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import DriftReport, FeatureTable, TrainedModel
 from tasks.core.spec import DatasetSpec
 from tasks.features.featureset import SPLIT, FeatureSet, bounded_sample, feature_set
@@ -228,6 +229,7 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features: FeatureTable, 
     ``trained`` (the train step's result), ``drift/<feature>`` metrics and ``drift.*`` tags are logged to
     ``trained.mlflow_run_id``.
     """
+    fault_point("check_drift", "start")
     fset = feature_set(spec, settings.comps)
     uri = features.features_uri
     lf = _scan(uri)
@@ -250,6 +252,7 @@ def drift_step(spec: DatasetSpec, settings: "Settings", features: FeatureTable, 
     out["current"] = {"source": uri, "selection": selection}
     if trained is not None and trained.mlflow_run_id:
         log_drift(settings, trained.mlflow_run_id, out)
+        fault_point("check_drift", "after_effect")
     log.info("drift: max PSI %.3f (%s), flagged %s (threshold %s, action %s)", out["max_psi"], out["max_feature"],
              out["flagged"], out["threshold"], out["action"])
     return DriftReport.model_validate(out)

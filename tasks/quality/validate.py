@@ -23,6 +23,7 @@ from typing import Any, Callable
 import polars as pl
 
 from tasks.core import lake, storage
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import ValidationSummary
 from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import COERCE_ERRORS, DS, SOURCE_FILE, SOURCE_ROW, days_in_interval, raw_schema
@@ -344,6 +345,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     result's ``data_docs`` is the page to open (the day's page for one day, the interval's index otherwise).
     ``run_id`` (the Airflow run) is shown in the Data Docs.
     """
+    fault_point("validate", "start")
     days = days_in_interval(start, end)
     sweep_days(lake_uri, days)
     raw_files: dict = {}
@@ -369,6 +371,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     out.update(write_docs(partitions=written, failures=[]))
     log.info("Data Docs: %s", out["data_docs"])
     publish_days(lake_uri, written, raw_files, run_id, {d: datadocs.day_html_uri(lake_uri, d) for d in written})
+    fault_point("validate", "after_effect")
     storage.write_json_atomic(
         lake.validation_summary_uri(lake_uri, start, end),
         {k: out[k] for k in ("start", "end", "rows_read", "rows_accepted", "rows_quarantined", "expectations",

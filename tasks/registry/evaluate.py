@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from tasks.core import lake, storage, tracking
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import Evaluation, FeatureTable, TrainedModel
 from tasks.core.metrics import price_metrics
 from tasks.core.settings import Settings
@@ -29,6 +30,7 @@ EVAL_BATCH_ROWS = 500_000
 
 def evaluate_step(spec: DatasetSpec, settings: Settings, features: FeatureTable, trained: TrainedModel) -> Evaluation:
     """Score the test rows with the new model and the current champion; write the report."""
+    fault_point("evaluate", "start")
     c = tracking.client(settings)
     version = str(trained.model_version)
     run_id = trained.mlflow_run_id
@@ -48,6 +50,7 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: FeatureTable,
     report_uri = lake.report_uri(settings.reports_uri, key)
     storage.write_bytes_atomic(report_uri, html.encode())
     _log_to_mlflow(c, run_id, metrics, gbm_info, html)
+    fault_point("evaluate", "after_effect")
     return Evaluation(model_version=version, champion_version=champion_version, metrics=metrics,
                       report_uri=report_uri, predictions_uri=pred_uri, mlflow_run_id=run_id, test_rows=pred.height,
                       gbm=gbm_info)

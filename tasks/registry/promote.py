@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core import tracking
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import Assessment, DriftReport, Evaluation, PromotionResult
 from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
@@ -229,6 +230,7 @@ def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainPara
     A move whose expected champion is no longer the champion (a newer model won meanwhile, or this is a
     re-run of an older run) does not happen: the outcome is ``superseded`` and the task succeeds.
     """
+    fault_point("promote", "start")
     c = tracking.client(settings)
     version = str(evaluation.model_version)
     at = event_time or datetime.combine(date.fromisoformat(lineage.window_end), datetime.min.time(), timezone.utc)
@@ -254,6 +256,7 @@ def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainPara
         else:
             event_ref = stored.event_id
             champion.sync(c, settings, own=event_ref)  # the commit point was the append; the alias follows
+            fault_point("promote", "after_effect")
     _tag(c, settings, evaluation.mlflow_run_id, version,
          policy.promotion_tags(decision, s.live, lineage.run_id, event_ref))
     log.info("model v%s %s: %s", version, decision.decision, decision.reason)

@@ -12,6 +12,7 @@ import logging
 from datetime import date, datetime
 
 from tasks.core import tracking
+from tasks.core.faults import fault_point
 from tasks.core.settings import Settings
 from tasks.registry import champion, ledger
 from tasks.registry.policy import SUPERSEDED, metric_difference
@@ -112,6 +113,7 @@ def rollback(settings: Settings, version: str | int, reason: str, actor: dict, a
     and the outcome is ``superseded``. Result: ``champion_version``, ``previous_champion``,
     ``ledger_event``, ``reason``, ``created`` and ``outcome`` (``rolled_back`` or ``superseded``).
     """
+    fault_point("rollback", "start")
     version, reason = _checked(version, reason)
     c = tracking.client(settings)
     state = champion.sync(c, settings)  # first complete a move recorded in the ledger but not applied
@@ -133,6 +135,7 @@ def rollback(settings: Settings, version: str | int, reason: str, actor: dict, a
         return {"champion_version": exc.champion, "previous_champion": expect, "ledger_event": None, "reason": why,
                 "created": False, "outcome": SUPERSEDED}
     champion.sync(c, settings, own=stored.event_id)  # the commit point was the append; the alias follows
+    fault_point("rollback", "after_effect")
     _tag(c, settings, stored)
     log.info("champion rolled back from v%s to v%s by %s: %s", expect, version, stored.who(), reason)
     return _out(stored, stored.to_version, created, ROLLED_BACK, stored.reason)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tasks.core import lake, storage, tracking
+from tasks.core.faults import fault_point
 from tasks.core.handoffs import ChampionRef, ScoreResult
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
@@ -212,9 +213,11 @@ def score_day(spec: DatasetSpec, settings: Settings, day: date, version: str, bu
 
 def score_interval(spec: DatasetSpec, settings: Settings, start: date, end: date, version: str) -> ScoreResult:
     """Score every day of [start, end) with one model version; the model is downloaded once."""
+    fault_point("score", "start")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_version(settings, version, tmp)
         days = [score_day(spec, settings, d, version, bundle) for d in days_in_interval(start, end)]
+        fault_point("score", "after_effect")
     return ScoreResult(start=start.isoformat(), end=end.isoformat(), model_version=str(version),
                        rows=sum(d["rows"] for d in days), scored=sum(d["scored"] for d in days),
                        rejected=sum(d["rejected"] for d in days),
