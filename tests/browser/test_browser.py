@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+from tests.support import free_port, local_airflow_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "ui-retrain.png"
@@ -182,13 +183,6 @@ def param_input(name: str) -> str:
             "{getAttribute: () => ''}).getAttribute('aria-controls'))")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def tiny_lake(home: Path) -> dict:
     """Every 8th bundled sale replayed into a private landing zone, ingested and validated in one go."""
@@ -218,24 +212,8 @@ def airflow(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("browser")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "HOMEWORTH_"))}
-    env.update({
-        "AIRFLOW_HOME": str(root / "airflow"), "HOMEWORTH_HOME": str(root / "state"), "PYTHONPATH": str(REPO),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "2", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the run the browser asks for
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-        "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-        "TQDM_DISABLE": "1",
-        # An inconclusive comparison waits for a person (tested below, after the browser's run).
-        "HOMEWORTH_PROMOTION_APPROVAL": "true",
-    })
+    # An inconclusive comparison waits for a person (tested below, after the browser's run).
+    env = local_airflow_env(root, port, parallelism=2, HOMEWORTH_PROMOTION_APPROVAL="true")
     migrate(env)
     set_password(root / "airflow", "admin", "admin")
     af = LocalAirflow(env, root / "logs", f"http://127.0.0.1:{port}")

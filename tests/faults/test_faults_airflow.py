@@ -36,6 +36,7 @@ import pytest
 
 from tests.faults.tally import NOTES, held, injected, survived
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
+from tests.support import free_port, local_airflow_env
 
 pytestmark = pytest.mark.slow_faults
 
@@ -62,34 +63,11 @@ FAULTS = [
 TIMEOUT = 900
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def airflow_env(root: Path, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "HOMEWORTH_"))}
-    env.update({
-        "AIRFLOW_HOME": str(root / "airflow"), "HOMEWORTH_HOME": str(root / "state"), "PYTHONPATH": str(REPO),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the runs asked for
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-        "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-        "TQDM_DISABLE": "1",
-        "HOMEWORTH_FAULT": ",".join(f"{task}:{point}@{run}" for _, run, task, point in FAULTS),
-        "HOMEWORTH_FAULT_DIR": str(root / "fault-markers"),
-    })
-    return env
+    return local_airflow_env(root, port, parallelism=4,
+                             HOMEWORTH_FAULT=",".join(f"{task}:{point}@{run}" for _, run, task, point in FAULTS),
+                             HOMEWORTH_FAULT_DIR=str(root / "fault-markers"))
 
 
 def landing(root: Path) -> dict:
