@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     # comma-separated list) set, an SmtpNotifier also mails it (SMTP connection `smtp_default`). Read when
     # the DAG is parsed.
     notify_email: str | None = None
+    # Hostile input (docs/security.md). Bearer tokens for the predict endpoint, comma-separated; empty means
+    # no auth, which the standalone server accepts only on a loopback address.
+    api_tokens: str = ""
+    # Largest request body the endpoint parses (MiB); larger bodies get 413 before parsing.
+    max_request_mb: float = Field(default=1.0, gt=0)
+    # Largest landing file (MiB, on disk; Parquet is also capped decompressed at ten times this).
+    max_landing_file_mb: float = Field(default=512.0, gt=0)
+    # Longest bulk date range a trigger form accepts for ingest and scoring (days; default ten years).
+    max_bulk_days: int = Field(default=3653, ge=1)
+    # Features modules a model's preprocessing may name besides the deployed spec's (comma-separated).
+    preprocessing_allowlist: str = ""
+    # Scale-out (docs/production.md). The Celery queue that `train` and the tuning trials are routed to.
+    training_queue: str = "default"
+    # Lightning devices ("1", "2", "auto"), strategy ("auto", "ddp", ...) and nodes for `train`.
+    train_devices: str = "1"
+    train_strategy: str = "auto"
+    train_num_nodes: int = Field(default=1, ge=1)
 
     @field_validator("comps", mode="before")
     @classmethod

@@ -20,6 +20,15 @@ ColumnType = Literal["string", "int", "float", "date", "bool"]
 Role = Literal["id", "event_time", "target", "numeric", "categorical", "split", "ignore"]
 
 
+def normalise_header(name: str) -> str:
+    """The one normalisation under which a spec's column names and a file's headers are matched.
+
+    Case-folded, a byte-order mark and surrounding whitespace removed; a spec may use either spelling
+    and a file's own spelling is what stays on disk.
+    """
+    return name.replace("\ufeff", "").strip().casefold()
+
+
 class ColumnSpec(BaseModel):
     type: ColumnType
     role: Role
