@@ -17,9 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-## The main job end to end: replay King County sales, ingest through Airflow, retrain, summary.
+## The main job end to end: replay a market's sales (DATASET, default king_county), ingest through Airflow,
+## retrain, summary. `make demo DATASET=melbourne` runs it on the Melbourne sales (docs/datasets.md).
+DATASET ?= king_county
 demo: $(STAMP)
-	source ./env.sh && python -m tools.demo
+	source ./env.sh && python -m tools.demo --dataset $(DATASET)
 
 ## The whole test suite, every tier (starts local PostgreSQL and Redis for the integration tier if they are down).
 test: $(STAMP) services
@@ -40,8 +42,9 @@ lint: $(STAMP)
 services:
 	@bash tools/services.sh
 
+## A quick benchmark (small size, scratch output); `python -m benchmarks.run --write-docs` updates docs/.
 bench: $(STAMP)
-	source ./env.sh && python -m benchmarks.run
+	source ./env.sh && python -m benchmarks.run --quick
 
 clean:
 	rm -rf .state .airflow demo-summary.json
