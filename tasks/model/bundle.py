@@ -1,5 +1,8 @@
 """The saved model bundle: weights (safetensors, no pickle), configuration and preprocessing, all plain
 files; :class:`ModelBundle` loads one and scores validated rows (features, preprocess, forward, decode).
+
+A bundle folder is also an MLflow pyfunc model (``MLmodel``, "models from code": ``tasks/model/pyfunc.py``),
+so MLflow's own tools load it too.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ import torch
 from tasks.features.preprocessing import Preprocessing
 from tasks.model.config import ModelConfig
 from tasks.model.networks import TabularNet, build_net
+from tasks.model.pyfunc import save_pyfunc
 from tasks.model.tensors import to_tensors
 
 WEIGHTS, CONFIG, PREPROCESSING = "model.safetensors", "model_config.json", "preprocessing.json"
 
 
-def save_bundle(directory: Path, net: TabularNet, cfg: ModelConfig, prep: Preprocessing) -> None:
+def save_bundle(directory: Path, net: TabularNet, cfg: ModelConfig, prep: Preprocessing, spec=None,
+                example: pl.DataFrame | None = None) -> None:
+    """Write the bundle's files and its MLflow pyfunc model (``tasks.model.pyfunc.save_pyfunc``: signature from
+    ``spec``, default the configured spec when the preprocessing was fitted on it; input example from
+    ``example`` rows) into ``directory``."""
     from safetensors.torch import save_file
 
-    directory.mkdir(parents=True, exist_ok=True)
+    save_pyfunc(directory, prep, spec, example)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(cfg.model_dump_json(indent=2))
     (directory / PREPROCESSING).write_text(prep.model_dump_json(indent=2))

@@ -144,7 +144,8 @@ def _log_result(c, run_id: str, result: TrainResult, refit_on_val: bool) -> None
 
 def _save_and_register(c, settings: Settings, run, result: TrainResult, cfg: ModelConfig, prep: Preprocessing,
                        features_uri: str, tags: dict[str, str]):
-    """Log the bundle and the features' manifest as the run's artifacts, register the bundle as a new
+    """Log the bundle (also an MLflow pyfunc model: ``tasks.model.pyfunc``, its input example the first
+    rows of the features table) and the features' manifest as the run's artifacts, register the bundle as a new
     version of the settings' model (tagged as the run, less the task, plus the bundle's file sizes, which a
     retry checks before reusing it) and tag the run with it."""
     from tasks.model.attempts import TAG_BUNDLE_SIZES
@@ -152,7 +153,7 @@ def _save_and_register(c, settings: Settings, run, result: TrainResult, cfg: Mod
 
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        save_bundle(Path(tmp) / "model", result.net, cfg, prep)
+        save_bundle(Path(tmp) / "model", result.net, cfg, prep, example=example_rows(features_uri))
         sizes = {f.name: f.stat().st_size for f in sorted((Path(tmp) / "model").iterdir()) if f.is_file()}
         c.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
         manifest = lake.manifest_uri(features_uri)
@@ -168,6 +169,13 @@ def _save_and_register(c, settings: Settings, run, result: TrainResult, cfg: Mod
                                       TAG_BUNDLE_SIZES: json.dumps(sizes, sort_keys=True)})
     c.set_tag(run_id, "model_version", mv.version)
     return mv.version
+
+
+def example_rows(features_uri: str, n: int = 3):
+    """The first ``n`` rows of the features table: the MLflow model's input example (its input columns)."""
+    import polars as pl
+
+    return pl.scan_parquet(features_uri).head(n).collect()
 
 
 def model_config(settings: Settings, dataset: str, params: RetrainParams):

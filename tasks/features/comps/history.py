@@ -39,7 +39,7 @@ class LakeHistory:
                  and not any(part.startswith((".", "_")) for part in i.path.split("/")[-2:])]
         infos.sort(key=lambda i: i.path)
         base = lake.table_uri(self.lake_uri, lake.VALIDATED)
-        uris = [storage.join(base, i.path[len(root):]) for i in infos]
+        uris = [storage.join(base, i.path[len(root):].lstrip("/")) for i in infos]
         return uris, tuple((i.path, i.size, i.mtime_ns) for i in infos)
 
     def frame(self) -> pl.DataFrame:
