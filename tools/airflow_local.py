@@ -38,10 +38,23 @@ def set_password(airflow_home: Path, user: str, password: str) -> None:
     (airflow_home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({user: password}))
 
 
+# The embedded servers listen on the loopback only unless the environment names another address: the
+# demo's login is admin/admin (docs/security.md). Airflow's own defaults are every interface.
+LOOPBACK_DEFAULTS = {
+    "AIRFLOW__API__HOST": "127.0.0.1",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+}
+
+
+def loopback_env(env: dict) -> dict:
+    """``env`` with the servers' listen addresses defaulting to 127.0.0.1 (values already set are kept)."""
+    return {**LOOPBACK_DEFAULTS, **env}
+
+
 class LocalAirflow:
     def __init__(self, env: dict, log_dir: Path, base_url: str, user: str = "admin", password: str = "admin",
                  components: tuple = COMPONENTS):
-        self.env, self.log_dir, self.base_url = env, log_dir, base_url.rstrip("/")
+        self.env, self.log_dir, self.base_url = loopback_env(env), log_dir, base_url.rstrip("/")
         self.components = components
         self.user, self.password = user, password
         self.procs: dict[str, subprocess.Popen] = {}

@@ -6,7 +6,7 @@ from the same fields, defaults and bounds the tasks validate with, so the two ca
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -56,12 +56,40 @@ class TuneParams(BaseModel):
         default=["tabm", "mlp_plr"], min_length=1, description="Model families the sampler draws from.")
 
 
-class IngestParams(BaseModel):
-    """Parameters of ``sales_ingest``: empty for scheduled runs; a date range for a bulk load."""
+# Plausible dates for a bulk range (sales, listings): a form refuses others when it is submitted (the Param's
+# pattern) and the task refuses them again at its first line (check_date_range), before writing anything.
+EARLIEST_DATE, LATEST_DATE = date(1900, 1, 1), date(2200, 12, 31)
+DATE_PATTERN = r"^(19\d\d|2[01]\d\d|2200)-\d\d-\d\d$"
+BulkDate = Annotated[date | None, Field(ge=EARLIEST_DATE, le=LATEST_DATE, json_schema_extra={"pattern": DATE_PATTERN})]
 
-    from_date: date | None = Field(default=None, description="Bulk load: first day (YYYY-MM-DD). Empty: the run's "
-                                   "data interval.")
-    to_date: date | None = Field(default=None, description="Bulk load: last day, inclusive (YYYY-MM-DD).")
+
+class IngestParams(BaseModel):
+    """Parameters of ``sales_ingest`` (and ``listings_score``): empty for scheduled runs; a date range for a
+    bulk load, of dates between 1900-01-01 and 2200-12-31 and at most ``HOMEWORTH_MAX_BULK_DAYS`` days."""
+
+    from_date: BulkDate = Field(default=None, description="Bulk load: first day (YYYY-MM-DD, 1900..2200). Empty: "
+                                "the run's data interval. The range may span at most HOMEWORTH_MAX_BULK_DAYS days "
+                                "(default ten years).")
+    to_date: BulkDate = Field(default=None, description="Bulk load: last day, inclusive (YYYY-MM-DD, 1900..2200).")
+
+
+def check_date_range(start: date, end: date, max_days: int | None = None) -> None:
+    """Refuse a range [start, end) outside 1900..2200 or longer than ``max_days`` days (default: the settings'
+    ``max_bulk_days``). Called at the first line of a task that writes one partition per day, so a range
+    such as 0001-01-01.. is refused before a single partition is written."""
+    if max_days is None:
+        from tasks.core.settings import get_settings
+
+        max_days = get_settings().max_bulk_days
+    last = end - timedelta(days=1) if end > start else start
+    if start < EARLIEST_DATE or last > LATEST_DATE:
+        raise ValueError(f"date range {start}..{last} is outside the plausible dates {EARLIEST_DATE}..{LATEST_DATE}; "
+                         "nothing was written")
+    days = (end - start).days
+    if days > max_days:
+        raise ValueError(f"date range {start}..{last} spans {days} days, more than the {max_days} a run may cover "
+                         "(HOMEWORTH_MAX_BULK_DAYS); split it into several runs, or raise the setting; nothing was "
+                         "written")
 
 
 def airflow_params(model: type[BaseModel]) -> dict[str, Any]:
@@ -74,12 +102,11 @@ def airflow_params(model: type[BaseModel]) -> dict[str, Any]:
         prop = dict(prop)
         default = prop.pop("default", None)
         prop.pop("title", None)
-        if "anyOf" in prop:  # Optional[X]: JSON schema null or X
+        if "anyOf" in prop:  # Optional[X]: JSON schema null or X (the constraints of X apply to X's values)
             types = [p for p in prop.pop("anyOf")]
             prop["type"] = [t["type"] for t in types]
-            fmt = next((t.get("format") for t in types if t.get("format")), None)
-            if fmt:
-                prop["format"] = fmt
+            for t in types:
+                prop.update({k: v for k, v in t.items() if k != "type"})
         if "enum" not in prop and "$ref" in prop:
             ref = schema["$defs"][prop.pop("$ref").split("/")[-1]]
             prop.update({k: v for k, v in ref.items() if k in ("enum", "type")})
@@ -87,17 +114,19 @@ def airflow_params(model: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def interval_days(start: datetime | date | None, end: datetime | date | None, params: IngestParams) -> tuple[date, date]:
-    """[first day, day after the last) of an ingest run: the Params' range if given, else the data interval."""
+def interval_days(start: datetime | date | None, end: datetime | date | None, params: IngestParams,
+                  max_days: int | None = None) -> tuple[date, date]:
+    """[first day, day after the last) of an ingest or scoring run: the Params' range if given, else the data
+    interval; either is checked by :func:`check_date_range` (``max_days``: default the settings')."""
     if params.from_date or params.to_date:
         if not (params.from_date and params.to_date) or params.to_date < params.from_date:
             raise ValueError(f"from_date and to_date must both be set, in order; got {params.from_date}, {params.to_date}")
-        from datetime import timedelta
-
-        return params.from_date, params.to_date + timedelta(days=1)
-    if start is None or end is None:
+        first, stop = params.from_date, params.to_date + timedelta(days=1)
+    elif start is None or end is None:
         raise ValueError("this run has no data interval (triggered without a logical date): "
                          "give from_date and to_date, or a logical date")
-    start_d = start.date() if isinstance(start, datetime) else start
-    end_d = end.date() if isinstance(end, datetime) else end
-    return start_d, max(end_d, start_d)
+    else:
+        first = start.date() if isinstance(start, datetime) else start
+        stop = max(end.date() if isinstance(end, datetime) else end, first)
+    check_date_range(first, stop, max_days)
+    return first, stop

@@ -20,10 +20,11 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 import pyarrow.fs as pafs
 
@@ -50,8 +51,33 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+class UnsafePath(ValueError):
+    """A path part that could leave its root: a ``..`` segment, an absolute path, a URI, a NUL byte."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_part(part: str) -> str:
+    """``part`` if it is a relative path that stays below whatever it is joined to, else :class:`UnsafePath`.
+
+    Refused: an absolute path (a leading ``/`` or ``\\``, a drive such as ``C:``), a URI (``s3://...``),
+    a ``..`` segment (also written with backslashes), a NUL byte. A part is data (a file name from a
+    listing, a day, a name from a request), never an instruction to go elsewhere."""
+    if not isinstance(part, str):
+        raise UnsafePath(f"path part {part!r} is not text")
+    if "\x00" in part:
+        raise UnsafePath(f"path part {part[:80]!r} contains a NUL byte")
+    if part.startswith(("/", "\\")) or _DRIVE.match(part) or "://" in part:
+        raise UnsafePath(f"path part {part[:80]!r} is absolute; only relative parts are joined to a root (a listing's suffix: strip its leading '/')")
+    if any(seg == ".." for seg in re.split(r"[/\\]", part)):
+        raise UnsafePath(f"path part {part[:80]!r} has a '..' segment; parts may not leave their root")
+    return part
+
+
 def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+    """``root/part/...``; every part is checked by :func:`check_part` (no ``..``, nothing absolute)."""
+    return "/".join([root.rstrip("/"), *[check_part(p).strip("/") for p in parts]])
 
 
 def exists(uri: str) -> bool:
@@ -75,6 +101,64 @@ def list_dir(uri: str, hidden: bool = False) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(info.base_name for info in infos if hidden or not info.base_name.startswith("."))
+
+
+def regular_file_size(uri: str) -> int:
+    """The size in bytes of the regular file at ``uri``; :class:`UnsafePath` for a symbolic link (to anything,
+    also a dangling one) or something that is not a plain file (a folder, a FIFO, a device).
+
+    The message names ``uri`` only: never where a link points or what it holds. A local file is
+    examined with ``lstat`` (the link itself, not its target)."""
+    path = local_path(uri)
+    if path is not None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{uri}: no such file") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(f"{uri}: is a symbolic link; landing files must be regular files (links are refused, "
+                             "not followed)")
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{uri}: is not a regular file")
+        return st.st_size
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise UnsafePath(f"{uri}: is not a regular file ({info.type.name})")
+    return int(info.size or 0)
+
+
+def is_symlink(uri: str) -> bool:
+    """Whether ``uri`` is a local symbolic link (object stores have none)."""
+    path = local_path(uri)
+    return path is not None and os.path.islink(path)
+
+
+def open_input(uri: str) -> BinaryIO:
+    """A binary stream of a file, for reading it in pieces. A local file is opened with ``O_NOFOLLOW``: a
+    symbolic link put in its place after it was checked is refused by the kernel, not followed."""
+    path = local_path(uri)
+    if path is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            if os.path.islink(path):
+                raise UnsafePath(f"{uri}: is a symbolic link; links are refused, not followed") from exc
+            raise
+        return os.fdopen(fd, "rb")
+    fs, path = resolve(uri)
+    return fs.open_input_stream(path)
+
+
+def list_entries(uri: str) -> list[str]:
+    """Like :func:`list_dir` (no hidden names), but a local folder lists every entry, symbolic links
+    included (a dangling one too), so that a reader can refuse them rather than miss them."""
+    path = local_path(uri)
+    if path is None:
+        return list_dir(uri)
+    if not os.path.isdir(path):
+        return []
+    return sorted(n for n in os.listdir(path) if not n.startswith("."))
 
 
 def read_bytes(uri: str) -> bytes:

@@ -20,9 +20,10 @@ import polars as pl
 from tasks.core import lake, storage
 from tasks.core.faults import fault_point
 from tasks.core.handoffs import IngestResult
+from tasks.core.params import check_date_range
 from tasks.core.settings import Settings
 from tasks.core.spec import ColumnSpec, DatasetSpec
-from tasks.ingest.read import BatchError, read_landing_file
+from tasks.ingest.read import BatchError, check_landing_file, read_landing_file
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 COERCE_ERRORS = "_coerce_errors"
 DS = "ds"
+# Dropped columns listed per file in a day's report (and its XCom); a file with thousands gets a count.
+MAX_REPORTED = 100
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "string": pl.String(),
@@ -131,8 +134,8 @@ def coerce(df: pl.DataFrame, spec: DatasetSpec, source: str, day: date) -> tuple
         raise BatchError(
             f"{source}: missing required column(s) {missing}"
             + (f"; {'; '.join(hints)}" if hints else "")
-            + (f"; columns not in the spec: {extra}" if extra else "")
-            + f"; the file has {len(df.columns)} columns {df.columns}"
+            + (f"; columns not in the spec: {_shown(extra)}" if extra else "")
+            + f"; the file has {len(df.columns)} columns {_shown(df.columns)}"
         )
     for name in spec.columns:
         if name in df.columns and (df.schema[name].is_nested() or df.schema[name] == pl.Binary):
@@ -173,25 +176,49 @@ def raw_schema(spec: DatasetSpec) -> dict[str, pl.DataType]:
 
 
 def landing_files(landing_uri: str, day: date, spec: DatasetSpec) -> list[str]:
+    """The day's landing files (hidden and ``_`` names left out). A day folder that is a symbolic link
+    is refused: the landing zone holds the feed's files, not pointers elsewhere."""
     folder = storage.join(landing_uri, day.isoformat())
-    names = [n for n in storage.list_dir(folder) if not n.startswith((".", "_"))]
+    if storage.is_symlink(folder):
+        raise BatchError(f"{folder}: is a symbolic link; landing folders must be real folders (links are refused, "
+                         "not followed)")
+    names = [n for n in storage.list_entries(folder) if not n.startswith((".", "_"))]
     return [storage.join(folder, n) for n in names]
 
 
-def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date) -> DayReport:
+def preflight(spec: DatasetSpec, landing_uri: str, days: list[date], max_mb: float) -> int:
+    """Check every landing file of ``days`` before anything is written: no links, nothing but plain files,
+    none over the size cap. Returns the number of files. A multi-day run that would fail on a later
+    day's file thus fails before writing the first day's partition."""
+    n = 0
+    for day in days:
+        for uri in landing_files(landing_uri, day, spec):
+            check_landing_file(uri, max_mb)
+            n += 1
+    return n
+
+
+def _shown(names: list[str], limit: int = 30) -> str:
+    """A list of column names for a message, at most ``limit`` of them (a file may have thousands)."""
+    return f"{names[:limit]}" + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date, max_mb: float | None = None) -> DayReport:
     """Read every landing file of ``day``, coerce, and (re)write the day's raw partition.
 
     A day with no landing folder is a day with no sales: its raw partition is written empty, so a
-    re-run after files were withdrawn also replaces the day exactly.
+    re-run after files were withdrawn also replaces the day exactly. ``max_mb``: the landing file size
+    cap (default: the settings').
     """
     report = DayReport(day=day.isoformat())
     frames = []
     for uri in landing_files(landing_uri, day, spec):
-        df = read_landing_file(uri, spec)
+        df = read_landing_file(uri, spec, max_mb)
         typed, extra = coerce(df, spec, uri, day)
         if extra:
-            log.warning("%s: ignoring columns not in spec %r: %s", uri, spec.name, extra)
-            report.dropped_columns[uri] = extra
+            log.warning("%s: ignoring columns not in spec %r: %s", uri, spec.name, _shown(extra))
+            report.dropped_columns[uri] = extra if len(extra) <= MAX_REPORTED else \
+                [*extra[:MAX_REPORTED], f"... and {len(extra) - MAX_REPORTED} more"]
         frames.append(typed)
         report.files.append(uri)
     schema = raw_schema(spec)
@@ -207,9 +234,23 @@ def ingest_day(spec: DatasetSpec, landing_uri: str, lake_uri: str, day: date) ->
     return report
 
 
-def ingest_interval(spec: DatasetSpec, landing_uri: str, lake_uri: str, start: date, end: date) -> dict:
-    """Ingest every day of [start, end). Returns small metadata for XCom."""
-    reports = [ingest_day(spec, landing_uri, lake_uri, d) for d in days_in_interval(start, end)]
+def ingest_interval(spec: DatasetSpec, landing_uri: str, lake_uri: str, start: date, end: date,
+                    max_mb: float | None = None, max_days: int | None = None) -> dict:
+    """Ingest every day of [start, end). Returns small metadata for XCom.
+
+    Before anything is written: the range is checked (:func:`tasks.core.params.check_date_range`, at most
+    ``max_days`` days, default the settings' ``max_bulk_days``) and so is every landing file
+    (:func:`preflight`: links, non-files, files over ``max_mb``, default ``max_landing_file_mb``)."""
+    if max_mb is None or max_days is None:
+        from tasks.core.settings import get_settings
+
+        settings = get_settings()
+        max_mb = settings.max_landing_file_mb if max_mb is None else max_mb
+        max_days = settings.max_bulk_days if max_days is None else max_days
+    check_date_range(start, end, max_days)
+    days = days_in_interval(start, end)
+    preflight(spec, landing_uri, days, max_mb)
+    reports = [ingest_day(spec, landing_uri, lake_uri, d, max_mb) for d in days]
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),
@@ -228,7 +269,9 @@ def report_dict(report: DayReport) -> dict:
 
 def ingest_step(spec: DatasetSpec, settings: Settings, start: date, end: date) -> IngestResult:
     """The ``ingest`` task: every day of [start, end) from the settings' landing zone into its lake's ``raw``."""
+    check_date_range(start, end, settings.max_bulk_days)  # first: a range out of bounds writes nothing
     fault_point("ingest", "start")
-    result = ingest_interval(spec, settings.landing_uri, settings.lake_uri, start, end)
+    result = ingest_interval(spec, settings.landing_uri, settings.lake_uri, start, end,
+                             settings.max_landing_file_mb, settings.max_bulk_days)
     fault_point("ingest", "after_effect")
     return IngestResult.model_validate({k: v for k, v in result.items() if k != "partitions"})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tasks.core import storage
 from tasks.core.settings import get_settings
-from tasks.core.spec import DatasetSpec, get_spec
+from tasks.core.spec import DatasetSpec, get_spec, normalise_header
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ def _day_of(value: str, fmt: str | None) -> date:
     return date.fromisoformat(value[:10])
 
 
+def header_index(header: list[str], column: str, source: Path | str) -> int:
+    """Where the spec's ``column`` is in a file's header, matched through :func:`normalise_header` (case,
+    a byte-order mark, surrounding spaces): a spec may spell it ``date`` for a header ``Date``."""
+    want = normalise_header(column)
+    for i, name in enumerate(header):
+        if normalise_header(name) == want:
+            return i
+    raise ValueError(f"{source}: no column {column!r} in the header (compared ignoring case); "
+                     f"the header has {[h[:60] for h in header[:30]]}")
+
+
 def split_by_day(spec: DatasetSpec, source: Path) -> tuple[str, dict[date, list[str]]]:
     """The header line and the original data lines of ``source`` grouped by their sale day."""
     time_col = spec.event_time
@@ -50,7 +61,7 @@ def split_by_day(spec: DatasetSpec, source: Path) -> tuple[str, dict[date, list[
     by_day: dict[date, list[str]] = defaultdict(list)
     with _open_text(source) as f:
         header = f.readline()
-        idx = next(csv.reader([header])).index(time_col)
+        idx = header_index(next(csv.reader([header]), []), time_col, source)
         for line in f:
             if not line.strip():
                 continue

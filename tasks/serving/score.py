@@ -28,6 +28,7 @@ import polars as pl
 from tasks.core import lake, storage, tracking
 from tasks.core.faults import fault_point
 from tasks.core.handoffs import ChampionRef, ScoreResult
+from tasks.core.params import check_date_range
 from tasks.core.settings import Settings
 from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import (
@@ -213,6 +214,7 @@ def score_day(spec: DatasetSpec, settings: Settings, day: date, version: str, bu
 
 def score_interval(spec: DatasetSpec, settings: Settings, start: date, end: date, version: str) -> ScoreResult:
     """Score every day of [start, end) with one model version; the model is downloaded once."""
+    check_date_range(start, end, settings.max_bulk_days)  # first: a range out of bounds writes nothing
     fault_point("score", "start")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_version(settings, version, tmp)

@@ -4,7 +4,9 @@ Docker is not available on the development machine, so the compose file is never
 tests parse it (PyYAML, anchors and merge keys resolved) and check what would otherwise only fail at
 ``docker compose up``: a missing service, a ``HOMEWORTH_*`` name that tasks/core/settings.py does not read,
 code that never reaches the workers, a lake that workers do not share, an executor/broker/database
-mix-up, or Airflow pointing at a different MLflow than the server the file starts.
+mix-up, or Airflow pointing at a different MLflow than the server the file starts. They also check that the
+file is closed by default (docs/security.md): only Airflow published, on the loopback; every password from
+.env with ``:?``; memory limits; a complete .env.example; the embedded demo bound to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -214,6 +216,11 @@ def services(compose) -> dict:
 @pytest.fixture(scope="module")
 def mlflow_argv(services) -> list[str]:
     return argv_of(services["mlflow"])
+
+
+def mlflow_backend(services, argv: list[str]) -> str:
+    """The server's backend store: ``--backend-store-uri`` or the MLFLOW_BACKEND_STORE_URI it reads instead."""
+    return flag(argv, "--backend-store-uri") or env_of(services["mlflow"]).get("MLFLOW_BACKEND_STORE_URI", "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,7 +459,7 @@ def test_parallelism_and_worker_concurrency_are_sized(services):
 # --------------------------------------------------------------------------------------------------
 def test_mlflow_server_uses_postgres_and_serves_artifacts_from_a_volume(compose, services, mlflow_argv):
     assert "server" in mlflow_argv and (mlflow_argv[0] == "mlflow" or "mlflow" in mlflow_argv), mlflow_argv
-    backend = urlsplit(flag(mlflow_argv, "--backend-store-uri") or "")
+    backend = urlsplit(interpolate(mlflow_backend(services, mlflow_argv)))
     assert backend.scheme.startswith("postgresql") and backend.hostname == "postgres", backend.geturl()
     assert backend.path == "/mlflow", f"MLflow must use its own database `mlflow`, not {backend.path}"
     assert "--serve-artifacts" in mlflow_argv and "--no-serve-artifacts" not in mlflow_argv
@@ -489,16 +496,126 @@ def test_postgres_init_creates_the_mlflow_database(services, mlflow_argv):
     mounts = mounts_of(services["postgres"])
     init = [(src, tgt) for src, tgt, named in mounts if not named and tgt.startswith("/docker-entrypoint-initdb.d/")]
     assert init, "postgres must mount an init script into /docker-entrypoint-initdb.d/"
-    sql_path = (REPO / init[0][0]).resolve()
-    assert sql_path == (REPO / "deploy" / "postgres-init.sql").resolve() and sql_path.is_file()
-    assert init[0][1].endswith(".sql")
-    sql = sql_path.read_text()
-    role = re.search(r"CREATE\s+(?:ROLE|USER)\s+(\w+)\s+WITH\s+(?:LOGIN\s+)?PASSWORD\s+'([^']*)'", sql, re.I)
-    database = re.search(r"CREATE\s+DATABASE\s+(\w+)(?:\s+OWNER\s+(\w+))?", sql, re.I)
+    script_path = (REPO / init[0][0]).resolve()
+    assert script_path == (REPO / "deploy" / "postgres-init.sh").resolve() and script_path.is_file()
+    assert init[0][1].endswith(".sh")
+    script = script_path.read_text()
+    # The role's password is a psql variable filled from the environment, never a literal in the script.
+    role = re.search(r"CREATE\s+(?:ROLE|USER)\s+(\w+)\s+WITH\s+(?:LOGIN\s+)?PASSWORD\s+:'(\w+)'", script, re.I)
+    database = re.search(r"CREATE\s+DATABASE\s+(\w+)(?:\s+OWNER\s+(\w+))?", script, re.I)
     assert role and database, "the init script must create the mlflow role and database"
-    backend = urlsplit(flag(mlflow_argv, "--backend-store-uri") or "")
+    assert re.search(rf'-v\s+{role.group(2)}="\$MLFLOW_DB_PASSWORD"', script), "the password must come from the env"
+    assert "MLFLOW_DB_PASSWORD" in env_of(services["postgres"])
+    backend = urlsplit(interpolate(mlflow_backend(services, mlflow_argv)))
     assert database.group(1) == backend.path.lstrip("/")
-    assert (role.group(1), role.group(2)) == (backend.username, backend.password), (
-        "the MLflow backend-store credentials do not match the role the init script creates"
-    )
+    assert role.group(1) == backend.username
+    assert backend.password == "<required:MLFLOW_DB_PASSWORD>", "MLflow must log in with the role's password"
     assert database.group(2) in (None, role.group(1))
+
+
+# --------------------------------------------------------------------------------------------------
+# closed by default (issue 17, docs/security.md)
+# --------------------------------------------------------------------------------------------------
+PASSWORD_VARS = {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD"}
+# ${NAME...} references that compose interpolates ($${NAME} is the container's own shell variable).
+_INTERPOLATED = re.compile(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)(?=[:}?-])")
+_REQUIRED = re.compile(r"<required:[A-Z0-9_]+>")
+SECRET_VARS = {"AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_JWT_SECRET"}
+
+
+def _published(service: dict) -> list[str]:
+    return [interpolate(p if not isinstance(p, dict) else f"{p.get('host_ip', '0.0.0.0')}:{p.get('published')}:"
+                        f"{p.get('target')}") for p in service.get("ports") or []]
+
+
+def test_only_airflow_is_published_and_on_the_loopback_by_default(services):
+    for name, service in services.items():
+        if name != "airflow-apiserver":
+            assert not service.get("ports"), f"{name} is published on the host: {service.get('ports')}"
+    (mapping,) = _published(services["airflow-apiserver"])
+    host, port, target = mapping.split(":")
+    assert (host, port, target) == ("127.0.0.1", "8080", "8080"), mapping
+    raw = services["airflow-apiserver"]["ports"][0]
+    assert "${AIRFLOW_BIND_ADDRESS:-127.0.0.1}" in raw, "the bind address must be configurable"
+
+
+def test_every_password_and_secret_comes_from_the_environment_without_default(compose_text, services):
+    required = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+):\?", compose_text))
+    assert PASSWORD_VARS | SECRET_VARS <= required, f"not required with :? : {(PASSWORD_VARS | SECRET_VARS) - required}"
+    defaulted = set(re.findall(r"\$\{([A-Z0-9_]+):?-", compose_text))
+    assert not (PASSWORD_VARS | SECRET_VARS) & defaulted, "a password with a default is a published password"
+    for name, service in services.items():
+        for key, value in env_of(service).items():
+            for url in re.findall(r"[a-z+]+://\S+", interpolate(value)):
+                password = urlsplit(url).password
+                if password is not None:
+                    assert _REQUIRED.fullmatch(password), f"{name}: {key} has a literal password"
+            if key.endswith(("PASSWORD", "_SECRET", "SECRET_KEY", "FERNET_KEY")) or key == "REDISCLI_AUTH":
+                assert _REQUIRED.fullmatch(interpolate(value)), f"{name}: {key}={value!r} is a literal"
+    assert not re.search(r"://\w+:(airflow|mlflow|admin|password)@", compose_text), "a literal password in a URL"
+
+
+def test_redis_requires_its_password(services):
+    redis = services["redis"]
+    command = " ".join(argv_of(redis))
+    assert "--requirepass" in command and "${REDISCLI_AUTH}" in command.replace("$$", "$"), command
+    assert interpolate(env_of(redis)["REDISCLI_AUTH"]) == "<required:REDIS_PASSWORD>"
+    for name in AIRFLOW_SERVICES:
+        broker = urlsplit(interpolate(env_of(services[name])["AIRFLOW__CELERY__BROKER_URL"]))
+        assert broker.password == "<required:REDIS_PASSWORD>", f"{name}: broker without password"
+
+
+def test_every_service_has_a_memory_limit(services):
+    for name, service in services.items():
+        limit = interpolate(((service.get("deploy") or {}).get("resources") or {}).get("limits", {}).get("memory", ""))
+        assert re.fullmatch(r"\d+[kmg]", limit), f"{name}: no memory limit (deploy.resources.limits.memory)"
+    worker = interpolate(services["airflow-worker"]["deploy"]["resources"]["limits"]["memory"])
+    assert worker.endswith("g") and int(worker[:-1]) >= 4, "workers train models: give them room"
+
+
+def test_env_example_documents_every_variable_and_holds_no_secret(compose_text):
+    example = (REPO / ".env.example").read_text()
+    entries = dict(re.findall(r"^#?([A-Z][A-Z0-9_]*)=(.*)$", example, re.M))
+    used = set(_INTERPOLATED.findall(compose_text))
+    assert used - set(entries) == set(), f"variables of docker-compose.yaml missing from .env.example: {used - set(entries)}"
+    for name in PASSWORD_VARS | SECRET_VARS:
+        assert re.search(rf"^{name}=$", example, re.M), f"{name} must be listed, uncommented and empty"
+    assert all(value == "" or not value.strip() or name not in PASSWORD_VARS | SECRET_VARS
+               for name, value in entries.items())
+
+
+def test_env_file_never_reaches_git_or_the_image():
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = {line.strip() for line in (REPO / ignore).read_text().splitlines()}
+        assert ".env" in lines, f".env is not in {ignore}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the embedded demo listens on the loopback only
+# --------------------------------------------------------------------------------------------------
+LOOPBACK_VARS = ("AIRFLOW__API__HOST", "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST")
+
+
+def test_env_sh_binds_the_embedded_servers_to_the_loopback():
+    import subprocess
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HOMEWORTH_"))}
+    script = f"source {shlex.quote(str(REPO / 'env.sh'))} >/dev/null 2>&1; " + "; ".join(
+        f'echo "{name}=${{{name}}}"' for name in (*LOOPBACK_VARS, "AIRFLOW__API__BASE_URL"))
+    out = subprocess.run(["bash", "-c", script], env=clean, capture_output=True, text=True, check=True).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines())
+    assert all(values[name] == "127.0.0.1" for name in LOOPBACK_VARS), values
+    assert values["AIRFLOW__API__BASE_URL"].startswith("http://127.0.0.1:")
+    # An address exported before sourcing is kept (opening it up is a deliberate choice).
+    out = subprocess.run(["bash", "-c", script], env={**clean, "AIRFLOW__API__HOST": "0.0.0.0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "AIRFLOW__API__HOST=0.0.0.0" in out.splitlines()
+
+
+def test_local_airflow_starts_its_servers_on_the_loopback(tmp_path):
+    from tools.airflow_local import LocalAirflow
+
+    af = LocalAirflow({"PATH": "/usr/bin"}, tmp_path, "http://127.0.0.1:8080")
+    assert all(af.env[name] == "127.0.0.1" for name in LOOPBACK_VARS), af.env
+    af = LocalAirflow({"AIRFLOW__API__HOST": "::1"}, tmp_path, "http://[::1]:8080")
+    assert af.env["AIRFLOW__API__HOST"] == "::1"
