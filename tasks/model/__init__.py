@@ -6,6 +6,8 @@
 - ``module``: the Lightning module (``PriceModule``) and the in-memory DataModule;
 - ``data``: the out-of-core loaders (the feature table streamed from Parquet);
 - ``train``: ``train`` (with the refit on train + validation);
+- ``progress``: one log line per training epoch (the task log);
+- ``distributed``: the device plan (HOMEWORTH_TRAIN_*) and the DDP worker launcher;
 - ``bundle``: the saved model (safetensors, config, preprocessing) and ``ModelBundle``, which scores;
 - ``gbm``: the gradient-boosting yardstick;
 - ``tune``: the tuning space and trials; ``retrain``: the retrain DAG's features and train steps;

@@ -14,6 +14,17 @@ training split has at most ``in_memory_max_rows`` rows; above that it uses :clas
   and the epoch number alone, and every row of the split is yielded exactly once per epoch;
 - unshuffled (validation, test): file order, batches of 8,192 rows.
 
+Sharding (multi-device training, docs/production.md "Multi-device training"): the training batches are
+cut as if for one process (global batches of ``batch_size`` rows from the same seeded order on every
+rank) and each of the ``world`` ranks keeps its own ``batch_size // world`` rows of each global batch
+(:func:`shard`, :class:`ShardedIndexBatches`; the rank and world size are those of
+``torch.distributed``). The ranks' shares of an epoch are disjoint, every rank yields the same number of
+batches (DDP needs that), and the gradients DDP averages are those of the one-process global batch; an
+epoch's last, short global batch is cut into equal shares, its few leftover rows (fewer than ``world``)
+skipped that epoch. With DataLoader workers, worker ``w`` of ``W`` yields the global batches ``j`` with
+``j % W == w``. Validation and test are not sharded: every rank scores the whole split, so the
+monitored metric, early stopping and the best epoch are the same on every rank.
+
 Memory: one row group plus the buffer (rows x (4 bytes x numeric + 8 bytes x categorical + 4)),
 whatever the table's size. ``__len__`` is the number of batches (``ceil(rows / batch_size)``; the
 rows are counted once from the Parquet file), so Lightning sees finite epochs and validates and
@@ -41,6 +52,59 @@ EVAL_BATCH_ROWS = 8192
 # A validation split larger than this is validated on every k-th of its rows, held in memory: a check
 # then costs the same on any history, so it can run several times an epoch (tasks.model.train.VAL_EVERY_SAMPLES).
 VAL_MAX_ROWS = 500_000
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process in ``torch.distributed``; (0, 1) when not distributed."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _worker() -> tuple[int, int]:
+    """(worker id, workers) of the DataLoader worker this runs in; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def share(rows: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s part of a global batch of ``rows`` rows: ``rows // world`` consecutive rows."""
+    part = rows // world
+    return slice(rank * part, (rank + 1) * part)
+
+
+def sharded_batches(global_batches: int, rows_last: int, world: int) -> int:
+    """Batches each rank yields in an epoch of ``global_batches`` (the last one of ``rows_last`` rows)."""
+    return global_batches - (1 if global_batches and rows_last // world == 0 else 0)
+
+
+class ShardedIndexBatches(IndexBatches):
+    """:class:`~tasks.model.tensors.IndexBatches` (shuffled per epoch, seeded) sharded by rank and
+    DataLoader worker (see the module doc); with one process and no workers, the same batches."""
+
+    def _global(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        rank, world = shard()
+        return sharded_batches(self._global(), n - (self._global() - 1) * self.batch_size if n else 0, world)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        rank, world = shard()
+        worker, workers = _worker()
+        n = len(self.tensors[0])
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            self.epoch += 1
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for j, idx in enumerate(order.split(self.batch_size)):
+            part = idx[share(len(idx), rank, world)]
+            if j % workers == worker and len(part):
+                yield tuple(t[part] for t in self.tensors)
 
 
 def split_counts(features_uri: str) -> dict[str, int]:
@@ -110,7 +174,8 @@ def sample_split(features_uri: str, split: str, max_rows: int, columns: list[str
 
 
 class ParquetBatches(torch.utils.data.IterableDataset):
-    """Mini-batches ``(x_num, x_cat, y)`` of one split of a feature Parquet file, streamed (see the module doc)."""
+    """Mini-batches ``(x_num, x_cat, y)`` of one split of a feature Parquet file, streamed (see the module doc);
+    shuffled (training) batches are sharded by rank and DataLoader worker, unshuffled ones by worker only."""
 
     def __init__(self, features_uri: str, prep: Preprocessing, split: str, batch_size: int, shuffle: bool,
                  seed: int = 0, buffer_rows: int = BUFFER_ROWS, rows: int | None = None):
@@ -124,7 +189,10 @@ class ParquetBatches(torch.utils.data.IterableDataset):
         self.epoch = 0  # advanced by each shuffled pass (as tasks.model.tensors.IndexBatches)
 
     def __len__(self) -> int:
-        return math.ceil(self.rows / self.batch_size)
+        """Batches this rank yields an epoch: ``ceil(rows / batch_size)`` with one process."""
+        batches = math.ceil(self.rows / self.batch_size)
+        world = shard()[1] if self.shuffle else 1
+        return sharded_batches(batches, self.rows - (batches - 1) * self.batch_size if self.rows else 0, world)
 
     def _groups(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The split's rows, converted, one row group at a time (in a seeded order when shuffling)."""
@@ -140,9 +208,20 @@ class ParquetBatches(torch.utils.data.IterableDataset):
                        np.ascontiguousarray(self.prep.categorical_matrix(df), dtype=np.int64),
                        self.prep.encode_rows(df))
 
-    def _batches(self, arrays: tuple[np.ndarray, ...], upto: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(self, arrays: tuple[np.ndarray, ...], upto: int, counter: list[int]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The global batches of ``arrays[:upto]``, each cut to this rank's share, those of this DataLoader
+        worker only (``counter``: the epoch's global batch count so far, advanced here)."""
+        rank, world = shard()
+        worker, workers = _worker()
+        if not self.shuffle:  # validation and test: the whole split on every rank (module doc)
+            rank, world = 0, 1
         for i in range(0, upto, self.batch_size):
-            yield tuple(torch.from_numpy(a[i:i + self.batch_size].copy()) for a in arrays)
+            j = counter[0]
+            counter[0] += 1
+            rows = min(self.batch_size, upto - i)
+            part = share(rows, rank, world)
+            if j % workers == worker and part.stop > part.start:
+                yield tuple(torch.from_numpy(a[i + part.start:i + part.stop].copy()) for a in arrays)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         # Rows gather in a buffer until it holds ``buffer_rows`` (shuffled) or one batch (not shuffled);
@@ -155,6 +234,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
         fill = self.buffer_rows if self.shuffle else self.batch_size
         pending: list[tuple[np.ndarray, ...]] = []
         held = 0
+        counter = [0]  # global batches cut so far this epoch (sharding, tasks.model.data.shard)
 
         def cut(last: bool) -> Iterator[tuple[torch.Tensor, ...]]:
             nonlocal pending, held
@@ -163,7 +243,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
                 order = rng.permutation(held)
                 buf = tuple(a[order] for a in buf)
             full = held if last else held - held % self.batch_size
-            yield from self._batches(buf, full)
+            yield from self._batches(buf, full, counter)
             pending = [tuple(a[full:] for a in buf)] if full < held else []
             held -= full
 

@@ -77,7 +77,9 @@ def train_gbm(features_uri: str, prep: Preprocessing, seed: int = 0, params: dic
     seconds = time.perf_counter() - t0
     val_z = model.predict(x["val"])
     val_rmse_ln = float(np.sqrt(np.mean((val_z - y["val"]) ** 2)) * prep.target_std)
-    log.info("gbm: %d iterations in %.1fs; val rmse_ln %.4f", model.n_iter_, seconds, val_rmse_ln)
+    # Logged as rmse_ln only when the fitted target is ln(price); the metrics key is renamed by evaluate.
+    err_key = "val_rmse_ln" if prep.target_transform == "log" else "val_rmse"
+    log.info("gbm: %d iterations in %.1fs; %s %.4f", model.n_iter_, seconds, err_key, val_rmse_ln)
     n_iter, train_rows = model.n_iter_, len(frames["train"])
     if refit and len(frames["val"]):
         model = HistGradientBoostingRegressor(**{**GBM_PARAMS, **(params or {}), "max_iter": n_iter},

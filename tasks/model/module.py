@@ -9,6 +9,8 @@ train/val/test and the optimizer around a plain network (:mod:`tasks.model.netwo
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import pytorch_lightning as L
 import torch
@@ -16,20 +18,31 @@ from torch import nn
 
 from tasks.features.preprocessing import Preprocessing
 from tasks.model.config import ModelConfig
+from tasks.model.data import ShardedIndexBatches
 from tasks.model.networks import TabularNet
 from tasks.model.tensors import IndexBatches, to_tensors
 
 
+def error_metric(target_transform: str) -> str:
+    """The name of the RMSE the module logs: ``rmse_ln`` only when the target is ln(price) (the
+    standardized target's RMSE times its std is then the RMSE of ln(price)); otherwise ``rmse`` (in the
+    target's own units)."""
+    return "rmse_ln" if target_transform == "log" else "rmse"
+
+
 class PriceModule(L.LightningModule):
-    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float, lr_schedule: list[float] | None = None):
+    def __init__(self, net: TabularNet, cfg: ModelConfig, target_std: float, lr_schedule: list[float] | None = None,
+                 metric: str = "rmse_ln"):
         """``lr_schedule``: the learning rate of each epoch, replayed instead of reducing it when the
         validation loss plateaus (a refit, which has no validation rows of its own, replays the
-        schedule of the run that chose its number of epochs)."""
+        schedule of the run that chose its number of epochs). ``metric``: the name of the logged RMSE
+        (:func:`error_metric` of the preprocessing's target transform)."""
         super().__init__()
-        self.net, self.cfg, self.lr_schedule = net, cfg, lr_schedule
-        # The target is standardized ln(price): rmse in ln units is the loss scaled back.
+        self.net, self.cfg, self.lr_schedule, self.metric = net, cfg, lr_schedule, metric
+        # The target is standardized (ln) price: the RMSE in target units is the loss scaled back.
         self.target_std = target_std
-        self._train_sums: torch.Tensor | None = None  # (sum of loss x n, sum of rmse_ln x n, n) this epoch
+        self._train_sums: torch.Tensor | None = None  # (sum of loss x n, sum of rmse x n, n) this epoch
+        self._train_means: tuple[float, float] | None = None  # their means over all ranks, once an epoch
 
     def forward(self, x_num, x_cat):
         return self.net(x_num, x_cat)
@@ -44,13 +57,13 @@ class PriceModule(L.LightningModule):
             loss = nn.functional.huber_loss(members, y[:, None].expand_as(members), delta=self.cfg.huber_delta)
         else:
             loss = nn.functional.mse_loss(members, y[:, None].expand_as(members))
-        # The target is standardized ln(price): rmse in ln units is the ensemble's rmse scaled back.
+        # The target is standardized (ln) price: the rmse in target units is the ensemble's rmse scaled back.
         return loss, ensemble_mse.sqrt() * self.target_std, len(y)
 
     def _step(self, batch, stage: str):
         loss, rmse_ln, n = self._losses(batch, stage)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
-        self.log(f"{stage}/rmse_ln", rmse_ln, on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{stage}/{self.metric}", rmse_ln, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     # Training metrics are summed here and logged once an epoch (the same batch-size-weighted means as
@@ -59,6 +72,7 @@ class PriceModule(L.LightningModule):
     # against the raw loop").
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._train_means = None
 
     def training_step(self, batch, _):
         loss, rmse_ln, n = self._losses(batch, "train")
@@ -69,13 +83,22 @@ class PriceModule(L.LightningModule):
                                              torch.tensor(float(n), dtype=torch.float64, device=self.device)])
         return loss
 
+    def train_epoch_means(self) -> tuple[float, float] | None:
+        """(loss, rmse) of this training epoch, means over the batches of every rank (the sums are
+        reduced once an epoch: a collective call under DDP, so every rank calls it; cached)."""
+        if self._train_means is None and self._train_sums is not None:
+            sums = self._train_sums
+            if self.trainer.world_size > 1:
+                sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+            total, rmse, n = sums.tolist()
+            self._train_means = (total / n, rmse / n) if n else (math.nan, math.nan)
+        return self._train_means
+
     def on_train_epoch_end(self) -> None:
-        if self._train_sums is None:
-            return
-        total, rmse, n = self._train_sums.tolist()
-        if n:
-            self.log("train/loss", total / n)
-            self.log("train/rmse_ln", rmse / n)
+        means = self.train_epoch_means()
+        if means is not None and not math.isnan(means[0]):
+            self.log("train/loss", means[0])
+            self.log(f"train/{self.metric}", means[1])
 
     def validation_step(self, batch, _):
         self._step(batch, "val")
@@ -104,7 +127,11 @@ class TabularDataModule(L.LightningDataModule):
             self.data = {name: to_tensors(self.prep, df) for name, df in self.frames.items()}
 
     def _loader(self, split: str, shuffle: bool):
-        ds = IndexBatches(self.data[split], self.batch_size if shuffle else 8192, shuffle, self.seed)
+        # training batches are sharded by rank (tasks.model.data); validation and test are whole on every rank
+        if shuffle:
+            ds = ShardedIndexBatches(self.data[split], self.batch_size, shuffle, self.seed)
+        else:
+            ds = IndexBatches(self.data[split], 8192, shuffle, self.seed)
         return torch.utils.data.DataLoader(ds, batch_size=None)
 
     def train_dataloader(self):

@@ -76,7 +76,8 @@ def train_step(settings: Settings, features: FeatureTable, params: RetrainParams
 def reused_result(done) -> TrainedModel:
     """What ``train_step`` returns for the MLflow run of an earlier try whose model version it reuses."""
     return TrainedModel(mlflow_run_id=done.info.run_id, model_version=done.data.tags["model_version"],
-                        val_rmse_ln=done.data.metrics.get("best/val_rmse_ln"), reused=True,
+                        val_rmse_ln=done.data.metrics.get("best/val_rmse_ln", done.data.metrics.get("best/val_rmse")),
+                        reused=True,
                         refit=json.loads(done.data.tags.get("train.refit", "null")))
 
 
@@ -94,7 +95,7 @@ def run_tags(lineage: Lineage, features: FeatureTable, dataset: str, family: str
 
 def train_result(run_id: str, version, result: TrainResult, family: str, config_source: str) -> TrainedModel:
     """What ``train_step`` returns (XCom) for a model it trained."""
-    return TrainedModel(mlflow_run_id=run_id, model_version=str(version), val_rmse_ln=result.metrics["val_rmse_ln"],
+    return TrainedModel(mlflow_run_id=run_id, model_version=str(version), val_rmse_ln=result.val_error,
                         epochs=result.epochs_run, best_epoch=result.best_epoch,
                         train_seconds=round(result.seconds + ((result.refit or {}).get("seconds") or 0), 2),
                         refit=result.refit, model_family=family, config_source=config_source, reused=False)
@@ -129,7 +130,8 @@ def _train_logged(c, settings: Settings, run_id: str, cfg: ModelConfig, prep: Pr
 
 
 def _log_result(c, run_id: str, result: TrainResult, refit_on_val: bool) -> None:
-    c.log_metric(run_id, "best/val_rmse_ln", result.metrics["val_rmse_ln"])
+    # rmse_ln only when the monitored error is on ln (a log target transform); rmse otherwise.
+    c.log_metric(run_id, "best/val_rmse_ln" if "val_rmse_ln" in result.metrics else "best/val_rmse", result.val_error)
     c.log_param(run_id, "refit_on_val", refit_on_val)
     if result.refit is not None:
         c.set_tag(run_id, "train.refit", json.dumps(result.refit))

@@ -28,6 +28,10 @@ depends only on the seed and its index
 logged the trial's metric (:func:`settle_trial`); other earlier runs are marked orphan (FAILED, tag
 ``homeworth.orphan``) and the trial trains once more.
 
+**Logs**: each trial logs one line per epoch in its task log (``trial-3 epoch 2/60: train loss ..., val loss
+..., val rmse_ln ..., elapsed ..., left at most ...``: ``tasks.model.progress``), and trains on the devices
+of ``HOMEWORTH_TRAIN_DEVICES`` / ``_STRATEGY`` / ``_NUM_NODES`` as the retrain does.
+
 **Result**: a run in the MLflow experiment ``<experiment>-tuning`` tagged ``homeworth.kind =
 tuning-result`` and ``dataset = <spec name>``, with the best configuration as params and as the JSON
 tag ``homeworth.best_config`` (each trial is a run of its own there, tagged ``tuning-trial``).
@@ -181,8 +185,9 @@ def run_trial(settings: Settings, features: FeatureTable, trial: Trial, lineage:
     try:
         for k, v in cfg.model_dump().items():
             c.log_param(run.info.run_id, k, v)
-        result = train(cfg, features.features_uri, prep, threads=settings.torch_threads)
-        value = result.metrics["val_rmse_ln"]
+        result = train(cfg, features.features_uri, prep, threads=settings.torch_threads, devices=settings.train_devices,
+                       strategy=settings.train_strategy, num_nodes=settings.train_num_nodes, label=task)
+        value = result.val_error
         if math.isfinite(value):
             c.log_metric(run.info.run_id, MONITOR, value)
         c.log_metric(run.info.run_id, "best_epoch", result.best_epoch)
