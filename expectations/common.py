@@ -64,14 +64,15 @@ def row_count_bounds() -> gx.expectations.Expectation:
 
 
 def spec_expectations(spec: "DatasetSpec", bookkeeping: list[str]) -> list:
-    """Schema, volume, completeness, the event-time window and key uniqueness, derived from the spec alone."""
+    """Schema, volume, completeness (the columns that are not nullable), the event-time window and key
+    uniqueness, derived from the spec alone."""
     columns = list(spec.columns) + bookkeeping
     out: list = [
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, meta=BATCH),
         row_count_bounds(),
         *distribution_expectations(spec.target),
     ]
-    for name in spec.required_columns:
+    for name in spec.not_null_columns:  # nullable columns accept empty values
         out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, meta=ROW))
     if spec.event_time:
         out.append(
@@ -82,7 +83,7 @@ def spec_expectations(spec: "DatasetSpec", bookkeeping: list[str]) -> list:
                 meta=ROW,
             )
         )
-    keys = spec.id_columns + ([spec.event_time] if spec.event_time else [])
-    if len(keys) >= 2:
+    keys, whole_row = spec.duplicate_key()
+    if len(keys) >= 2 and not whole_row:  # whole-row duplicates are set aside before GX (tasks.quality.validate)
         out.append(gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=keys, meta=ROW))
     return out

@@ -7,6 +7,8 @@
     homeworth serve [--host 127.0.0.1] [--port 8000]                        # the endpoint on its own
     homeworth replay [--start 2015-03-01] [--end 2015-05-28]                # the bundled sales as a daily feed
     homeworth synth --rows N --days D --seed S --out DIR                    # synthetic sales at any scale
+    homeworth spec infer FILE --name NAME --target COL [--id COL] [--time COL] [--split time|random|column]
+                         [--split-column COL] [--suite [PATH]]   # a spec for a new market's file, to stdout
 
 ``python -m tasks.cli ...`` is the same command, and ``homeworth <command> --help`` lists a command's
 flags. score, serve, replay and synth are the ``main`` of their modules (``DELEGATED``), given the rest of
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import NamedTuple
 
@@ -184,6 +187,58 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_spec_infer(args) -> int:
+    """Print the inferred spec; with ``--suite`` also write the starter expectations module (the spec names it)."""
+    from pathlib import Path
+
+    from tasks.core.infer import infer
+    from tasks.core.infer_render import module_name, render_spec, render_suite
+
+    try:
+        inferred = infer(args.file, args.name, args.target, args.id, args.time, args.split, args.split_column,
+                         rows=args.sample_rows)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"spec infer: {exc}", file=sys.stderr)
+        return 2
+    suite_module = None
+    if args.suite is not None:
+        path = Path(args.suite or f"expectations/{args.name}.py")
+        try:
+            suite_module = module_name(path, Path.cwd())
+        except ValueError:
+            print(f"spec infer: --suite {path} must be under the current folder (it is imported by name)",
+                  file=sys.stderr)
+            return 2
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(render_suite(inferred, Path(args.file).name))
+        tmp.replace(path)
+        print(f"spec infer: wrote the starter suite {path} ({suite_module})", file=sys.stderr)
+    sys.stdout.write(render_spec(inferred, Path(args.file).name, suite_module))
+    return 0
+
+
+def _add_spec_commands(sub) -> None:
+    sp = sub.add_parser("spec", help="dataset specs: infer one from a sales file")
+    ssub = sp.add_subparsers(dest="spec_command", required=True, metavar="<spec command>")
+    inf = ssub.add_parser("infer", help="write a spec inferred from a sample of FILE to stdout",
+                          description="Infer a dataset spec (YAML, with a comment on every guess) from a sample "
+                                      "of a CSV, CSV.gz or Parquet file; see docs/datasets.md.")
+    inf.add_argument("file", help="the sales file (.csv, .csv.gz or .parquet)")
+    inf.add_argument("--name", required=True, help="the dataset's name (the spec's name)")
+    inf.add_argument("--target", required=True, help="the price column")
+    inf.add_argument("--id", default=None, help="the column identifying the item sold (default: none; "
+                     "duplicates are then whole-row duplicates)")
+    inf.add_argument("--time", default=None, help="the sale date column (default: the date column, if one)")
+    inf.add_argument("--split", choices=["time", "random", "column"], default=None,
+                     help="default: column with --split-column, else time with a date column, else random")
+    inf.add_argument("--split-column", default=None, help="a column of train / val / test")
+    inf.add_argument("--suite", nargs="?", const="", default=None, metavar="PATH",
+                     help="also write a starter expectations module (default path expectations/NAME.py)")
+    inf.add_argument("--sample-rows", type=int, default=50_000, help="rows read from the file's start")
+    inf.set_defaults(func=cmd_spec_infer)
+
+
 def _add_operator_commands(sub) -> None:
     """champion, ledger and rollback: the champion's history and its one manual move."""
     ch = sub.add_parser("champion", help="show the live version and why it is live")
@@ -209,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="homeworth <command> --help lists the command's flags.")
     sub = p.add_subparsers(dest="command", required=True, metavar="<command>")
     _add_operator_commands(sub)
+    _add_spec_commands(sub)
     for name, d in DELEGATED.items():
         # Listed here for --help; main() hands their arguments to the module's own parser before this one runs.
         sub.add_parser(name, help=d.help, add_help=False)

@@ -1,4 +1,8 @@
-"""The end-to-end demo behind ``make demo``: the bundled King County sales through the real scheduler.
+"""The end-to-end demo behind ``make demo``: a bundled market's sales through the real scheduler.
+
+``--dataset NAME`` picks ``tasks/datasets/NAME/spec.yaml`` (default ``king_county``; ``make demo
+DATASET=melbourne``): the demo and the Airflow processes it starts use that spec
+(``HOMEWORTH_DATASET_SPEC``), and the replay dates come from its data.
 
 1. Starts from a clean ``.state/`` and ``.airflow/`` (the demo's own folders).
 2. Replays the bundled sales as a daily feed into the landing zone.
@@ -7,8 +11,9 @@
    demo asks for happen; DAG schedules are untouched).
 4. ``sales_ingest``: one bulk run with a wide data interval for the older history, then an Airflow
    backfill of the last ``--backfill-days`` days, one run per day.
-5. ``price_model_retrain``: a run as of ``--first-retrain`` (its model becomes the first champion),
-   then the nightly run as of the day after the last sale, which is compared with that champion.
+5. ``price_model_retrain``: a run as of ``--first-retrain`` (default: 30 days before the day after the
+   last sale; its model becomes the first champion), then the nightly run as of the day after the last
+   sale, which is compared with that champion.
 6. Stops every process it started, checks none is left, writes ``demo-summary.json`` and prints it.
 """
 
@@ -26,12 +31,32 @@ from pathlib import Path
 import polars as pl
 
 from tasks.core import lake, storage
-from tasks.core.settings import get_settings
+from tasks.core.settings import DATASETS_DIR, get_settings
 from tasks.core.spec import get_spec
 from tasks.ingest.replay import replay
 from tools.airflow_local import LocalAirflow, migrate, set_password
 
 ROOT = Path(__file__).resolve().parent.parent
+# Days between the first retrain (whose model becomes the first champion) and the nightly one, by default.
+FIRST_RETRAIN_DAYS_BEFORE = 30
+
+
+def use_dataset(name: str) -> Path:
+    """Point this process (and the Airflow processes it starts, through the environment) at the bundled
+    dataset ``name``'s spec; returns its path."""
+    spec_path = DATASETS_DIR / name / "spec.yaml"
+    if not spec_path.exists():
+        found = sorted(p.parent.name for p in DATASETS_DIR.glob("*/spec.yaml"))
+        raise SystemExit(f"--dataset {name!r}: no {spec_path}; bundled datasets: {found}")
+    os.environ["HOMEWORTH_DATASET_SPEC"] = str(spec_path)
+    get_settings.cache_clear()
+    return spec_path
+
+
+def first_retrain_day(last_sale: date, given: date | None) -> date:
+    """The as-of day of the first retrain: ``given``, else 30 days before the day after the last sale
+    (King County: 2015-04-28)."""
+    return given or last_sale + timedelta(days=1) - timedelta(days=FIRST_RETRAIN_DAYS_BEFORE)
 
 
 def lake_counts(lake_uri: str, table: str) -> int:
@@ -40,17 +65,24 @@ def lake_counts(lake_uri: str, table: str) -> int:
     return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files) if files else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="king_county", help="a bundled dataset (a folder of tasks/datasets/)")
     p.add_argument("--backfill-days", type=int, default=60, help="days ingested one run per day by a backfill")
-    p.add_argument("--first-retrain", type=date.fromisoformat, default=date(2015, 4, 28),
-                   help="as-of date of the retrain whose model becomes the first champion")
+    p.add_argument("--first-retrain", type=date.fromisoformat, default=None,
+                   help="as-of date of the retrain whose model becomes the first champion "
+                        f"(default: {FIRST_RETRAIN_DAYS_BEFORE} days before the day after the last sale)")
     p.add_argument("--max-epochs", type=int, default=60)
     p.add_argument("--keep-state", action="store_true", help="do not wipe .state/ and .airflow/ first")
     p.add_argument("--timeout", type=float, default=1500, help="seconds to wait for each phase")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     t0 = time.monotonic()
+    use_dataset(args.dataset)
     settings, spec = get_settings(), get_spec()
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     if not args.keep_state:
@@ -98,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         conf = {"max_epochs": args.max_epochs}
         results = []
-        for as_of in (args.first_retrain, last + timedelta(days=1)):
+        for as_of in (first_retrain_day(last, args.first_retrain), last + timedelta(days=1)):
             run = af.trigger("price_model_retrain", logical_date=f"{as_of}T03:00:00Z", conf=conf,
                              run_id=f"demo__retrain_{as_of}")
             if af.wait_run("price_model_retrain", run, args.timeout) != "success":
@@ -106,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({task: af.xcom("price_model_retrain", run, task)
                             for task in ("build_features", "train", "evaluate", "promote")})
             t = lap(f"retrain_{as_of}", t)
-        summary = build_summary(settings, replayed, len(runs), results)
+        summary = {"dataset": spec.name, **build_summary(settings, replayed, len(runs), results)}
     finally:
         leftover = af.stop()
     if leftover:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 ColumnType = Literal["string", "int", "float", "date", "bool"]
 Role = Literal["id", "event_time", "target", "numeric", "categorical", "split", "ignore"]
+# What a column means to the comparable-sales stage, besides its role (a latitude is still a numeric input).
+CompsRole = Literal["latitude", "longitude", "living_area", "location"]
 
 
 def normalise_header(name: str) -> str:
@@ -34,13 +36,25 @@ class ColumnSpec(BaseModel):
     role: Role
     # A file lacking a required column fails the run; a missing optional column is filled with nulls.
     required: bool = True
+    # Whether an empty value is accepted (the row is kept with a null there) or sends the row to quarantine.
+    # Unset: as before ``nullable`` existed, an optional column accepts empty values and a required one does
+    # not. ``required: true, nullable: true`` is "always present, sometimes empty".
+    nullable: bool | None = None
     # strptime format for dates given as text (ISO dates always parse).
     format: str | None = None
+    # The column's meaning to the comparable-sales stage (``tasks.features.comps``), if any.
+    comps: CompsRole | None = None
+
+    @property
+    def accepts_null(self) -> bool:
+        return self.nullable if self.nullable is not None else not self.required
 
 
 class CsvSpec(BaseModel):
     separator: str = ","
     encoding: Literal["utf8", "utf8-lossy"] = "utf8"
+    # Tokens that mean "no value" besides the empty cell (e.g. ``NA``), in nullable columns.
+    na_values: list[str] = Field(default_factory=list)
 
 
 class LandingSpec(BaseModel):
@@ -61,6 +75,20 @@ class SplitSpec(BaseModel):
     column: str | None = None
 
 
+class PromotionBars(BaseModel):
+    """The dataset's promotion bars (``tasks.registry.policy``). Unset absolute bars: none, the bars are relative.
+
+    A run's ``max_mdape`` / ``min_ppe10`` Params, when set, win over these. Relative bars always apply: the
+    new model must improve on the champion (``min_relative_improvement``), and its test mdape may exceed
+    that of the gradient boosting trained in the same run by at most ``max_mdape_vs_boosting`` (a fraction
+    of the boosting's mdape; null: the boosting is reported but not a bar).
+    """
+
+    max_mdape: float | None = Field(default=None, gt=0, le=1)
+    min_ppe10: float | None = Field(default=None, ge=0, le=1)
+    max_mdape_vs_boosting: float | None = Field(default=0.0, ge=0)
+
+
 class DatasetSpec(BaseModel):
     name: str
     description: str = ""
@@ -70,6 +98,9 @@ class DatasetSpec(BaseModel):
     landing: LandingSpec = LandingSpec()
     columns: dict[str, ColumnSpec]
     split: SplitSpec = SplitSpec()
+    promotion: PromotionBars = PromotionBars()
+    # Transform of the target the model fits when the spec has no features module (null: identity).
+    target_transform: Literal["log", "identity"] | None = None
     # sha256 of the YAML text this spec came from, recorded in lineage and in the preprocessing artifact.
     source_hash: str = ""
     # The folder of the YAML file (``bundled_file`` is relative to it); not part of the spec's content.
@@ -86,6 +117,10 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"spec {self.name!r}: split method 'time' needs an event_time column")
         if self.split.method == "column" and self.split.column not in self.columns:
             raise ValueError(f"spec {self.name!r}: split column {self.split.column!r} is not a column")
+        for meaning in ("latitude", "longitude", "living_area"):
+            named = [n for n, c in self.columns.items() if c.comps == meaning]
+            if len(named) > 1:
+                raise ValueError(f"spec {self.name!r}: at most one column may have comps {meaning!r}, got {named}")
         return self
 
     def by_role(self, role: Role) -> list[str]:
@@ -107,6 +142,24 @@ class DatasetSpec(BaseModel):
     @property
     def required_columns(self) -> list[str]:
         return [name for name, col in self.columns.items() if col.required]
+
+    @property
+    def not_null_columns(self) -> list[str]:
+        """Columns whose empty values send a row to quarantine (see ``ColumnSpec.accepts_null``)."""
+        return [name for name, col in self.columns.items() if not col.accepts_null]
+
+    def comps_columns(self, meaning: CompsRole) -> list[str]:
+        """The columns with ``comps: meaning`` (one at most, but for ``location``)."""
+        return [name for name, col in self.columns.items() if col.comps == meaning]
+
+    def duplicate_key(self) -> tuple[list[str], bool]:
+        """(columns, whole_row): rows equal on these columns are duplicates. With an ``id`` role, the id and
+        the event time (the same sale recorded twice); without one, every spec column (a repeated row):
+        a dataset without ids has no way to tell two sales on one day apart but by their values. With
+        ``whole_row`` empty values compare equal (a repeated row repeats its gaps too)."""
+        if self.id_columns:
+            return self.id_columns + ([self.event_time] if self.event_time else []), False
+        return list(self.columns), True
 
     def features_module_obj(self) -> ModuleType | None:
         return importlib.import_module(self.features_module) if self.features_module else None

@@ -46,7 +46,8 @@ def feature_set(spec: DatasetSpec, comps_mode: str = "full") -> FeatureSet:
         raise ValueError(f"comps mode {comps_mode!r}: expected one of {COMPS_MODES}")
     module = spec.features_module_obj()
     if module is None:
-        return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), "identity", lambda lf: lf, None)
+        return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), spec.target_transform or "identity",
+                          lambda lf: lf, None)
     comps = getattr(module, "COMPS", None) if comps_mode != "off" else None
     if comps is not None and comps_mode == "market":
         comps = comps.market_only()

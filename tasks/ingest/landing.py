@@ -142,6 +142,7 @@ def coerce(df: pl.DataFrame, spec: DatasetSpec, source: str, day: date) -> tuple
             raise BatchError(
                 f"{source}: column {name!r} has type {df.schema[name]}, which cannot hold a {spec.columns[name].type}"
             )
+    df = _na_to_null(df, spec)
     exprs, errors = [], []
     for name, cs in spec.columns.items():
         if name not in df.columns:
@@ -167,6 +168,17 @@ def coerce(df: pl.DataFrame, spec: DatasetSpec, source: str, day: date) -> tuple
         pl.when(pl.col(COERCE_ERRORS) == "").then(None).otherwise(pl.col(COERCE_ERRORS)).alias(COERCE_ERRORS)
     )
     return out, extra
+
+
+def _na_to_null(df: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Text cells spelling a missing value (the spec's ``landing.csv.na_values``, e.g. ``NA``) become null, so a
+    nullable column accepts them and a required one fails its not-null check, never a coercion."""
+    na = spec.landing.csv.na_values
+    cols = [c for c in spec.columns if c in df.columns and df.schema[c] == pl.String]
+    if not na or not cols:
+        return df
+    return df.with_columns(pl.when(pl.col(c).str.strip_chars().is_in(na)).then(None).otherwise(pl.col(c)).alias(c)
+                           for c in cols)
 
 
 def raw_schema(spec: DatasetSpec) -> dict[str, pl.DataType]:

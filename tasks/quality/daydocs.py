@@ -39,7 +39,7 @@ def per_day(rows: pl.DataFrame, value_of: Callable[[Any], Any]) -> dict[str, tup
 def entries(spec: DatasetSpec, raw: pl.DataFrame, checked: pl.DataFrame, dups: pl.DataFrame,
             evals: list[dict]) -> list[Entry]:
     """Every expectation of the interval: the checks made before GX, then GX's (see ``results.evaluation``)."""
-    keys = spec.id_columns + ([spec.event_time] if spec.event_time else [])
+    keys = spec.duplicate_key()[0]
     coerce = raw.filter(pl.col(COERCE_ERRORS).is_not_null()).with_columns(pl.col(COERCE_ERRORS).alias("_k"))
     dup = dups.join(raw.select(ROW_ID, DS, SOURCE_FILE, SOURCE_ROW), on=ROW_ID).rename({"reason": "_k"})
     out: list[Entry] = [  # checks made before GX, shown as row-level expectations

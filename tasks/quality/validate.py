@@ -2,7 +2,7 @@
 
 One GX validation covers the run's whole data interval (a daily run: one day; a bulk run: many),
 then rows are written back per day. A row fails if its values did not coerce, if it repeats an
-earlier (id, event time) in the batch, or if any row-level expectation flags it; it then goes to
+earlier row of the batch (same id and event time; without an id column, every column equal), or if any row-level expectation flags it; it then goes to
 ``quarantine`` with every reason. A failed batch-level expectation raises :class:`ValidationFailed`
 naming the expectation, the column and a sample of the bad values, and writes nothing.
 """
@@ -200,15 +200,20 @@ def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date], raw_files: dic
 
 
 def duplicate_reasons(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
-    """Rows repeating an earlier (id, event time) of the batch, with the row they repeat."""
-    keys = spec.id_columns + ([spec.event_time] if spec.event_time else [])
+    """Rows repeating an earlier row of the batch on the spec's duplicate key (``DatasetSpec.duplicate_key``: the
+    id and event time, or every spec column when the spec has no id), with the row they repeat."""
+    keys, whole_row = spec.duplicate_key()
     if not keys:
         return pl.DataFrame(schema={ROW_ID: pl.UInt32, "reason": pl.String})
     first = df.group_by(keys, maintain_order=True).agg(
         pl.col(SOURCE_FILE).first().alias("_first_file"), pl.col(SOURCE_ROW).first().alias("_first_row"),
         pl.col(ROW_ID).first().alias("_first_id"),
     )
-    dup = df.join(first, on=keys, how="inner", nulls_equal=False).filter(pl.col(ROW_ID) != pl.col("_first_id"))
+    dup = df.join(first, on=keys, how="inner", nulls_equal=whole_row).filter(pl.col(ROW_ID) != pl.col("_first_id"))
+    if whole_row:
+        return dup.select(ROW_ID, pl.format(
+            "duplicate row: every spec column equal to {} row {} (the spec has no id column)",
+            pl.col("_first_file"), pl.col("_first_row")).alias("reason"))
     return dup.select(
         ROW_ID,
         pl.format(f"expect_compound_columns_to_be_unique({', '.join(keys)}): duplicate ({{}}) of {{}} row {{}}",
@@ -220,7 +225,7 @@ def duplicate_reasons(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
 @dataclass
 class Prechecked:
     """A batch before GX: ``raw`` (with ``_row_id``), the coercion and duplicate ``reasons`` of its rows
-    ({row id: [reason]}), the ``dups`` (row id, reason) and the ``checked`` rows GX sees (each (id, time) once)."""
+    ({row id: [reason]}), the ``dups`` (row id, reason) and the ``checked`` rows GX sees (each duplicate key once)."""
 
     raw: pl.DataFrame
     reasons: dict[int, list[str]]
@@ -236,7 +241,7 @@ def precheck(spec: DatasetSpec, raw: pl.DataFrame) -> Prechecked:
     dups = duplicate_reasons(spec, raw)
     for rid, reason in dups.iter_rows():
         reasons[rid].append(reason)
-    # Duplicates are already explained; GX sees each (id, time) once.
+    # Duplicates are already explained; GX sees each key once.
     checked = raw.filter(~pl.col(ROW_ID).is_in(dups[ROW_ID].implode()))
     return Prechecked(raw, reasons, dups, checked)
 

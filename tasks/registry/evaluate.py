@@ -158,20 +158,29 @@ def _log_to_mlflow(c, run_id: str, metrics: dict, gbm_info: dict | None, html: s
         for k, v in values.items():
             c.log_metric(run_id, f"{'test' if m == 'new' else m + '_test'}/{k}", v)
     if gbm_info is not None:
-        for k in ("val_rmse_ln", "train_seconds", "n_iter", "train_rows", "refit"):
+        for k in (val_rmse_name(gbm_info), "train_seconds", "n_iter", "train_rows", "refit"):
             c.log_metric(run_id, f"gbm/{k}", float(gbm_info[k]))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "report.html").write_text(html)
         c.log_artifact(run_id, str(Path(tmp) / "report.html"), "evaluation")
 
 
+def val_rmse_name(gbm_info: dict) -> str:
+    """The key of the yardstick's validation RMSE in ``gbm_info``: ``val_rmse_ln`` only when it is on ln."""
+    return "val_rmse_ln" if "val_rmse_ln" in gbm_info else "val_rmse"
+
+
 def _gbm(features: FeatureTable, prep, refit: bool = False) -> dict | None:
-    """Gradient boosting trained on the run's features and split (``model``, its metrics). None if it fails."""
+    """Gradient boosting trained on the run's features and split (``model``, its metrics). None if it fails.
+
+    Its validation RMSE is in the units of the fitted target: ``val_rmse_ln`` when the preprocessing takes
+    ln of the target, else ``val_rmse`` (in the target's own units): a metric is named ``_ln`` only when it is."""
     from tasks.model.gbm import train_gbm
 
     try:
         result = train_gbm(features.features_uri, prep, refit=refit)
-        return {"model": result, "val_rmse_ln": result.metrics["val_rmse_ln"], "train_seconds": result.seconds,
+        name = "val_rmse_ln" if getattr(prep, "target_transform", "log") == "log" else "val_rmse"
+        return {"model": result, name: result.metrics["val_rmse_ln"], "train_seconds": result.seconds,
                 "n_iter": result.metrics["n_iter"], "train_rows": result.metrics["train_rows"],
                 "refit": bool(result.metrics["refit"])}
     except Exception:  # the yardstick must never block an evaluation

@@ -4,9 +4,10 @@ Nothing here reads MLflow, the lake or the settings: the promote step (``tasks/r
 gathers the inputs (the test metrics, the paired bootstrap, the live champion, the run, the drift check,
 a person's answer) and applies what :func:`resolve` returns. The rules, in order:
 
-1. the gate (:func:`gate`): absolute bars (``max_mdape``, ``min_ppe10``), then the first model with no
-   champion, then the bootstrap intervals (clearly worse, clearly better by enough, inconclusive), or
-   the point-estimate relative improvement (:func:`decide`) when there are no paired predictions;
+1. the gate (:func:`gate`): the bars (:class:`Bars`: absolute ``max_mdape`` / ``min_ppe10`` when the run or
+   the dataset sets them, and no worse than the gradient boosting of the same run), then the first model
+   with no champion, then the bootstrap intervals (clearly worse, clearly better by enough, inconclusive),
+   or the point-estimate relative improvement (:func:`decide`) when there are no paired predictions;
 2. the overrides (:func:`resolve`): a backfill run never promotes; a drift check can block a "yes"; a
    champion that moved after the evaluation turns anything but a rejection into ``superseded`` (which
    nothing overrides); a person's answer settles an inconclusive result; ``force_promotion`` turns the
@@ -28,29 +29,102 @@ SUPERSEDED = "superseded"  # the outcome of a move whose expected champion is no
 # The gate: test metrics and bootstrap intervals
 
 
-def absolute_failures(new: dict, params: RetrainParams) -> list[str]:
+@dataclass(frozen=True)
+class Bars:
+    """The bars a new model must pass before any comparison with the champion.
+
+    ``max_mdape`` / ``min_ppe10``: absolute (None: no such bar). ``max_mdape_vs_boosting``: the new model's
+    test mdape may exceed the same run's gradient boosting's by at most this fraction of it (None: the
+    boosting is not a bar). ``source`` says where the absolute bars came from, for the reasons.
+    """
+
+    max_mdape: float | None = None
+    min_ppe10: float | None = None
+    max_mdape_vs_boosting: float | None = None
+    source: str = "the run's Params"
+
+
+def params_bars(params: RetrainParams) -> Bars:
+    """The run's Params as bars (absolute only): the rule before datasets had bars of their own."""
+    return Bars(params.max_mdape, params.min_ppe10, None, "the run's Params")
+
+
+def bars_for(params: RetrainParams, dataset: Any = None) -> Bars:
+    """The bars of a run: each absolute bar from the run's Params when a person set it (a value other than
+    the Param's default), else from the dataset (the spec's ``promotion``: ``max_mdape``, ``min_ppe10``,
+    ``max_mdape_vs_boosting``), else none. Without a dataset, the Params' values as they are."""
+    if dataset is None:
+        return params_bars(params)
+    fields, values, sources = type(params).model_fields, {}, []
+    for name in ("max_mdape", "min_ppe10"):
+        value = getattr(params, name, None)
+        if value is not None and name in fields and value != fields[name].default:
+            values[name] = value
+            sources.append(f"{name} from the run's Params")
+        else:
+            values[name] = getattr(dataset, name, None)
+            if values[name] is not None:
+                sources.append(f"{name} from the dataset spec")
+    return Bars(values["max_mdape"], values["min_ppe10"], getattr(dataset, "max_mdape_vs_boosting", None),
+                "; ".join(sources) or "no absolute bars (the dataset sets none)")
+
+
+def _as_bars(params: RetrainParams | Bars) -> Bars:
+    return params if isinstance(params, Bars) else params_bars(params)
+
+
+def absolute_failures(new: dict, params: RetrainParams | Bars) -> list[str]:
+    bars = _as_bars(params)
     failures = []
-    if new["mdape"] > params.max_mdape:
-        failures.append(f"mdape {new['mdape']:.4f} > bar {params.max_mdape}")
-    if new["ppe10"] < params.min_ppe10:
-        failures.append(f"ppe10 {new['ppe10']:.4f} < bar {params.min_ppe10}")
+    if bars.max_mdape is not None and new["mdape"] > bars.max_mdape:
+        failures.append(f"mdape {new['mdape']:.4f} > bar {bars.max_mdape}")
+    if bars.min_ppe10 is not None and new["ppe10"] < bars.min_ppe10:
+        failures.append(f"ppe10 {new['ppe10']:.4f} < bar {bars.min_ppe10}")
     return failures
 
 
-def decide(new: dict, champion: dict | None, params: RetrainParams) -> tuple[bool, str]:
-    """The point-estimate gate: absolute bars, then relative improvement of mdape over the champion.
+def boosting_failure(new: dict, gbm: dict | None, bars: Bars) -> str | None:
+    """Why the new model fails the boosting bar, or None (no boosting, no bar, or it passes)."""
+    if gbm is None or bars.max_mdape_vs_boosting is None or "mdape" not in gbm:
+        return None
+    allowed = gbm["mdape"] * (1 + bars.max_mdape_vs_boosting)
+    if new["mdape"] <= allowed:
+        return None
+    return (f"worse than the gradient boosting trained in the same run on the same features: mdape "
+            f"{new['mdape']:.4f} vs boosting {gbm['mdape']:.4f} (allowed at most {allowed:.4f})")
+
+
+def _source(bars: Bars) -> str:
+    return "" if bars.source == "the run's Params" else f" ({bars.source})"
+
+
+def _versus_boosting(new: dict, gbm: dict | None) -> str:
+    if gbm is None or "mdape" not in gbm:
+        return ""
+    return f"; boosting of the same run: mdape {gbm['mdape']:.4f}, ppe10 {gbm.get('ppe10', float('nan')):.4f}"
+
+
+def decide(new: dict, champion: dict | None, params: RetrainParams | Bars, *, gbm: dict | None = None,
+           min_relative_improvement: float | None = None) -> tuple[bool, str]:
+    """The point-estimate gate: the bars, then relative improvement of mdape over the champion.
 
     Used when no paired predictions exist; :func:`gate` adds the bootstrap intervals on top of it.
+    ``params`` is the run's Params (their bars) or the :class:`Bars` of :func:`bars_for`.
     """
-    failures = absolute_failures(new, params)
+    bars = _as_bars(params)
+    failures = absolute_failures(new, bars)
     if failures:
-        return False, "fails the absolute bars: " + "; ".join(failures)
+        return False, "fails the absolute bars: " + "; ".join(failures) + _source(bars)
+    if (worse := boosting_failure(new, gbm, bars)) is not None:
+        return False, worse
     if champion is None:
-        return True, f"no champion yet and the absolute bars pass (mdape {new['mdape']:.4f}, ppe10 {new['ppe10']:.4f})"
+        return True, (f"no champion yet and the absolute bars pass (mdape {new['mdape']:.4f}, ppe10 {new['ppe10']:.4f}"
+                      f"{_versus_boosting(new, gbm)})")
+    required = min_relative_improvement if min_relative_improvement is not None else params.min_relative_improvement
     gain = (champion["mdape"] - new["mdape"]) / champion["mdape"]
     verdict = (f"mdape {new['mdape']:.4f} vs champion {champion['mdape']:.4f}: relative improvement {gain:+.2%}, "
-               f"required {params.min_relative_improvement:.2%}")
-    return gain >= params.min_relative_improvement, verdict
+               f"required {required:.2%}")
+    return gain >= required, verdict
 
 
 @dataclass
@@ -74,13 +148,21 @@ def ci_text(ci: dict) -> str:
     return "; ".join(parts) + f" over {ci['rows']} paired test rows"
 
 
-def gate(new: dict, champion: dict | None, params: RetrainParams, ci: dict | None) -> Verdict:
-    """The promotion decision from the test metrics and the paired bootstrap (see the module doc)."""
-    failures = absolute_failures(new, params)
+def gate(new: dict, champion: dict | None, params: RetrainParams, ci: dict | None, *, gbm: dict | None = None,
+         bars: Bars | None = None) -> Verdict:
+    """The promotion decision from the test metrics and the paired bootstrap (see the module doc).
+
+    ``gbm``: the test metrics of the same run's gradient boosting (the evaluation's ``metrics["gbm"]``);
+    ``bars``: :func:`bars_for` the run and its dataset (None: the Params' absolute bars, as before).
+    """
+    bars = bars or params_bars(params)
+    failures = absolute_failures(new, bars)
     if failures:
-        return Verdict("reject", "fails the absolute bars: " + "; ".join(failures), ci)
+        return Verdict("reject", "fails the absolute bars: " + "; ".join(failures) + _source(bars), ci)
+    if (worse := boosting_failure(new, gbm, bars)) is not None:
+        return Verdict("reject", worse, ci)
     if champion is None or ci is None:
-        ok, reason = decide(new, champion, params)
+        ok, reason = decide(new, champion, bars, gbm=gbm, min_relative_improvement=params.min_relative_improvement)
         return Verdict("promote" if ok else "reject", reason, ci)
     verdicts = {m: r["verdict"] for m, r in ci["metrics"].items()}
     text = ci_text(ci)
