@@ -135,6 +135,12 @@ def start_server(env: dict, port: int, log_path: Path) -> subprocess.Popen:
     return proc
 
 
+def auth_headers() -> dict[str, str]:
+    """The bearer token the endpoint wants when ``HOMEWORTH_API_TOKENS`` is set (docs/serving.md#security)."""
+    tokens = [t.strip() for t in os.environ.get("HOMEWORTH_API_TOKENS", "").split(",") if t.strip()]
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+
 def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
     import httpx
 
@@ -143,7 +149,7 @@ def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout: float
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{base}/model", timeout=30).status_code == 200:  # /model loads the champion
+            if httpx.get(f"{base}/model", timeout=30, headers=auth_headers()).status_code == 200:  # /model loads the champion
                 return
         except httpx.HTTPError:
             pass
@@ -173,7 +179,7 @@ def measure(base: str, houses: list[dict], batch: int, requests: int, max_second
     per_client = max(1, requests // clients)
 
     def worker(k: int) -> None:
-        with httpx.Client(base_url=base, timeout=60) as http:
+        with httpx.Client(base_url=base, timeout=60, headers=auth_headers()) as http:
             for i in range(per_client):
                 if time.monotonic() > deadline:
                     return
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure(base, houses, batch, n, args.max_seconds, clients=args.clients))
         import httpx
 
-        info = httpx.get(f"{base}/model", timeout=30).json()
+        info = httpx.get(f"{base}/model", timeout=30, headers=auth_headers()).json()
     finally:
         stop_server(proc)
     import torch

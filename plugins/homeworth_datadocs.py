@@ -1,7 +1,8 @@
 """Data Docs in the Airflow UI and API server.
 
 - ``fastapi_apps``: ``<lake>/_validation/`` (the Data Docs that ``tasks.quality.validate`` writes) served read-only
-  at ``/homeworth-datadocs/``, behind Airflow's login: ``/homeworth-datadocs/`` lists the validated
+  at ``/homeworth-datadocs/``, behind Airflow's login and the permission on the custom view ``homeworth``
+  (no OpenAPI or docs routes): ``/homeworth-datadocs/`` lists the validated
   intervals, ``/homeworth-datadocs/ds=<day>/data_docs.html`` is a day's page (and ``result.json`` its
   JSON), ``/homeworth-datadocs/<start>_<end>.html`` an interval's index.
 - ``external_views``: "Data Docs" in the Browse menu.

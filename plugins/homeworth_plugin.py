@@ -1,8 +1,10 @@
 """homeworth in the Airflow UI and API server.
 
 - ``fastapi_apps``: the app of ``tasks/serving/api.py`` at ``/homeworth`` (``POST /homeworth/predict``,
-  ``GET /homeworth/model``, the ledger and report pages), behind Airflow's login: a bearer token
-  from ``POST /auth/token`` or the UI's session cookie.
+  ``GET /homeworth/model``, the ledger and report pages, its docs), behind Airflow's login (a bearer token
+  from ``POST /auth/token`` or the UI's session cookie) and the auth manager's permission on the custom
+  view ``homeworth`` (GET for reads, POST for ``/predict``); ``/homeworth/health`` alone is open and says only
+  ``ok`` or ``unavailable``. ``HOMEWORTH_API_TOKENS`` is for the standalone server and is not used here.
 - ``external_views``: "Promotion ledger" and "Evaluation reports" in the navigation, and an
   "Evaluation report" tab on every DAG run (it shows the report of a ``price_model_retrain`` run).
 

@@ -4,20 +4,59 @@ Everything scoring needs to turn a validated row into the network's inputs and i
 price: clip bounds and scaling of the numeric features, the categorical vocabularies, the target's
 transform, offset and scaling, and the comparable-sales configuration. It is JSON (never code): the
 feature module it names is imported by name from the deployed package, and its sha256 keys the file.
+
+An artifact is data, never code: the feature module it names must be the deployed spec's
+``features_module`` or one listed in ``HOMEWORTH_PREPROCESSING_ALLOWLIST``; any other name is refused
+(:class:`ArtifactRefused`) when the artifact is parsed, before anything is imported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from tasks.core import storage
 from tasks.features.comps import CompsConfig, with_comps
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class ArtifactRefused(ValueError):
+    """A model artifact names code that this deployment does not run."""
+
+
+def allowed_features_modules() -> set[str]:
+    """The feature modules a preprocessing artifact may name: the deployed spec's, and the allowlist setting's."""
+    from tasks.core.settings import get_settings
+    from tasks.core.spec import get_spec
+
+    settings = get_settings()
+    allowed = {m.strip() for m in settings.preprocessing_allowlist.split(",") if m.strip()}
+    deployed = get_spec(settings.dataset_spec).features_module
+    return allowed | ({deployed} if deployed else set())
+
+
+def check_features_module(name: str | None) -> str | None:
+    """``name`` if a preprocessing artifact may name it (None: no feature module); else :class:`ArtifactRefused`.
+
+    Nothing is imported here: the check is on the name alone.
+    """
+    if name is None:
+        return None
+    allowed = allowed_features_modules()
+    if not isinstance(name, str) or not _DOTTED.fullmatch(name) or name not in allowed:
+        shown = repr(name[:80]) if isinstance(name, str) else type(name).__name__
+        raise ArtifactRefused(
+            f"preprocessing.json: features_module {shown} is neither the deployed spec's feature module nor in "
+            f"HOMEWORTH_PREPROCESSING_ALLOWLIST (allowed: {sorted(allowed)}); the artifact is refused and the "
+            "module is not imported")
+    return name
 
 
 class NumericStat(BaseModel):
@@ -57,6 +96,11 @@ class Preprocessing(BaseModel):
     # target_mean / target_std; empty: the transformed target itself.
     target_offset: list[OffsetTerm] = []
 
+    @field_validator("features_module", mode="before")
+    @classmethod
+    def _allowed_module(cls, v: object) -> object:
+        return check_features_module(v)  # before any import: artifacts are data, never code
+
     def sha256(self) -> str:
         # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
         exclude = {k for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset)) if empty}
@@ -65,7 +109,8 @@ class Preprocessing(BaseModel):
     def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if self.features_module is None:
             return lf
-        return importlib.import_module(self.features_module).derive(lf)
+        # Checked again here (settings may have changed since parsing, or a model was built unvalidated).
+        return importlib.import_module(check_features_module(self.features_module)).derive(lf)
 
     def features(self, rows: pl.LazyFrame | pl.DataFrame, history: pl.LazyFrame | pl.DataFrame | None = None) -> pl.LazyFrame:
         """Every input column for validated ``rows``: comparable sales from ``history`` (if used), then ``derive``.

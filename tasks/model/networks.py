@@ -3,6 +3,10 @@
 ``TabularNet`` embeds the inputs (an embedding per categorical feature; the numeric features as they
 are, or through :class:`PeriodicEmbedding`), then runs an MLP (``mlp``, ``mlp_plr``) or a TabM
 ensemble (``tabm``: :class:`BatchEnsembleLinear` layers and a :class:`LinearEnsemble` head).
+
+:func:`network_size` counts what a configuration and a preprocessing would build, and ``TabularNet``
+refuses one over :data:`MAX_PARAMETERS` parameters or :data:`MAX_ROW_ACTIVATIONS` activations per row
+before allocating anything (both artifacts come from the registry: data, bounded like any input).
 """
 
 from __future__ import annotations
@@ -17,6 +21,42 @@ from tasks.model.config import ModelConfig
 
 if TYPE_CHECKING:
     from tasks.features.preprocessing import Preprocessing
+
+
+# Far above the tuned networks (about 10^5 to 10^6 parameters, 10^4 activations per row).
+MAX_PARAMETERS = 50_000_000
+MAX_ROW_ACTIVATIONS = 131_072
+
+
+def network_size(n_numeric: int, cardinalities: list[int], cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters, widest activation per row in floats) of ``TabularNet(n_numeric, cardinalities, cfg)``."""
+    params = sum((c + 1) * cfg.cat_embedding_dim for c in cardinalities)
+    widest = n_numeric
+    if cfg.family in ("mlp_plr", "tabm"):
+        f, d_out = cfg.n_frequencies, cfg.num_embedding_dim
+        params += n_numeric * (f + 2 * f * d_out + d_out)
+        widest = max(widest, n_numeric * max(2 * f, d_out))
+        d = n_numeric * d_out
+    else:
+        d = n_numeric
+    d += len(cardinalities) * cfg.cat_embedding_dim
+    k = cfg.k if cfg.family == "tabm" else 1
+    widest = max(widest, d * k)
+    for width in cfg.hidden:
+        params += d * width + (k * (d + 2 * width) if cfg.family == "tabm" else width)
+        widest = max(widest, width * k)
+        d = width
+    return params + k * (d + 1), widest
+
+
+def check_size(n_numeric: int, cardinalities: list[int], cfg: ModelConfig) -> None:
+    """Refuse (ValueError) a network over the parameter or per-row activation budget, before allocating it."""
+    params, widest = network_size(n_numeric, cardinalities, cfg)
+    if params > MAX_PARAMETERS or widest > MAX_ROW_ACTIVATIONS:
+        raise ValueError(
+            f"model_config.json / preprocessing.json: a {cfg.family} network over {n_numeric} numeric and "
+            f"{len(cardinalities)} categorical inputs would have {params:,} parameters (at most {MAX_PARAMETERS:,}) "
+            f"and {widest:,} activations per row (at most {MAX_ROW_ACTIVATIONS:,}); refused before allocating it")
 
 
 class PeriodicEmbedding(nn.Module):
@@ -81,6 +121,7 @@ class TabularNet(nn.Module):
 
     def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig):
         super().__init__()
+        check_size(n_numeric, cardinalities, cfg)
         self.family = cfg.family
         if cfg.clamp_inputs:  # set by tasks.model.train.train from the training rows
             self.register_buffer("num_lo", torch.full((n_numeric,), -torch.inf))

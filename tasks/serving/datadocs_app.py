@@ -37,7 +37,9 @@ def create_app(lake_uri: str | None = None, dependencies: list | None = None):
 
         lake_uri = get_settings().lake_uri
     root = lake.validation_dir(lake_uri)
-    app = FastAPI(title="homeworth Data Docs", dependencies=dependencies or [])
+    # No OpenAPI or docs routes: FastAPI's own would skip ``dependencies`` (the login), and a page app needs none.
+    app = FastAPI(title="homeworth Data Docs", dependencies=dependencies or [], docs_url=None, redoc_url=None,
+                  openapi_url=None)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

@@ -2,8 +2,8 @@
 
 Airflow loads plugins in every component, task processes included, so a plugin must import nothing
 heavy. :class:`LazyApp` names its app factory by a dotted path and imports and calls it (with Airflow's
-login as a route dependency) only when the first request arrives, in the API server only. Only the
-standard library is imported here.
+login and a permission check as route dependencies) only when the first request arrives, in the API
+server only. Only the standard library is imported here.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import importlib
 from typing import Any, Callable
 
 
-def airflow_login() -> list:
-    """The Airflow API server's login (bearer token or the UI's session cookie) as route dependencies."""
-    from airflow.api_fastapi.core_api.security import get_user
-    from fastapi import Depends
+def airflow_login(resource: str = "homeworth") -> list:
+    """The Airflow API server's login (bearer token or the UI's session cookie) and the auth manager's
+    permission on the custom view ``resource``, as route dependencies (``tasks.serving.guard.airflow_guard``)."""
+    from tasks.serving.guard import airflow_guard
 
-    return [Depends(get_user)]
+    return airflow_guard(resource)
 
 
 def resolve(factory: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -30,18 +30,18 @@ def resolve(factory: str | Callable[..., Any]) -> Callable[..., Any]:
 
 
 class LazyApp:
-    """An ASGI app that calls ``factory(dependencies=airflow_login())`` on its first request.
+    """An ASGI app that calls ``factory(dependencies=airflow_login(resource))`` on its first request.
 
     ``factory`` is a dotted path ``"package.module:function"`` (imported then) or a callable.
     """
 
-    def __init__(self, factory: str | Callable[..., Any]) -> None:
-        self.factory = factory
+    def __init__(self, factory: str | Callable[..., Any], resource: str = "homeworth") -> None:
+        self.factory, self.resource = factory, resource
         self._app = None
         self._lock: asyncio.Lock | None = None
 
     def _build(self):
-        return resolve(self.factory)(dependencies=airflow_login())
+        return resolve(self.factory)(dependencies=airflow_login(self.resource))
 
     async def __call__(self, scope, receive, send) -> None:
         if self._app is None:

@@ -3,6 +3,10 @@
 Every spec column but the target, with the spec's types and required flags, and the single-column
 row-level expectations of the Great Expectations suite (bounds, value sets, patterns) as field
 validators, so a bad house gets a 422 that names the field (:func:`validation_detail`).
+
+Hostile input: integers are bounded to the int64 the frame holds (a larger one is a 422, not an overflow),
+floats must be finite, the batch size is checked before any house is validated, and an error quotes at
+most a short snippet of what it was sent (:func:`snippet`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import re
 from datetime import date, datetime
 from typing import Annotated, Any, Callable
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from tasks.core.spec import DatasetSpec
 
 PY_TYPES: dict[str, type] = {"string": str, "int": int, "float": float, "date": date, "bool": bool}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STRING = 256  # characters of a string field
+SNIPPET = 40  # characters of the input an error quotes
 
 
 def field_constraints(spec: DatasetSpec) -> tuple[dict[str, list[Callable]], list[str]]:
@@ -114,9 +121,11 @@ def house_model(spec: DatasetSpec) -> type[BaseModel]:
             meta.append(BeforeValidator(_number_as_text))
         meta += [AfterValidator(c) for c in checks.get(name, [])]
         base = PY_TYPES[cs.type]
-        kwargs = {"allow_inf_nan": False} if cs.type == "float" else {}
+        kwargs: dict[str, Any] = {"allow_inf_nan": False} if cs.type == "float" else {}
+        if cs.type == "int":
+            kwargs.update(ge=INT64_MIN, le=INT64_MAX)
         if cs.type == "string":
-            kwargs["min_length"] = 1 if cs.required else 0
+            kwargs.update(min_length=1 if cs.required else 0, max_length=MAX_STRING)
         ann = Annotated[base, Field(description=f"{cs.type}, role {cs.role}", **kwargs), *meta]
         fields[name] = (ann, ...) if cs.required else (ann | None, None)
     return create_model(f"{spec.name.title().replace('_', '')}House", __config__=ConfigDict(extra="forbid"), **fields)
@@ -124,7 +133,16 @@ def house_model(spec: DatasetSpec) -> type[BaseModel]:
 
 def request_models(spec: DatasetSpec, max_batch: int) -> tuple[type[BaseModel], type[BaseModel]]:
     house = house_model(spec)
+
+    def batch_first(data: Any) -> Any:
+        """The batch cap, checked before any house is validated."""
+        houses = data.get("houses") if isinstance(data, dict) else None
+        if isinstance(houses, list) and len(houses) > max_batch:
+            raise ValueError(f"houses: at most {max_batch} per request (HOMEWORTH_SERVING_MAX_BATCH); got {len(houses)}")
+        return data
+
     request = create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
+                           __validators__={"batch_first": model_validator(mode="before")(batch_first)},
                            houses=(Annotated[list[house], Field(min_length=1, max_length=max_batch)], ...))
     return house, request
 
@@ -142,7 +160,34 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def validation_detail(errors: list[dict]) -> list[dict]:
-    """A 422's ``detail``: each bad field; inputs that JSON cannot carry (inf, NaN) are quoted, not a 500."""
-    return [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg"),
-             "input": json_safe(e.get("input"))} for e in errors]
+def snippet(value: Any) -> Any:
+    """At most a short snippet of an input, JSON-safe: text and numbers cut to ``SNIPPET`` characters,
+    objects and arrays only described (never echoed)."""
+    if isinstance(value, dict):
+        return f"<object with {len(value)} keys>"
+    if isinstance(value, (list, tuple)):
+        return f"<array of {len(value)} items>"
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    text = value if isinstance(value, str) else str(json_safe(value)) if isinstance(value, float) else repr(value)
+    if isinstance(value, int) and len(text) <= SNIPPET:
+        return value
+    return text if len(text) <= SNIPPET else f"{text[:SNIPPET]}... ({len(text)} characters)"
+
+
+def _short(text: Any, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def validation_detail(errors: list[dict], max_errors: int = 50) -> list[dict]:
+    """A 422's ``detail``: each bad field (at most ``max_errors``), quoting at most a snippet of its input;
+    inputs that JSON cannot carry (inf, NaN) are quoted, not a 500."""
+    out = [{"type": e.get("type"), "loc": [x if isinstance(x, int) else _short(x, SNIPPET) for x in e.get("loc", ())],
+            "msg": _short(e.get("msg"), 300), "input": snippet(e.get("input"))} for e in errors[:max_errors]]
+    if len(errors) > max_errors:
+        out.append({"type": "too_many_errors", "loc": [], "msg": f"{len(errors) - max_errors} more errors not shown",
+                    "input": None})
+    return out
