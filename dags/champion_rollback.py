@@ -18,11 +18,17 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from tasks.core.notify import failure_callbacks
+
+# Any year's data: a run whose logical date is before start_date would "succeed" without running a task.
+# With catchup=False the scheduler still creates only the latest interval's run.
+START_DATE = pendulum.datetime(1900, 1, 1, tz="UTC")
+
 
 @dag(
     dag_id="champion_rollback",
     schedule=None,
-    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     params={
@@ -31,7 +37,8 @@ from airflow.sdk import Param, dag, task
         "reason": Param(type="string", minLength=3, title="reason",
                         description="Why the champion is rolled back; recorded in the promotion ledger."),
     },
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30), "owner": "ml-team"},
+    default_args={"on_failure_callback": failure_callbacks(),
+                  "retries": 1, "retry_delay": timedelta(seconds=30), "owner": "ml-team"},
     tags=["homeworth", "operations"],
     doc_md=__doc__,
 )

@@ -24,6 +24,9 @@ With the setting `HOMEWORTH_PROMOTION_APPROVAL=true` an inconclusive comparison 
 of the paired metric differences contains 0) waits for a person: **assess** branches to **approval**,
 a human-in-the-loop task offering "Promote" or "Keep champion" (keep after the timeout), and
 **promote** records who decided.
+
+**train** runs on the Celery queue `HOMEWORTH_TRAINING_QUEUE` (default `default`; LocalExecutor ignores
+it). A task that fails for good logs a failure summary, mailed too with `HOMEWORTH_NOTIFY_EMAIL`.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from tasks.core.notify import failure_callbacks
 from tasks.core.params import RetrainParams, airflow_params
 from tasks.core.resources import with_peak_rss
+from tasks.core.settings import get_settings
 
 NIGHTLY = "0 3 * * *"
+
+# Any year's data: a run whose logical date is before start_date would "succeed" without running a task.
+# With catchup=False the scheduler still creates only the latest interval's run.
+START_DATE = pendulum.datetime(1900, 1, 1, tz="UTC")
 
 
 def _schedule():
@@ -107,11 +116,12 @@ def _approval(evaluation):
 @dag(
     dag_id="price_model_retrain",
     schedule=_schedule(),
-    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     params=airflow_params(RetrainParams),
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "owner": "ml-team"},
+    default_args={"on_failure_callback": failure_callbacks(),
+                  "retries": 1, "retry_delay": timedelta(minutes=1), "owner": "ml-team"},
     tags=["homeworth", "training"],
     doc_md=__doc__,
 )
@@ -125,7 +135,8 @@ def price_model_retrain():
         as_of = _as_of(dag_run, data_interval_end)
         return with_peak_rss(features_step(get_spec(), get_settings(), as_of, RetrainParams(**params)))
 
-    @task(execution_timeout=timedelta(hours=6))
+    # Routed to the Celery queue `HOMEWORTH_TRAINING_QUEUE` (GPU workers; "default" otherwise; LocalExecutor ignores it).
+    @task(execution_timeout=timedelta(hours=6), queue=get_settings().training_queue)
     def train(features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
         from tasks.core.handoffs import FeatureTable
         from tasks.core.settings import get_settings

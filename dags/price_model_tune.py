@@ -14,6 +14,8 @@ default configuration. Manual runs (no schedule; set `schedule="@weekly"` to re-
    is recorded as a run tagged `homeworth.kind=tuning-result` with the JSON tag
    `homeworth.best_config`. `price_model_retrain` starts from the newest one for its dataset unless
    its Params say otherwise (`use_tuned_config`, or a non-default family, max epochs or seed).
+
+The trials run on the Celery queue `HOMEWORTH_TRAINING_QUEUE`, like the retrain's `train`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from tasks.core.notify import failure_callbacks
 from tasks.core.params import TuneParams, airflow_params
+from tasks.core.settings import get_settings
+
+# Any year's data: a run whose logical date is before start_date would "succeed" without running a task.
+# With catchup=False the scheduler still creates only the latest interval's run.
+START_DATE = pendulum.datetime(1900, 1, 1, tz="UTC")
 
 
 def _lineage(dag_run, as_of, params):
@@ -42,11 +50,12 @@ def _as_of(data_interval_end, dag_run):
 @dag(
     dag_id="price_model_tune",
     schedule=None,
-    start_date=pendulum.datetime(2014, 5, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     params=airflow_params(TuneParams),
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "owner": "ml-team"},
+    default_args={"on_failure_callback": failure_callbacks(),
+                  "retries": 1, "retry_delay": timedelta(minutes=1), "owner": "ml-team"},
     tags=["homeworth", "training", "tuning"],
     doc_md=__doc__,
 )
@@ -67,7 +76,8 @@ def price_model_tune():
         p = TuneParams(**params)
         return [t.to_xcom() for t in sample_trials(p.n_trials, p.seed, list(p.families), p.max_epochs, p.max_time_s)]
 
-    @task(execution_timeout=timedelta(hours=2))
+    # Routed like the retrain's `train` to the Celery queue `HOMEWORTH_TRAINING_QUEUE`.
+    @task(execution_timeout=timedelta(hours=2), queue=get_settings().training_queue)
     def run_trial(trial: dict, features: dict, dag_run=None, data_interval_end=None, params=None) -> dict:
         from tasks.core.handoffs import FeatureTable, Trial
         from tasks.core.settings import get_settings

@@ -1,7 +1,7 @@
 """Failure notifications: a concise summary of a failed task in its log, and optionally by e-mail.
 
-``failure_callbacks()`` is what a DAG puts in ``default_args["on_failure_callback"]`` (Airflow calls it
-once the task has failed for good, after its retries):
+``failure_callbacks()`` is what every DAG in dags/ puts in ``default_args["on_failure_callback"]`` (Airflow
+calls it once the task has failed for good, after its retries; tests/dag/test_dags.py checks every task):
 
 - always ``log_failure_summary``: writes :func:`failure_summary` to the task log: which DAG, task,
   try and data interval (or the bulk range of the run's Params), the error's type and first lines,
