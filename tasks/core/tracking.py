@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tasks.core.settings import REPO_ROOT, Settings
@@ -20,6 +22,47 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 TAG_DAG_ID, TAG_RUN_ID, TAG_TASK = "airflow.dag_id", "airflow.run_id", "airflow.task"
 TAG_ORPHAN = "homeworth.orphan"  # on a run or model version a retried task left behind: why it is not used
+
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff (about 4 minutes) and waits
+# 120 s for an answer. The steps that move the champion (promote, rollback) fail fast instead: Airflow's retry
+# is their recovery, and the ledger keeps what they committed. Values an operator sets in the environment win.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server did not answer (refused, reset, timed out)."""
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Bounded MLflow HTTP retries and timeout (:data:`FAIL_FAST_HTTP`) for the block: a dead tracking server
+    fails a call in seconds, not minutes. Variables already set in the environment are kept; the environment
+    is restored after the block."""
+    added = {k: v for k, v in FAIL_FAST_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during) is a failed connection to the server."""
+    import requests
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                          TimeoutError)):
+            return True
+        if "Max retries exceeded" in str(e) or "failed with timeout exception" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def client(settings: Settings) -> "MlflowClient":
@@ -105,13 +148,17 @@ def ensure_registered_model(c: "MlflowClient", name: str) -> None:
         c.create_registered_model(name, description="homeworth automated valuation model (ln price regression)")
 
 
-def champion_version(c: "MlflowClient", name: str):
-    """The model version holding the champion alias, or None."""
+def champion_version(c: "MlflowClient", name: str, strict: bool = False):
+    """The model version holding the champion alias, or None. With ``strict`` (the champion's moves), an
+    unreachable server raises :class:`TrackingUnavailable` instead: it is not "no champion"."""
     from mlflow.exceptions import MlflowException
 
     try:
         return c.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:
+        if strict and unreachable(exc):
+            raise TrackingUnavailable(f"MLflow at {c.tracking_uri} unreachable reading the alias "
+                                      f"'{CHAMPION}' of {name}: {str(exc)[:300]}") from exc
         return None
 
 

@@ -49,7 +49,7 @@ class State:
 
 def read(c, settings: Settings) -> State:
     """The alias, then the ledger (the order :func:`sync` relies on)."""
-    mv = tracking.champion_version(c, settings.model_name)
+    mv = tracking.champion_version(c, settings.model_name, strict=True)
     return State(alias=str(mv.version) if mv is not None else None, scan=ledger.scan(settings))
 
 
@@ -65,6 +65,21 @@ def disagreement(state: State) -> str | None:
     return (f"the MLflow alias '{tracking.CHAMPION}' points at v{state.alias or ' (none)'} but the ledger's newest "
             f"event #{h.seq} ({h.event_id}, {h.kind} v{h.from_version or 'none'} -> v{h.to_version} by {h.who()}) "
             f"names v{h.to_version}; {kind}")
+
+
+def outage(step: str, settings: Settings, eid: str, exc: BaseException) -> tracking.TrackingUnavailable:
+    """The error of a move (``step``: promote, rollback) cut off by an unreachable MLflow server: what the ledger
+    (a local read, no MLflow) holds of event ``eid`` and what completes it."""
+    found = ledger.scan(settings).find(eid)
+    if found is not None:
+        then = (f"its ledger event #{found.seq} ({eid}, v{found.from_version or 'none'} -> v{found.to_version}) is "
+                f"recorded, the source of truth: the retry, the next promote or rollback, or `homeworth champion "
+                f"--repair` points the alias at it")
+    else:
+        then = "no ledger event was recorded: the champion did not move"
+    cause = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return tracking.TrackingUnavailable(f"{step}: the MLflow server {settings.mlflow_tracking_uri} did not answer "
+                                        f"({cause}); {then}")
 
 
 def sync(c, settings: Settings, own: str | None = None) -> State:

@@ -58,7 +58,8 @@ def evaluate_step(spec: DatasetSpec, settings: Settings, features: FeatureTable,
 
 def _champion_to_compare(c, settings: Settings, version: str) -> str | None:
     """The live champion's version, unless there is none or it is the new model itself."""
-    champ = tracking.champion_version(c, settings.model_name)
+    # strict: an unreachable tracking server fails the task (and its retry), never reads as "no champion".
+    champ = tracking.champion_version(c, settings.model_name, strict=True)
     return str(champ.version) if champ is not None and str(champ.version) != version else None
 
 

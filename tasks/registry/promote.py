@@ -36,6 +36,7 @@ from tasks.core.handoffs import Assessment, DriftReport, Evaluation, PromotionRe
 from tasks.core.lineage import Lineage
 from tasks.core.params import RetrainParams
 from tasks.core.settings import Settings
+from tasks.core.spec import get_spec
 from tasks.registry import champion, ledger, policy
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ def assess(settings: Settings, evaluation: Evaluation, params: RetrainParams, *,
     ci = None
     if metrics.get("champion") is not None and evaluation.predictions_uri:
         ci = compare_predictions(settings, evaluation.predictions_uri, target)
-    return policy.gate(metrics["new"], metrics.get("champion"), params, ci)
+    # The bars belong to the dataset (its spec's ``promotion``) unless the run's Params set them; the same
+    # run's boosting is a bar when the dataset says so (by default: no worse than the boosting).
+    bars = policy.bars_for(params, get_spec(settings.dataset_spec).promotion)
+    return policy.gate(metrics["new"], metrics.get("champion"), params, ci, gbm=metrics.get("gbm"), bars=bars)
 
 
 def assess_step(settings: Settings, evaluation: Evaluation, params: RetrainParams, *, target: str) -> Assessment:
@@ -229,14 +233,32 @@ def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainPara
     ``drift_action`` setting says so and a feature drifted; ``target`` the price column of the predictions.
     A move whose expected champion is no longer the champion (a newer model won meanwhile, or this is a
     re-run of an older run) does not happen: the outcome is ``superseded`` and the task succeeds.
+
+    MLflow calls fail fast here (``tracking.fail_fast``: bounded HTTP retries and timeout): with the tracking
+    server down the step raises :class:`tasks.core.tracking.TrackingUnavailable` within seconds, saying whether
+    its ledger event was recorded (then the retry, or the next promote, rollback or ``homeworth champion
+    --repair``, points the alias at it) or not (nothing changed).
     """
     fault_point("promote", "start")
-    c = tracking.client(settings)
     version = str(evaluation.model_version)
     at = event_time or datetime.combine(date.fromisoformat(lineage.window_end), datetime.min.time(), timezone.utc)
     key = f"{lineage.dag_id}/{lineage.run_id}/promote/{version}"
     eid = ledger.event_id(at, "promotion", key)
+    with tracking.fail_fast():
+        try:
+            return _promote(settings, evaluation, params, lineage, approval, triggered_by, drift, target, at, key, eid)
+        except Exception as exc:
+            if not tracking.unreachable(exc):
+                raise
+            raise champion.outage("promote", settings, eid, exc) from exc
 
+
+def _promote(settings: Settings, evaluation: Evaluation, params: RetrainParams, lineage: Lineage,
+             approval: dict | None, triggered_by: str | None, drift: DriftReport | None, target: str,
+             at, key: str, eid: str) -> PromotionResult:
+    """promote_step's work, its event's time, key and id given."""
+    c = tracking.client(settings)
+    version = str(evaluation.model_version)
     state = champion.sync(c, settings)  # first complete a move recorded in the ledger but not applied
     done = state.scan.find(eid)
     if done is not None:  # an earlier try decided and recorded
@@ -255,6 +277,7 @@ def promote_step(settings: Settings, evaluation: Evaluation, params: RetrainPara
             decision, now = policy.superseded(f"{exc}; the champion stays ({decision.reason})"), exc.champion
         else:
             event_ref = stored.event_id
+            fault_point("promote", "after_commit")  # the ledger holds the move; the alias has not followed
             champion.sync(c, settings, own=event_ref)  # the commit point was the append; the alias follows
             fault_point("promote", "after_effect")
     _tag(c, settings, evaluation.mlflow_run_id, version,

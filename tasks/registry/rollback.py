@@ -115,9 +115,21 @@ def rollback(settings: Settings, version: str | int, reason: str, actor: dict, a
     """
     fault_point("rollback", "start")
     version, reason = _checked(version, reason)
+    eid = ledger.event_id(at, "rollback", key)
+    with tracking.fail_fast():  # a dead MLflow server fails the move in seconds (see promote_step)
+        try:
+            return _rollback(settings, version, reason, actor, at, key, expected, eid)
+        except Exception as exc:
+            if not tracking.unreachable(exc):
+                raise
+            raise champion.outage("rollback", settings, eid, exc) from exc
+
+
+def _rollback(settings: Settings, version: str, reason: str, actor: dict, at: datetime | date | str, key: str,
+              expected: str | int | None, eid: str) -> dict:
+    """rollback's work, its event id given."""
     c = tracking.client(settings)
     state = champion.sync(c, settings)  # first complete a move recorded in the ledger but not applied
-    eid = ledger.event_id(at, "rollback", key)
     done = state.scan.find(eid)
     if done is not None:
         return _recorded(c, settings, done, state)
@@ -134,6 +146,7 @@ def rollback(settings: Settings, version: str | int, reason: str, actor: dict, a
         log.warning(why)
         return {"champion_version": exc.champion, "previous_champion": expect, "ledger_event": None, "reason": why,
                 "created": False, "outcome": SUPERSEDED}
+    fault_point("rollback", "after_commit")  # the ledger holds the move; the alias has not followed
     champion.sync(c, settings, own=stored.event_id)  # the commit point was the append; the alias follows
     fault_point("rollback", "after_effect")
     _tag(c, settings, stored)

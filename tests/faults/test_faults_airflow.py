@@ -1,22 +1,29 @@
-"""Faults under the real Airflow scheduler: every task type killed (SIGKILL) once, Airflow's retry, the invariants.
+"""Faults under the real Airflow scheduler: every task type killed (SIGKILL) at two or more points, Airflow's
+retry, the invariants.
 
 One private Airflow (api-server, scheduler, dag-processor; SQLite, LocalExecutor, parallelism 4) with
-``HOMEWORTH_FAULT`` naming one point per task type and run (``tasks/core/faults.py``), on every 8th
-bundled sale:
+``HOMEWORTH_FAULT`` naming the points per task and run (``tasks/core/faults.py``; see ``FAULTS``), on every
+8th bundled sale. A task with 2 retries (ingest, validate, score) is killed twice in one run; the retrain's
+and the rollback's tasks (1 retry) once per run:
 
-1. ``sales_ingest``, one bulk run: ``ingest`` killed mid-write (its temporary file written, not renamed),
-   ``validate`` killed after publishing the day manifests;
+1. ``sales_ingest``, one bulk run: ``ingest`` killed at its start, then mid-write (its temporary file
+   written, not renamed); ``validate`` after publishing the day manifests, then before returning;
 2. ``price_model_retrain`` as of 2015-05-27 (the first champion): ``build_features`` killed after publishing
    its table, ``train`` after registering its model version, ``evaluate`` before returning, ``check_drift``
    at its start, ``promote`` after the ledger event and the alias move (before the MLflow tags);
-3. ``price_model_retrain`` as of 2015-05-28 (``force_promotion``: v2 becomes champion) and, at the same
-   time, ``listings_score`` of 2015-05-27 with ``score`` killed after writing the predictions;
+3. ``price_model_retrain`` as of 2015-05-28 (``force_promotion``: v2 becomes champion; ``evaluate`` killed
+   mid-write and ``check_drift`` before returning, side by side, then ``promote`` after its ledger event,
+   before the alias move) and, at the same time, ``listings_score`` of 2015-05-27 with ``score`` killed
+   mid-write, then after writing the predictions;
 4. the ``promote`` task of run 2 (the older run) cleared, as an operator does in the UI;
-5. ``champion_rollback`` to v1, killed after the ledger event and the alias move;
+5. ``champion_rollback`` to v1, killed after the ledger event and the alias move; then back to v2, killed
+   after the ledger event, before the alias move;
 6. at once (LocalExecutor, parallelism 4): a 30-day ``sales_ingest`` backfill re-validating the newest
-   days, the nightly ``price_model_retrain`` as of 2015-05-29 and ``price_model_tune`` for the same window
-   (both build that window's features while the backfill republishes its days), and ``listings_score``
-   of 2015-05-26.
+   days (four of its runs killed: ``ingest`` after writing and before returning, ``validate`` at its start
+   and mid-write), the nightly ``price_model_retrain`` as of 2015-05-29 (``build_features`` killed at its start,
+   ``train`` before returning) and ``price_model_tune`` for the same window (both build that window's
+   features while the backfill republishes its days), and ``listings_score`` of 2015-05-26 (``score``
+   killed at its start, then before returning).
 
 The retry delays are the DAGs' own (30 s for ingest, scoring and rollback, 60 s for the retrain): no
 setting shortens them, so each retrain fault costs a minute.
@@ -43,22 +50,37 @@ pytestmark = pytest.mark.slow_faults
 REPO = Path(__file__).resolve().parents[2]
 SCORE_DAY, SCORE_DAY_2 = date(2015, 5, 27), date(2015, 5, 26)  # one logical date per run and DAG
 RUN_INGEST, RUN_1, RUN_2 = "faults_ingest", "faults_retrain_1", "faults_retrain_2"
-RUN_SCORE, RUN_ROLLBACK = "faults_score", "faults_rollback"
+RUN_SCORE, RUN_ROLLBACK, RUN_ROLLBACK_2 = "faults_score", "faults_rollback", "faults_rollback_2"
 RUN_3, RUN_TUNE, RUN_SCORE_2 = "concurrent_retrain", "concurrent_tune", "concurrent_score"
 CONCURRENT_AS_OF = "2015-05-29T03:00:00Z"
 BACKFILL = ("2015-04-28T00:00:00Z", "2015-05-27T00:00:00Z")  # 30 daily runs
 RETRAIN_CONF = {"max_epochs": 3, "max_mdape": 0.9, "min_ppe10": 0.0}
-# (dag, run, task, point): one fault per task type.
+# (dag, run, task, point): at least two points per task type. A run may be a wildcard (one backfill run, by day).
 FAULTS = [
+    ("sales_ingest", RUN_INGEST, "ingest", "start"),
     ("sales_ingest", RUN_INGEST, "ingest", "mid_write"),
     ("sales_ingest", RUN_INGEST, "validate", "after_effect"),
+    ("sales_ingest", RUN_INGEST, "validate", "before_return"),
     ("price_model_retrain", RUN_1, "build_features", "after_effect"),
     ("price_model_retrain", RUN_1, "train", "after_effect"),
     ("price_model_retrain", RUN_1, "evaluate", "before_return"),
     ("price_model_retrain", RUN_1, "check_drift", "start"),
     ("price_model_retrain", RUN_1, "promote", "after_effect"),
+    ("price_model_retrain", RUN_2, "evaluate", "mid_write"),
+    ("price_model_retrain", RUN_2, "check_drift", "before_return"),
+    ("price_model_retrain", RUN_2, "promote", "after_commit"),
+    ("listings_score", RUN_SCORE, "score", "mid_write"),
     ("listings_score", RUN_SCORE, "score", "after_effect"),
     ("champion_rollback", RUN_ROLLBACK, "rollback", "after_effect"),
+    ("champion_rollback", RUN_ROLLBACK_2, "rollback", "after_commit"),
+    ("sales_ingest", "backfill__2015-05-03*", "ingest", "after_effect"),
+    ("sales_ingest", "backfill__2015-05-05*", "ingest", "before_return"),
+    ("sales_ingest", "backfill__2015-05-07*", "validate", "start"),
+    ("sales_ingest", "backfill__2015-05-09*", "validate", "mid_write"),
+    ("price_model_retrain", RUN_3, "build_features", "start"),
+    ("price_model_retrain", RUN_3, "train", "before_return"),
+    ("listings_score", RUN_SCORE_2, "score", "start"),
+    ("listings_score", RUN_SCORE_2, "score", "before_return"),
 ]
 TIMEOUT = 900
 
@@ -187,6 +209,8 @@ def suite(tmp_path_factory):
         t = time.monotonic()
         af.trigger("champion_rollback", run_id=RUN_ROLLBACK, conf={"version": 1, "reason": "fault suite: back to v1"})
         run_ok(af, "champion_rollback", RUN_ROLLBACK)
+        af.trigger("champion_rollback", run_id=RUN_ROLLBACK_2, conf={"version": 2, "reason": "fault suite: v2 again"})
+        run_ok(af, "champion_rollback", RUN_ROLLBACK_2)
         laps["rollback"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -204,7 +228,7 @@ def concurrently(af) -> list[dict]:
     """The backfill, the nightly retrain, the tuning of the same window and a scoring run, all at once."""
     day = SCORE_DAY_2.isoformat()
     backfill = af.backfill("sales_ingest", *BACKFILL, max_active_runs=2)
-    # Not promoted (a 99 % improvement asked for): the champion stays the rollback's v1.
+    # Not promoted (a 99 % improvement asked for): the champion stays the second rollback's v2.
     af.trigger("price_model_retrain", logical_date=CONCURRENT_AS_OF, run_id=RUN_3,
                conf={**RETRAIN_CONF, "seed": 11, "min_relative_improvement": 0.99})
     af.trigger("price_model_tune", logical_date=CONCURRENT_AS_OF, run_id=RUN_TUNE,
@@ -225,18 +249,19 @@ def test_the_concurrent_runs_all_succeeded(suite):
 
 
 def test_every_fault_fired_once_and_its_retry_succeeded(suite):
-    from tasks.core.faults import marker_path
-
-    os.environ["HOMEWORTH_FAULT_DIR"] = str(suite["root"] / "fault-markers")
-    try:
-        for dag_id, run_id, task, point in FAULTS:
-            assert os.path.exists(marker_path(task, point, dag_id, run_id)), f"{task}:{point} never fired"
-            injected()
-            t = ti(suite["af"], dag_id, run_id, task)
-            assert t["state"] == "success" and t["try_number"] >= 2, (task, point, t)
-            survived()
-    finally:
-        del os.environ["HOMEWORTH_FAULT_DIR"]
+    markers = suite["root"] / "fault-markers"
+    points: dict[str, set[str]] = {}
+    for dag_id, run_id, task, point in FAULTS:
+        fired = sorted(markers.glob(f"{dag_id}__{run_id.replace(':', '_')}__{task}__{point}"))
+        assert len(fired) == 1, f"{dag_id} {run_id} {task}:{point} fired {len(fired)} times: {fired}"
+        injected()
+        run = fired[0].read_text().split("run=", 1)[1].strip()  # the run's real id (a wildcard names one)
+        t = ti(suite["af"], dag_id, run, task)
+        assert t["state"] == "success" and t["try_number"] >= 2, (task, point, t)
+        survived()
+        points.setdefault(task, set()).add(point)
+    held("every task type killed at two or more points", all(len(p) >= 2 for p in points.values())
+         and len(points) == 9, points)
 
 
 def test_per_day_landed_rows_are_accepted_plus_quarantined(suite):
@@ -327,13 +352,14 @@ def test_champion_alias_is_the_ledgers_newest_event(suite):
 
     state = champion_state(suite["settings"])
     events = state.scan.events
-    held("alias == ledger's newest event", state.agrees and state.alias == "1", (state.alias, state.head))
+    held("alias == ledger's newest event", state.agrees and state.alias == "2", (state.alias, state.head))
     held("ledger sequence numbers unique", len({e.seq for e in events}) == len(events), [e.seq for e in events])
     held("no unreadable ledger file", not state.scan.problems, state.scan.problems)
     kinds = [(e.kind, e.from_version, e.to_version) for e in events]
-    held("one event per move despite the kills after the effect",
-         kinds == [("promotion", None, "1"), ("promotion", "1", "2"), ("rollback", "2", "1")], kinds)
-    assert ledger.head(suite["settings"]).to_version == "1"
+    held("one event per move despite the kills after the event and after the alias",
+         kinds == [("promotion", None, "1"), ("promotion", "1", "2"), ("rollback", "2", "1"), ("rollback", "1", "2")],
+         kinds)
+    assert ledger.head(suite["settings"]).to_version == "2"
 
 
 def test_scoring_killed_after_writing_left_one_complete_day(suite):
