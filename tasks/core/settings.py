@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     train_devices: str = "1"
     train_strategy: str = "auto"
     train_num_nodes: int = Field(default=1, ge=1)
+    # An s3:// lake's credentials and endpoint (tasks/core/objectstore.py): this Airflow connection's when
+    # set (login/password, extra region_name, endpoint_url), else the standard AWS_* variables.
+    aws_conn_id: str = ""
 
     @field_validator("comps", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 import pyarrow.fs as pafs
 
+from tasks.core import objectstore
 from tasks.core.faults import fault_point
 
 if TYPE_CHECKING:
@@ -45,7 +46,10 @@ STALE_TEMP_S = 6 * 3600
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(file system, path inside it) for a root URI or a plain local path."""
+    """(file system, path inside it) for a root URI or a plain local path. ``s3://`` URIs use the one S3
+    configuration of the process (:mod:`tasks.core.objectstore`)."""
+    if objectstore.is_s3(uri):
+        return objectstore.filesystem(), uri.split("://", 1)[1].rstrip("/")
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
@@ -194,7 +198,8 @@ def write_bytes_atomic(uri: str, data: bytes) -> dict | None:
     Returns the written file's key (size, modification time, inode: a rename keeps them) for a local
     file, taken before the rename: a concurrent writer may have replaced the target since."""
     fs, path = resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):  # an object store has no folders to create
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     tmp = temp_path(path)
     try:
         with fs.open_output_stream(tmp) as f:
@@ -228,6 +233,30 @@ def publish_once(tmp: str, path: str) -> bool:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def publish_once_uri(tmp_uri: str, uri: str) -> bool:
+    """:func:`publish_once` for any URI: on an object store (no rename, no hard link) a server-side copy of
+    the complete temporary object to ``uri`` unless an object is there, then the temporary one deleted.
+    A reader sees no object or the whole one (an object appears only when its copy completes); of two
+    writers that both find none, the later copy replaces the earlier one's identical bytes (same inputs)."""
+    if local_path(uri) is not None:
+        return publish_once(local_path(tmp_uri), local_path(uri))
+    fs, path = resolve(uri)
+    _, tmp = resolve(tmp_uri)
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            return False
+        fs.copy_file(tmp, path)
+        return True
+    finally:
+        _remove_quietly(fs, tmp)
+
+
+def remove(uri: str) -> None:
+    """Delete the file at ``uri`` if it is there."""
+    fs, path = resolve(uri)
+    _remove_quietly(fs, path)
 
 
 def sweep_stale_temp(root_uri: str, older_than_s: float = STALE_TEMP_S,
@@ -295,7 +324,11 @@ def link_atomic(src_uri: str, dst_uri: str, sha256: str | None = None) -> None:
     under a temporary name renamed over it (a copy where links are not supported). ``sha256``: record it
     for :func:`cached_file_sha256` of ``dst_uri``."""
     src, dst = local_path(src_uri), local_path(dst_uri)
-    if src is None or dst is None:
+    if objectstore.is_s3(src_uri) and objectstore.is_s3(dst_uri):  # a server-side copy: the object appears whole
+        fs, src_path = resolve(src_uri)
+        fs.copy_file(src_path, resolve(dst_uri)[1])
+        key = None
+    elif src is None or dst is None:
         key = write_bytes_atomic(dst_uri, read_bytes(src_uri))
     else:
         tmp = temp_path(dst)

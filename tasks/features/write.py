@@ -1,6 +1,14 @@
 """Writing a feature table to a temporary name unique to the attempt before it is published: one
 streaming plan hashed as it grows (:func:`stream_table`), or chunks appended to one Parquet file
-(:func:`write_chunks`); then :func:`publish_table` (never over a finished table)."""
+(:func:`write_chunks`); then :func:`publish_table` (never over a finished table).
+
+The lake may be a local folder or an object store (``s3://``, :mod:`tasks.core.objectstore`). On an object
+store the table is streamed to a hidden, attempt-unique temporary key beside the target (Polars'
+``sink_parquet`` with the lake's ``storage_options``, or pyarrow's ``ParquetWriter`` on an S3 output
+stream: multipart uploads, memory bounded by their part buffers, no local file), then published by a
+server-side copy to the target key if none is there, the temporary key deleted
+(``storage.publish_once_uri``): readers see no table or the whole one. A failed write deletes its
+temporary key (a killed one's is swept by age, ``storage.sweep_stale_temp``)."""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from typing import Callable
 
 import polars as pl
 
-from tasks.core import storage
+from tasks.core import objectstore, storage
 from tasks.features.featureset import SPLIT
 
 log = logging.getLogger(__name__)
@@ -27,18 +35,26 @@ PLAIN_CHUNK_ROWS = 500_000
 
 
 def prepare_output(out_uri: str) -> tuple[str, str]:
-    """The feature table's local path and a temporary path beside it unique to this attempt
-    (``storage.temp_path``: hidden, never another build's); its folder is created."""
+    """The feature table's target and a temporary name beside it unique to this attempt
+    (``storage.temp_path``: hidden, never another build's). Local: paths, the folder created; object
+    store: the ``s3://`` URIs themselves (keys need no folder)."""
     local = storage.local_path(out_uri)
     if local is None:
-        raise NotImplementedError(f"{out_uri}: features are streamed to a local path; set HOMEWORTH_LAKE_URI to one")
+        return out_uri, storage.temp_path(out_uri)
     os.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
     return local, storage.temp_path(local)
 
 
 def split_counts(path: str) -> dict[str, int]:
-    """Rows per split of a written feature table (its ``split`` column)."""
-    return {k: int(n) for k, n in pl.scan_parquet(path).group_by(SPLIT).len().collect().iter_rows()}
+    """Rows per split of a written feature table (its ``split`` column; a local path or an ``s3://`` URI)."""
+    lf = pl.scan_parquet(path, storage_options=objectstore.storage_options(path))
+    return {k: int(n) for k, n in lf.group_by(SPLIT).len().collect().iter_rows()}
+
+
+def _discard(tmp: str) -> None:
+    """Delete an object-store temporary key of a failed write (a local one is removed by the caller)."""
+    if objectstore.is_s3(tmp):
+        storage.remove(tmp)
 
 
 def publish_table(tmp: str, local: str, counts: dict[str, int],
@@ -48,7 +64,7 @@ def publish_table(tmp: str, local: str, counts: dict[str, int],
     A table's path is keyed by its inputs, so one already there (a concurrent or an earlier attempt's) holds
     the same rows: it is kept, never replaced under a task reading it, and its counts are read back (its hash
     is then computed from it: None)."""
-    if storage.publish_once(tmp, local):
+    if storage.publish_once_uri(tmp, local):
         return counts, sha256
     log.info("%s: another attempt published this table first; using it", local)
     return split_counts(local), None
@@ -65,6 +81,8 @@ def stream_table(frame: pl.LazyFrame, tmp: str,
     thread of ``pool`` as the file grows: the writer leaves some CPU idle, and the hash is otherwise a
     read of the whole table.
     """
+    if objectstore.is_s3(tmp):
+        return _stream_to_store(frame, tmp, pool)
     growing = storage.GrowingFileHash(tmp)
     hashing = pool.submit(growing.run)
     try:
@@ -80,6 +98,22 @@ def stream_table(frame: pl.LazyFrame, tmp: str,
     return counts, sha256
 
 
+def _stream_to_store(frame: pl.LazyFrame, tmp: str, pool: ThreadPoolExecutor) -> tuple[dict[str, int], Callable[[], str | None]]:
+    """:func:`stream_table` to an object-store key: Polars' multipart upload, then the counts and the hash
+    read back together (a stream of the object: the hash is needed before the key is published, and an
+    object cannot be hashed as it grows)."""
+    try:
+        frame.sink_parquet(tmp, compression=FEATURES_COMPRESSION, row_group_size=ROW_GROUP_ROWS,
+                           storage_options=objectstore.storage_options(tmp))
+        hashing = pool.submit(storage.file_sha256, tmp)
+        counts = split_counts(tmp)
+        sha = hashing.result()
+    except BaseException:
+        _discard(tmp)
+        raise
+    return counts, lambda: sha
+
+
 def write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], pl.LazyFrame], tmp: str) -> dict[str, int]:
     """Collect each chunk's features and append them to one Parquet file at ``tmp``; rows per split."""
     import pyarrow as pa
@@ -88,6 +122,7 @@ def write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], p
     counts: dict[str, int] = {}
     writer: pq.ParquetWriter | None = None
     schema: pa.Schema | None = None
+    fs, path = storage.resolve(tmp)
     try:
         for i, chunk in enumerate(chunks):
             df = chunk_frame(chunk).collect()
@@ -97,15 +132,19 @@ def write_chunks(chunks: list[list[dict]], chunk_frame: Callable[[list[dict]], p
             del df
             if writer is None:
                 schema = table.schema
-                writer = pq.ParquetWriter(tmp, schema, compression=FEATURES_COMPRESSION)
+                writer = pq.ParquetWriter(path, schema, compression=FEATURES_COMPRESSION, filesystem=fs)
             elif table.schema != schema:
                 table = table.cast(schema)
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             log.info("features: chunk %d/%d, %d rows, %d partitions", i + 1, len(chunks), table.num_rows, len(chunk))
             del table
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
-    if writer is None:  # no rows at all: an empty table with the columns (the caller's split check raises)
-        chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp)
+        _discard(tmp)
+        raise
+    if writer is not None:
+        writer.close()
+    else:  # no rows at all: an empty table with the columns (the caller's split check raises)
+        chunk_frame(chunks[0]).limit(0).collect().write_parquet(tmp, storage_options=objectstore.storage_options(tmp))
     return counts

@@ -25,6 +25,11 @@ skipped that epoch. With DataLoader workers, worker ``w`` of ``W`` yields the gl
 ``j % W == w``. Validation and test are not sharded: every rank scores the whole split, so the
 monitored metric, early stopping and the best epoch are the same on every rank.
 
+The feature table may be a local file or an object (``s3://``, :mod:`tasks.core.objectstore`): it is
+opened through ``tasks.core.storage.resolve`` (pyarrow's ``S3FileSystem``: each row group is a ranged
+read, the footer one more; nothing is copied to a local file) and counted or sampled by Polars with the
+lake's ``storage_options``.
+
 Memory: one row group plus the buffer (rows x (4 bytes x numeric + 8 bytes x categorical + 4)),
 whatever the table's size. ``__len__`` is the number of batches (``ceil(rows / batch_size)``; the
 rows are counted once from the Parquet file), so Lightning sees finite epochs and validates and
@@ -42,7 +47,7 @@ import pyarrow.parquet as pq
 import pytorch_lightning as L
 import torch
 
-from tasks.core import storage
+from tasks.core import objectstore, storage
 from tasks.features.featureset import SPLIT, SPLITS, bounded_sample
 from tasks.features.preprocessing import Preprocessing
 from tasks.model.tensors import IndexBatches, to_tensors
@@ -109,15 +114,26 @@ class ShardedIndexBatches(IndexBatches):
 
 def split_counts(features_uri: str) -> dict[str, int]:
     """Rows per split of a feature table, by a streaming count (nothing but the split column is read)."""
-    counts = dict(pl.scan_parquet(features_uri).group_by(SPLIT).len().collect(engine="streaming").iter_rows())
+    counts = dict(_scan(features_uri).group_by(SPLIT).len().collect(engine="streaming").iter_rows())
     return {s: int(counts.get(s, 0)) for s in SPLITS}
 
 
-def _local(features_uri: str) -> str:
-    path = storage.local_path(features_uri)
-    if path is None:
-        raise NotImplementedError(f"{features_uri}: the streaming loader reads a local path")
-    return path
+def _scan(features_uri: str) -> pl.LazyFrame:
+    """A Polars scan of the table: a local path, or the object with the lake's ``storage_options``."""
+    local = storage.local_path(features_uri)
+    if local is not None:
+        return pl.scan_parquet(local)
+    return pl.scan_parquet(features_uri, storage_options=objectstore.storage_options(features_uri))
+
+
+def parquet_file(features_uri: str) -> pq.ParquetFile:
+    """The table's Parquet file for reading row groups one at a time: a local path, or a random-access
+    file of the object store (ranged reads; the footer is read once, when it is opened)."""
+    local = storage.local_path(features_uri)
+    if local is not None:
+        return pq.ParquetFile(local)
+    fs, path = storage.resolve(features_uri)
+    return pq.ParquetFile(fs.open_input_file(path))
 
 
 def _row_groups_with(pf: pq.ParquetFile, split: str) -> list[int]:
@@ -146,7 +162,7 @@ def iter_split(features_uri: str, split: str, batch_rows: int = 500_000,
     """The rows of one split of a feature Parquet file, in file order, as frames of about ``batch_rows``
     rows: row groups are read one at a time (those whose statistics say they may hold the split), so
     memory stays near one batch whatever the table's size. Nothing is yielded for an empty split."""
-    pf = pq.ParquetFile(_local(features_uri))
+    pf = parquet_file(features_uri)
     read = None if columns is None else list(dict.fromkeys([*columns, SPLIT]))
     pending: list[pl.DataFrame] = []
     n = 0
@@ -167,7 +183,7 @@ def iter_split(features_uri: str, split: str, batch_rows: int = 500_000,
 def sample_split(features_uri: str, split: str, max_rows: int, columns: list[str] | None = None) -> pl.DataFrame:
     """One split of a feature table, whole when it has at most ``max_rows`` rows, else every k-th row
     (k = ceil(rows / max_rows), file order: deterministic), read by a streaming scan."""
-    lf = pl.scan_parquet(_local(features_uri)).filter(pl.col(SPLIT) == split)
+    lf = _scan(features_uri).filter(pl.col(SPLIT) == split)
     if columns is not None:
         lf = lf.select(columns)
     return bounded_sample(lf, max_rows, rows=split_counts(features_uri)[split])
@@ -179,7 +195,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, features_uri: str, prep: Preprocessing, split: str, batch_size: int, shuffle: bool,
                  seed: int = 0, buffer_rows: int = BUFFER_ROWS, rows: int | None = None):
-        self.path, self.prep, self.split = _local(features_uri), prep, split
+        self.uri, self.prep, self.split = features_uri, prep, split
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.buffer_rows = max(buffer_rows, batch_size)
         # the model's inputs, the target and its offset terms (Preprocessing.encode_rows), the split
@@ -196,7 +212,7 @@ class ParquetBatches(torch.utils.data.IterableDataset):
 
     def _groups(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The split's rows, converted, one row group at a time (in a seeded order when shuffling)."""
-        pf = pq.ParquetFile(self.path)
+        pf = parquet_file(self.uri)
         groups = _row_groups_with(pf, self.split)
         if self.shuffle:
             rng = np.random.default_rng(self.seed + epoch)

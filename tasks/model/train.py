@@ -131,7 +131,9 @@ VAL_EVERY_SAMPLES = 1_000_000
 
 def load_splits(features_uri: str, columns: list[str] | None = None) -> dict[str, pl.DataFrame]:
     """The whole feature table in memory, one frame per split (the small-data path; see train())."""
-    df = pl.read_parquet(features_uri, columns=columns)
+    from tasks.core.objectstore import storage_options
+
+    df = pl.read_parquet(features_uri, columns=columns, storage_options=storage_options(features_uri))
     return {s: df.filter(pl.col(SPLIT) == s) for s in SPLITS}
 
 
@@ -148,14 +150,10 @@ def _data(cfg: ModelConfig, features_uri: str, prep: Preprocessing, net: Tabular
 
     Also sets the clamp range of ``net`` (``cfg.clamp_inputs``) from the training rows.
     """
-    import pyarrow.parquet as pq
+    from tasks.model.data import BUFFER_ROWS, StreamingDataModule, numeric_range, parquet_file, split_counts
 
-    from tasks.core import storage
-    from tasks.model.data import BUFFER_ROWS, StreamingDataModule, numeric_range, split_counts
-
-    local = storage.local_path(features_uri)
-    # The whole table fits under the threshold (Parquet footer): no need to count the split.
-    small = local is not None and pq.read_metadata(local).num_rows <= in_memory_max_rows
+    # The whole table fits under the threshold (Parquet footer; local or object store): no need to count the split.
+    small = parquet_file(features_uri).metadata.num_rows <= in_memory_max_rows
     counts = None if small else split_counts(features_uri)
     if counts is not None and counts["train"] > in_memory_max_rows:
         log.info("training split of %d rows > %d: streaming the feature table", counts["train"], in_memory_max_rows)
