@@ -7,16 +7,24 @@ code that never reaches the workers, a lake that workers do not share, an execut
 mix-up, or Airflow pointing at a different MLflow than the server the file starts. They also check that the
 file is closed by default (docs/security.md): only Airflow published, on the loopback; every password from
 .env with ``:?``; memory limits; a complete .env.example; the embedded demo bound to 127.0.0.1.
+
+Beyond reading the file by hand: it is validated against the compose-spec JSON schema vendored in
+deploy/compose-spec/ (with its source), every ``mlflow server`` option is parsed by MLflow's own click command
+and every ``airflow ...`` command line by Airflow's own argument parser. deploy/compose.s3.yaml (the lake and
+the artifacts on S3) is checked merged into the file, so the object-store branch is exercised too.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
 import os
 import re
 import runpy
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +36,11 @@ REPO = Path(__file__).resolve().parents[2]
 from tasks.core.settings import Settings  # noqa: E402
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
+S3_OVERRIDE = REPO / "deploy" / "compose.s3.yaml"
+SCHEMA_FILE = REPO / "deploy" / "compose-spec" / "compose_spec.json"
+GPU_WORKER = "airflow-worker-gpu"
+# What the `gpu` profile's setup puts in .env (docs/production.md): the training queue only that worker takes.
+GPU_ENV = {"TRAINING_QUEUE": "training"}
 AIRFLOW_HOME = "/opt/airflow"
 AIRFLOW_SERVICES = (
     "airflow-init",
@@ -36,6 +49,7 @@ AIRFLOW_SERVICES = (
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    GPU_WORKER,
 )
 # The long-running components and the `airflow ...` command each one runs.
 COMPONENT_COMMANDS = {
@@ -43,7 +57,8 @@ COMPONENT_COMMANDS = {
     "airflow-scheduler": "scheduler",
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
+    "airflow-worker": "celery worker --queues default",
+    GPU_WORKER: "celery worker --queues training --concurrency 1",
 }
 EXPECTED_SERVICES = {"postgres", "redis", "mlflow", *AIRFLOW_SERVICES}
 # What the Airflow containers need from the checkout: DAGs, the logic package, plugins, GX suites.
@@ -63,11 +78,14 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def interpolate(value: object) -> str:
-    """Compose interpolation with an empty shell: defaults apply, required variables become markers."""
+def interpolate(value: object, env: dict[str, str] | None = None) -> str:
+    """Compose interpolation with the variables ``env`` (none by default): defaults apply to the others,
+    required ones become markers."""
 
     def sub(m: re.Match) -> str:
         name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env and env.get(name):
+            return env[name]
         if op and op.endswith("-"):
             return arg
         if op and op.endswith("?"):
@@ -85,15 +103,39 @@ def env_of(service: dict) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
-def argv_of(service: dict) -> list[str]:
-    """entrypoint + command as one argv (string forms split like a shell would)."""
+def argv_of(service: dict, env: dict[str, str] | None = None) -> list[str]:
+    """entrypoint + command as one argv (string forms split like a shell would); interpolated when ``env``
+    is given."""
     argv: list[str] = []
     for key in ("entrypoint", "command"):
         part = service.get(key)
         if part is None:
             continue
         argv += shlex.split(part) if isinstance(part, str) else [str(p) for p in part]
-    return argv
+    return argv if env is None else [interpolate(a, env) for a in argv]
+
+
+def merge_override(base: dict, override: dict) -> dict:
+    """docker compose's merge of an override file, for the keys deploy/compose.s3.yaml uses: each service's
+    ``environment`` merged key by key, ``command`` / ``entrypoint`` replaced, other mappings merged deeply."""
+    out = {**base, "services": {name: dict(svc) for name, svc in base["services"].items()}}
+    for name, svc in (override.get("services") or {}).items():
+        assert name in out["services"], f"the override names a service docker-compose.yaml lacks: {name}"
+        target = out["services"][name]
+        for key, value in svc.items():
+            if key == "environment":
+                target[key] = {**env_of(target), **env_of(svc)}
+            elif isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = _deep_merge(target[key], value)
+            else:
+                assert key in ("command", "entrypoint", "image"), f"{name}: merge of {key!r} is not modelled here"
+                target[key] = value
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    return {**a, **{k: _deep_merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+                    for k, v in b.items()}}
 
 
 def flag(argv: list[str], name: str) -> str | None:
@@ -214,6 +256,20 @@ def services(compose) -> dict:
 
 
 @pytest.fixture(scope="module")
+def s3_override() -> dict:
+    data = yaml.safe_load(S3_OVERRIDE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), f"{S3_OVERRIDE}: no services"
+    return data
+
+
+@pytest.fixture(scope="module", params=["volumes", "s3"])
+def variant(request, compose, s3_override) -> dict:
+    """The compose configuration as run: docker-compose.yaml alone (the lake on named volumes), or merged with
+    deploy/compose.s3.yaml (the lake and MLflow's artifacts on S3)."""
+    return compose if request.param == "volumes" else merge_override(compose, s3_override)
+
+
+@pytest.fixture(scope="module")
 def mlflow_argv(services) -> list[str]:
     return argv_of(services["mlflow"])
 
@@ -239,15 +295,17 @@ def test_services_use_only_known_keys(services):
 
 def test_airflow_components_run_their_command(services):
     for name, command in COMPONENT_COMMANDS.items():
-        argv = argv_of(services[name])
+        argv = argv_of(services[name], GPU_ENV)
         assert argv == command.split(), f"{name} runs {argv}, expected `airflow {command}`"
     init = " ".join(argv_of(services["airflow-init"]))
     assert "airflow db migrate" in init, "airflow-init must migrate the metadata database"
 
 
 def test_airflow_services_share_one_image_built_from_the_dockerfile(services):
-    images = {interpolate(services[n].get("image", "")) for n in AIRFLOW_SERVICES}
+    images = {interpolate(services[n].get("image", "")) for n in AIRFLOW_SERVICES if n != GPU_WORKER}
     assert len(images) == 1, f"Airflow services run different images: {images}"
+    # The GPU worker: the same Dockerfile and code, its own tag, only torch's build differs.
+    assert interpolate(services[GPU_WORKER]["image"]) == images.pop() + "-cuda"
     for name in AIRFLOW_SERVICES:
         dockerfile = dockerfile_of(services[name])
         assert dockerfile == (REPO / "Dockerfile").resolve(), f"{name} is not built from ./Dockerfile"
@@ -280,6 +338,145 @@ def test_named_volumes_are_declared(compose, services):
 
 
 # --------------------------------------------------------------------------------------------------
+# the compose specification's own schema (vendored: deploy/compose-spec/SOURCE.md)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose_schema():
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    # The file declares draft 2019-09 (under a non-canonical URI that jsonschema does not resolve by itself).
+    assert "2019-09" in schema["$schema"], schema["$schema"]
+    jsonschema.Draft201909Validator.check_schema(schema)
+    return jsonschema.Draft201909Validator(schema)
+
+
+def _schema_errors(validator, data: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:300]}"
+            for e in validator.iter_errors(data)]
+
+
+def test_compose_files_follow_the_compose_spec_schema(compose_schema, compose, s3_override, variant):
+    for name, data in (("docker-compose.yaml", compose), ("deploy/compose.s3.yaml", s3_override),
+                       ("the configuration as run", variant)):
+        errors = _schema_errors(compose_schema, data)
+        assert not errors, f"{name} breaks the compose specification:\n" + "\n".join(errors)
+
+
+def test_the_schema_rejects_what_docker_compose_rejects(compose_schema, compose):
+    # The validation has teeth: a misspelt key, a wrong type, an unknown device field, a bad condition.
+    def broken(mutate) -> dict:
+        data = json.loads(json.dumps(compose))
+        mutate(data["services"])
+        return data
+
+    cases = {
+        "depends-on": lambda s: s["airflow-worker"].update({"depends-on": ["redis"]}),
+        "healthcheck retries": lambda s: s["redis"]["healthcheck"].update({"retries": "many"}),
+        "device field": lambda s: s[GPU_WORKER]["deploy"]["resources"]["reservations"]["devices"][0].update(
+            {"gpus": 1}),
+        "condition": lambda s: s["airflow-worker"]["depends_on"]["redis"].update({"condition": "service_up"}),
+        "profiles": lambda s: s[GPU_WORKER].update({"profiles": "gpu"}),
+    }
+    for what, mutate in cases.items():
+        assert _schema_errors(compose_schema, broken(mutate)), f"the schema accepted a broken {what}"
+
+
+def test_schema_is_the_vendored_file_its_source_names():
+    import hashlib
+
+    source = (SCHEMA_FILE.parent / "SOURCE.md").read_text()
+    digest = hashlib.sha256(SCHEMA_FILE.read_bytes()).hexdigest()
+    assert digest in source, f"{SCHEMA_FILE.name}'s sha256 {digest} is not the one SOURCE.md records"
+    assert "Apache-2.0" in source and (SCHEMA_FILE.parent / "LICENSE").read_text().count("Apache License") >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# every command line against the program's own definition
+# --------------------------------------------------------------------------------------------------
+def test_every_mlflow_server_option_and_variable_is_mlflow_s(variant, monkeypatch):
+    import click
+    import mlflow.environment_variables
+    from mlflow.cli import server
+
+    for key in list(os.environ):
+        if key.startswith("MLFLOW_"):
+            monkeypatch.delenv(key)  # click would read them as option values
+    argv = argv_of(variant["services"]["mlflow"], {"S3_BUCKET": "bucket"})
+    assert argv[:2] == ["mlflow", "server"], argv
+    try:
+        ctx = server.make_context("server", argv[2:])
+    except click.UsageError as e:
+        raise AssertionError(f"`mlflow {' '.join(argv[1:])}` is refused by MLflow's own CLI: {e}") from e
+    assert ctx.params["serve_artifacts"] is True and ctx.params["port"] == 5000, ctx.params
+    # Environment variables: a `mlflow server` option's (click envvar) or one of mlflow.environment_variables.
+    option_vars = {p.envvar for p in server.params if isinstance(p.envvar, str)}
+    known = option_vars | {n for n in dir(mlflow.environment_variables) if n.startswith("MLFLOW_")}
+    assert "MLFLOW_BACKEND_STORE_URI" in option_vars, "the backend store is passed by this variable"
+    image = image_env(REPO / "Dockerfile")
+    for where, env in (("mlflow service", env_of(variant["services"]["mlflow"])), ("Dockerfile ENV", image)):
+        unknown = {k for k in env if k.startswith("MLFLOW_")} - known
+        assert not unknown, f"{where}: MLflow reads no variable {sorted(unknown)}"
+
+
+# `airflow` in a command position of a shell text: a line's start, after ; & | ( or exec, or after /entrypoint.
+_AIRFLOW_IN_SHELL = re.compile(r"(?:^|[;&|(]|\bexec\b)[ \t]*(?:/entrypoint[ \t]+)?airflow[ \t]+([^\n;&|)]+)", re.M)
+_PARSE_SCRIPT = """
+import argparse, json, sys
+from airflow.cli import cli_parser
+parser = cli_parser.get_parser()
+def strict(p):  # no abbreviations: `--queue` must not pass for `--queues`
+    p.allow_abbrev = False
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                strict(sub)
+strict(parser)
+out = {}
+for argv in json.load(sys.stdin):
+    try:
+        ns, extra = parser.parse_known_args(argv)
+        out[" ".join(argv)] = f"unknown arguments {extra}" if extra else ("" if hasattr(ns, "func") else "no command")
+    except SystemExit as e:
+        out[" ".join(argv)] = f"refused (exit {e.code})"
+print(json.dumps(out))
+"""
+
+
+def airflow_command_lines(services: dict) -> list[list[str]]:
+    """Every `airflow ...` the file runs: each component's command (the image's entrypoint prefixes
+    `airflow`), and the `airflow ...` inside shell scripts and health checks."""
+    lines = []
+    for name, service in services.items():
+        if name in COMPONENT_COMMANDS:
+            lines.append(argv_of(service, GPU_ENV))
+        shell = [*argv_of(service), *[str(x) for x in (service.get("healthcheck") or {}).get("test", [])]]
+        for text in shell:
+            for m in _AIRFLOW_IN_SHELL.finditer(interpolate(text)):
+                lines.append(shlex.split(m.group(1)))
+    return lines
+
+
+def test_every_airflow_command_line_parses_with_airflow_s_own_parser(services, tmp_path):
+    lines = airflow_command_lines(services)
+    joined = {" ".join(line) for line in lines}
+    assert {"db migrate", "celery worker --queues default", "scheduler"} <= joined, joined
+    assert any(line[:2] == ["jobs", "check"] for line in lines), joined
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+           "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "false"}
+    probe = [*lines, ["celery", "worker", "--queue", "x"], ["scheduler", "--no-such-flag"]]
+    done = subprocess.run([sys.executable, "-c", _PARSE_SCRIPT], input=json.dumps(probe), env=env, text=True,
+                          capture_output=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdicts = json.loads(done.stdout.strip().splitlines()[-1])
+    # The probes show that the parser refuses an abbreviation and an unknown flag.
+    assert verdicts.pop("celery worker --queue x") and verdicts.pop("scheduler --no-such-flag"), verdicts
+    refused = {line: why for line, why in verdicts.items() if why}
+    assert not refused, f"`airflow ...` lines Airflow 3's parser refuses: {refused}"
+
+
+# --------------------------------------------------------------------------------------------------
 # homeworth settings
 # --------------------------------------------------------------------------------------------------
 def test_every_homeworth_name_is_a_settings_field(compose, compose_text):
@@ -296,19 +493,28 @@ def test_every_homeworth_name_is_a_settings_field(compose, compose_text):
     assert mentioned - SETTINGS_ENV_NAMES == set(), f"unknown HOMEWORTH_* names: {mentioned - SETTINGS_ENV_NAMES}"
 
 
-def test_airflow_services_get_the_same_homeworth_and_airflow_settings(services):
+# Settings a worker may set for itself: they only matter where `train` runs.
+WORKER_OWN_SETTINGS = {GPU_WORKER: {"HOMEWORTH_TRAIN_DEVICES"}}
+
+
+def test_airflow_services_get_the_same_homeworth_and_airflow_settings(variant):
+    services = variant["services"]
     reference = {k: v for k, v in env_of(services["airflow-apiserver"]).items()
-                 if k.startswith(("HOMEWORTH_", "AIRFLOW__"))}
-    required = {"HOMEWORTH_HOME", "HOMEWORTH_LANDING_URI", "HOMEWORTH_LAKE_URI", "HOMEWORTH_MLFLOW_TRACKING_URI"}
+                 if k.startswith(("HOMEWORTH_", "AIRFLOW__", "AWS_"))}
+    required = {"HOMEWORTH_HOME", "HOMEWORTH_LANDING_URI", "HOMEWORTH_LAKE_URI", "HOMEWORTH_MLFLOW_TRACKING_URI",
+                "HOMEWORTH_TRAINING_QUEUE"}
     assert required <= set(reference), f"missing settings: {required - set(reference)}"
     assert reference["HOMEWORTH_HOME"] == f"{AIRFLOW_HOME}/state"
     for name in AIRFLOW_SERVICES:
-        env = {k: v for k, v in env_of(services[name]).items() if k.startswith(("HOMEWORTH_", "AIRFLOW__"))}
+        own = WORKER_OWN_SETTINGS.get(name, set())
+        env = {k: v for k, v in env_of(services[name]).items()
+               if k.startswith(("HOMEWORTH_", "AIRFLOW__", "AWS_")) and k not in own}
         assert env == reference, f"{name} differs from airflow-apiserver: {set(env.items()) ^ set(reference.items())}"
 
 
-def test_compose_values_make_valid_settings(services, monkeypatch):
-    env = {k: interpolate(v) for k, v in env_of(services["airflow-worker"]).items() if k.startswith("HOMEWORTH_")}
+@pytest.mark.parametrize("worker", ["airflow-worker", GPU_WORKER])
+def test_compose_values_make_valid_settings(services, monkeypatch, worker):
+    env = {k: interpolate(v, GPU_ENV) for k, v in env_of(services[worker]).items() if k.startswith("HOMEWORTH_")}
     for key in list(os.environ):
         if key.startswith("HOMEWORTH_"):
             monkeypatch.delenv(key)
@@ -319,18 +525,28 @@ def test_compose_values_make_valid_settings(services, monkeypatch):
     assert s.lake_uri == env["HOMEWORTH_LAKE_URI"]
     assert s.landing_uri == env["HOMEWORTH_LANDING_URI"]
     assert s.mlflow_tracking_uri == env["HOMEWORTH_MLFLOW_TRACKING_URI"]
+    assert s.training_queue == env["HOMEWORTH_TRAINING_QUEUE"] == "training"
     if "HOMEWORTH_TORCH_THREADS" in env:
         assert s.torch_threads == int(env["HOMEWORTH_TORCH_THREADS"])
 
 
-def test_lake_landing_and_reports_are_shared_by_every_airflow_container(compose, services):
-    declared = set(compose.get("volumes") or {})
+def test_lake_landing_and_reports_are_shared_by_every_airflow_container(variant):
+    from tasks.core import objectstore
+
+    services = variant["services"]
+    declared = set(variant.get("volumes") or {})
     env = env_of(services["airflow-worker"])
     for key in ("HOMEWORTH_LANDING_URI", "HOMEWORTH_LAKE_URI", "HOMEWORTH_REPORTS_URI", "HOMEWORTH_HOME"):
-        uri = interpolate(env.get(key, ""))
-        if not uri:
-            continue
-        if "://" in uri:  # object storage: shared by construction
+        uri = interpolate(env.get(key, ""), {"S3_BUCKET": "bucket"})
+        assert uri, f"{key} is not set for the workers"
+        if "://" in uri:
+            # An object store: every Airflow container names the same URI (the settings test above) and can
+            # reach it with credentials of its own.
+            assert objectstore.is_s3(uri), f"{key}={uri}: tasks/core/storage.py resolves only s3:// URIs"
+            bucket, prefix = objectstore.bucket_key(uri)
+            assert bucket == "bucket" and prefix, f"{key}={uri}: no bucket/prefix"
+            for name in AIRFLOW_SERVICES:
+                _assert_s3_credentials(name, env_of(services[name]))
             continue
         assert uri.startswith("/"), f"{key}={uri!r} must be absolute inside the containers"
         sources = set()
@@ -342,6 +558,14 @@ def test_lake_landing_and_reports_are_shared_by_every_airflow_container(compose,
             assert named and src in declared, f"{key} in {name} must live on a declared named volume, not {src!r}"
             sources.add(src)
         assert len(sources) == 1, f"{key} is backed by different volumes in different services: {sources}"
+
+
+def _assert_s3_credentials(name: str, env: dict[str, str]) -> None:
+    """An Airflow connection named by HOMEWORTH_AWS_CONN_ID, or access keys required from the shell/.env."""
+    if env.get("HOMEWORTH_AWS_CONN_ID"):
+        return
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert interpolate(env.get(key, "")) == f"<required:{key}>", f"{name}: {key} must come from .env with :?"
 
 
 def test_dataset_spec_and_data_reach_the_image(services):
@@ -386,8 +610,11 @@ def test_dockerfile_matches_requirements():
     assert froms == [f"apache/airflow:{airflow_pin.group(1)}-python3.11"], f"base image {froms} != requirements pin"
     installs = [args for instr, args in instructions if instr == "RUN" and "pip install" in args]
     assert any("-r /requirements.txt" in a or "-r requirements.txt" in a for a in installs), "requirements not installed"
-    cpu = "--extra-index-url https://download.pytorch.org/whl/cpu"
-    assert any(cpu in a and "-r " in a for a in installs), "torch must come from the PyTorch CPU index"
+    # torch's index is the build argument TORCH_INDEX_URL, the CPU index unless a service says otherwise.
+    args = dict(shlex.split(a)[0].split("=", 1) for instr, a in instructions if instr == "ARG" and "=" in a)
+    assert args.get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu", args
+    assert any('--extra-index-url "${TORCH_INDEX_URL}"' in a and "-r " in a for a in installs), (
+        "torch must come from the index TORCH_INDEX_URL names")
     copied = {src for sources, _dest in copies_of(dockerfile) for src in sources}
     assert "requirements.txt" in copied
     for src in copied:
@@ -457,7 +684,11 @@ def test_parallelism_and_worker_concurrency_are_sized(services):
 # --------------------------------------------------------------------------------------------------
 # MLflow
 # --------------------------------------------------------------------------------------------------
-def test_mlflow_server_uses_postgres_and_serves_artifacts_from_a_volume(compose, services, mlflow_argv):
+def test_mlflow_server_uses_postgres_and_serves_artifacts_from_a_volume_or_s3(variant):
+    from tasks.core import objectstore
+
+    services = variant["services"]
+    mlflow_argv = argv_of(services["mlflow"])
     assert "server" in mlflow_argv and (mlflow_argv[0] == "mlflow" or "mlflow" in mlflow_argv), mlflow_argv
     backend = urlsplit(interpolate(mlflow_backend(services, mlflow_argv)))
     assert backend.scheme.startswith("postgresql") and backend.hostname == "postgres", backend.geturl()
@@ -468,9 +699,13 @@ def test_mlflow_server_uses_postgres_and_serves_artifacts_from_a_volume(compose,
     if "://" not in destination:
         volumes = [src for src, tgt, named in mounts_of(services["mlflow"])
                    if named and (destination == tgt or destination.startswith(tgt + "/"))]
-        assert volumes and set(volumes) <= set(compose.get("volumes") or {}), (
+        assert volumes and set(volumes) <= set(variant.get("volumes") or {}), (
             f"--artifacts-destination {destination} is not on a named volume of the mlflow service"
         )
+    else:
+        uri = interpolate(destination, {"S3_BUCKET": "bucket"})
+        assert objectstore.is_s3(uri) and objectstore.bucket_key(uri)[0] == "bucket", destination
+        _assert_s3_credentials("mlflow", env_of(services["mlflow"]))
     assert flag(mlflow_argv, "--host") == "0.0.0.0", "the server must listen beyond its own container"
 
 
@@ -488,8 +723,46 @@ def test_airflow_tracks_to_the_mlflow_server(services, mlflow_argv):
             assert any(host == p or ("*" in p and fnmatch.fnmatch(host, p)) for p in patterns), (
                 f"mlflow --allowed-hosts {allowed!r} rejects Host: {host}"
             )
-    worker_deps = services["airflow-worker"].get("depends_on") or {}
-    assert "mlflow" in worker_deps, "workers log to MLflow: they must wait for the mlflow service"
+    for worker in ("airflow-worker", GPU_WORKER):
+        worker_deps = services[worker].get("depends_on") or {}
+        assert "mlflow" in worker_deps, f"{worker} logs to MLflow: it must wait for the mlflow service"
+
+
+# --------------------------------------------------------------------------------------------------
+# the training queue and the GPU worker (docs/production.md, "A GPU worker")
+# --------------------------------------------------------------------------------------------------
+def _queues(argv: list[str]) -> list[str]:
+    value = flag(argv, "--queues") or flag(argv, "-q")
+    return value.split(",") if value else ["default"]  # Airflow's [operators] default_queue
+
+
+def test_the_training_queue_is_served_with_and_without_the_gpu_profile(services):
+    # Without the profile (TRAINING_QUEUE unset) the default worker trains; with it, only the GPU worker does.
+    for env in ({}, GPU_ENV):
+        queue = interpolate(env_of(services["airflow-scheduler"])["HOMEWORTH_TRAINING_QUEUE"], env)
+        default_queues = _queues(argv_of(services["airflow-worker"], env))
+        gpu_queues = _queues(argv_of(services[GPU_WORKER], env))
+        if env:
+            assert queue == "training" and gpu_queues == [queue], (queue, gpu_queues)
+            assert queue not in default_queues, f"the CPU worker would take {queue!r} from the GPU worker"
+        else:
+            assert queue in default_queues, f"nobody consumes {queue!r} without the gpu profile"
+        assert "default" in default_queues, "every other task is on the default queue"
+    for name, service in services.items():
+        assert service.get("profiles", []) == (["gpu"] if name == GPU_WORKER else []), f"{name}: profiles"
+
+
+def test_gpu_worker_reserves_nvidia_gpus_and_builds_cuda_torch(services):
+    gpu = services[GPU_WORKER]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert [(d.get("driver"), d.get("capabilities")) for d in devices] == [("nvidia", ["gpu"])], devices
+    assert devices[0].get("count") == "all" or int(devices[0].get("count") or devices[0].get("device_ids")), devices
+    index = gpu["build"]["args"]["TORCH_INDEX_URL"]
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d{3}", index), index
+    assert env_of(gpu)["HOMEWORTH_TRAIN_DEVICES"] == "auto"
+    assert re.fullmatch(r"\d+[kmg]", interpolate(gpu.get("shm_size", ""))), "NCCL needs more than 64m of /dev/shm"
+    cpu_args = services["airflow-worker"]["build"].get("args") or {}
+    assert "TORCH_INDEX_URL" not in cpu_args, "every other service keeps the Dockerfile's CPU default"
 
 
 def test_postgres_init_creates_the_mlflow_database(services, mlflow_argv):
