@@ -1,8 +1,9 @@
-"""Deep model vs gradient boosting on the King County time split, outside Airflow; writes docs/model.md's table.
+"""Deep model vs gradient boosting on a dataset's time split, outside Airflow; writes docs/model.md's table.
 
     python -m benchmarks.model_quality                         # default family (tabm), fresh private state
     python -m benchmarks.model_quality --families tabm,mlp_plr,mlp --write-docs
     python -m benchmarks.model_quality --home .state --use-tuned  # an existing state, its tuning result
+    python -m benchmarks.model_quality --spec tasks/datasets/melbourne/spec.yaml   # another market (its spec)
 
 It runs the retrain's own steps in-process, in a private ``HOMEWORTH_HOME`` (a temporary folder unless
 ``--home`` is given): the bundled sales are replayed, ingested and validated (skipped when the lake
@@ -10,7 +11,8 @@ already has validated partitions), then for each family ``features_step`` -> ``t
 ``evaluate_step`` of ``tasks/model/retrain.py`` and ``tasks/registry/evaluate.py`` exactly as the DAG's tasks call
 them (MLflow run, registered version, evaluation report). ``evaluate_step`` trains gradient boosting
 on the same features and split; its metrics are the ``gbm`` rows. The retrain window ends on
-``--as-of`` (2015-05-28: test = sales on or after 2015-03-01, validation = January-February 2015).
+``--as-of`` (King County's default 2015-05-28: test = sales on or after 2015-03-01, validation = January-February
+2015; with ``--spec`` and no ``--as-of``: the day after the spec's bundled file's last sale).
 Times are wall-clock seconds on this machine; ``cpu_s`` is the process CPU time of the step.
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 BEGIN, END = "<!-- model_quality:begin -->", "<!-- model_quality:end -->"
+DATASET_NAMES = {"king_county": "King County", None: "King County"}
 
 
 def _timed(fn, *args):
@@ -55,7 +58,8 @@ def ensure_lake(spec, settings) -> dict:
     return {"reused_lake": False, "rows_accepted": result["rows_accepted"]}
 
 
-def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: bool = True) -> dict:
+def run(families: list[str], as_of: date | None, use_tuned: bool, seed: int, refit: bool = True,
+        max_epochs: int | None = None) -> dict:
     from tasks.core.lineage import Lineage, training_window
     from tasks.core.params import RetrainParams
     from tasks.core.settings import get_settings
@@ -65,10 +69,12 @@ def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: boo
 
     settings, spec = get_settings(), get_spec()
     lake = ensure_lake(spec, settings)
+    as_of = as_of or lake_end(settings, spec)
     results = []
     features = None
     for family in families:
-        params = RetrainParams(model_family=family, use_tuned_config=use_tuned, seed=seed, refit_on_val=refit)
+        params = RetrainParams(model_family=family, use_tuned_config=use_tuned, seed=seed, refit_on_val=refit,
+                               **({"max_epochs": max_epochs} if max_epochs else {}))
         start, end = training_window(as_of, params.window_days)
         lineage = Lineage(dag_id="benchmark_model_quality", run_id=f"{family}_{int(time.time())}",
                           window_start=start.isoformat(), window_end=end.isoformat())
@@ -85,9 +91,18 @@ def run(families: list[str], as_of: date, use_tuned: bool, seed: int, refit: boo
                         "metrics": evaluation.metrics, "gbm": evaluation.gbm,
                         "test_rows": evaluation.test_rows, "report": evaluation.report_uri})
     test_start = (as_of - timedelta(days=spec.split.test_days)).isoformat()
-    return {"as_of": as_of.isoformat(), "test_start": test_start, "rows": features.rows, "lake": lake,
+    return {"dataset": spec.name, "as_of": as_of.isoformat(), "test_start": test_start, "rows": features.rows,
+            "lake": lake,
             "results": results,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+
+
+def lake_end(settings, spec) -> date:
+    """The day after the newest validated partition (the retrain's interval end for a whole bundled file)."""
+    from tasks.core import storage
+
+    days = [n.split("=", 1)[1] for n in storage.list_dir(storage.join(settings.lake_uri, "validated")) if "=" in n]
+    return date.fromisoformat(max(days)) + timedelta(days=1)
 
 
 def table(out: dict) -> str:
@@ -112,25 +127,33 @@ def table(out: dict) -> str:
             gbm_done = True
     rows_by_split = "/".join(str(out["rows"][s]) for s in ("train", "val", "test"))
     return "\n".join([
-        f"King County, retrain as of {out['as_of']} (rows train/val/test {rows_by_split}; test = sales on or "
+        f"{DATASET_NAMES.get(out.get('dataset'), out.get('dataset'))}, retrain as of {out['as_of']} (rows train/val/test {rows_by_split}; test = sales on or "
         f"after {out['test_start']}); {out['machine']}. \"full retrain\" = features + train step (MLflow, "
         "registry) + evaluate step (which also trains the gradient boosting); \"training s\" includes the refit; "
         "val rmse_ln is that of the early-stopped model, before any refit.", "", *rows])
 
 
-def write_docs(text: str, path: Path) -> None:
+def write_docs(text: str, path: Path, dataset: str = "king_county") -> None:
+    """Replace the table between the dataset's markers (King County's: BEGIN / END; another dataset's:
+    ``<!-- model_quality:<name>:begin -->`` / ``...:end -->``)."""
     doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{path}: markers {BEGIN} / {END} not found")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    begin, end = (BEGIN, END) if dataset == "king_county" else (f"<!-- model_quality:{dataset}:begin -->",
+                                                               f"<!-- model_quality:{dataset}:end -->")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: markers {begin} / {end} not found")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="tabm", help="comma-separated model families (first: the default model)")
-    p.add_argument("--as-of", type=date.fromisoformat, default=date(2015, 5, 28), help="the retrain's interval end")
+    p.add_argument("--as-of", type=date.fromisoformat, default=None,
+                   help="the retrain's interval end (default: 2015-05-28 for King County, else the day after the "
+                        "lake's last sale)")
+    p.add_argument("--spec", default=None, help="the dataset spec (HOMEWORTH_DATASET_SPEC; default King County's)")
+    p.add_argument("--max-epochs", type=int, default=None, help="the retrain's max_epochs Param (default: its default)")
     p.add_argument("--home", default=None, help="HOMEWORTH_HOME to use (default: a fresh temporary folder)")
     p.add_argument("--use-tuned", action="store_true", help="use the home's tuning result if it has one")
     p.add_argument("--seed", type=int, default=42)
@@ -145,14 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     for k in [k for k in os.environ if k.startswith("HOMEWORTH_") and k not in ("HOMEWORTH_HOME", "HOMEWORTH_TORCH_THREADS")]:
         del os.environ[k]
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    out = run([f.strip() for f in args.families.split(",") if f.strip()], args.as_of, args.use_tuned, args.seed,
-              refit=not args.no_refit)
+    if args.spec:
+        os.environ["HOMEWORTH_DATASET_SPEC"] = str(Path(args.spec).resolve())
+    as_of = args.as_of or (None if args.spec else date(2015, 5, 28))
+    out = run([f.strip() for f in args.families.split(",") if f.strip()], as_of, args.use_tuned, args.seed,
+              refit=not args.no_refit, max_epochs=args.max_epochs)
     text = table(out)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     if args.write_docs:
-        write_docs(text, ROOT / "docs" / "model.md")
+        write_docs(text, ROOT / "docs" / "model.md", out["dataset"])
     return 0
 
 

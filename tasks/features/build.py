@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Callable
@@ -64,7 +63,8 @@ def _output_columns(spec: DatasetSpec, fset: FeatureSet) -> list[str]:
     return list(dict.fromkeys([*keep, *fset.numeric, *fset.comp_columns(), *fset.categorical, SPLIT]))
 
 
-def _comps_stage(cfg: CompsConfig | None, window: WindowPlan, max_knn_pairs: int | None) -> tuple[CompsStage, bool]:
+def _comps_stage(cfg: CompsConfig | None, window: WindowPlan, max_knn_pairs: int | None,
+                 train_rows: Callable[[], pl.LazyFrame] | None = None) -> tuple[CompsStage, bool]:
     """The comparable-sales stage for ``cfg``'s mode, and whether no row depends on another (then one
     streaming plan writes the whole table, else chunks of rows do).
 
@@ -76,14 +76,22 @@ def _comps_stage(cfg: CompsConfig | None, window: WindowPlan, max_knn_pairs: int
     - aggregated (``HOMEWORTH_COMPS=area``): dense per-(area, day) arrays from one aggregation of the
       history, looked up per row inside the streaming plan;
     - full: per chunk, ``comps`` over the history files the chunk can reach, its k-nearest in slices
-      of at most ``max_knn_pairs`` candidate pairs.
+      of at most ``max_knn_pairs`` candidate pairs;
+    - leave-one-out (no event time): per chunk, ``comps`` over the window's training rows (``train_rows``),
+      never a validation or test target (:mod:`tasks.features.comps.loo`).
     """
     if cfg is None:
         return (lambda chunk, rows: rows), True
+    if cfg.leave_one_out:
+        if train_rows is None:
+            raise ValueError("leave-one-out comparable sales need the window's training rows")
+        history = train_rows().collect()
+        return (lambda chunk, rows: comps(history, rows, cfg).lazy()), False
     if cfg.is_market_only():
         market = market_index(pl.scan_parquet([p["uri"] for p in window.candidates]), row_days(window.info, cfg.time),
                               cfg)
-        return (lambda chunk, rows: rows.join(market.lazy(), on=cfg.time, how="left", maintain_order="left")), True
+        return (lambda chunk, rows: cfg.with_time(rows.join(market.lazy(), on=cfg.time, how="left",
+                                                            maintain_order="left"))), True
     if cfg.aggregated:
         tables = area_tables(pl.scan_parquet([p["uri"] for p in window.candidates]),
                              pl.scan_parquet([p["uri"] for p in window.info]), cfg, row_span(window.info))
@@ -182,15 +190,14 @@ def _write_table(out_uri: str, window: WindowPlan, frame: Callable[[list[dict]],
     sha256 (None: hash the published file). ``rebuild``: write it even when a table is there (and keep that one)."""
     local, tmp = prepare_output(out_uri)
     try:
-        if os.path.exists(local) and not rebuild:
+        if storage.exists(local) and not rebuild:
             log.info("features: %s is written but has no manifest yet; completing it", out_uri)
             return split_counts(local), None
         if streaming:
             return publish_table(tmp, local, *stream_table(frame(window.info), tmp, pool))
         return publish_table(tmp, local, write_chunks(plan_chunks(window.info, chunk_rows), frame, tmp), None)
     finally:
-        if os.path.exists(tmp):  # a failed write's
-            os.remove(tmp)
+        storage.remove(tmp)  # a failed write's (local path or object-store key)
 
 
 def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_end: date,
@@ -238,7 +245,11 @@ def build_features(spec: DatasetSpec, lake_uri: str, window_start: date, window_
     storage.sweep_stale_temp(lake.features_dir(lake_uri, window_start, window_end))
     if not rebuild and (meta := _reuse(out_uri)) is not None:
         return meta
-    stage, streaming = _comps_stage(fset.comps, window, max_knn_pairs)
+    def train_rows() -> pl.LazyFrame:
+        rows = assign_split(pl.scan_parquet([p["uri"] for p in window.info]), spec, window_end)
+        return rows.filter(pl.col(SPLIT) == "train").drop(SPLIT)
+
+    stage, streaming = _comps_stage(fset.comps, window, max_knn_pairs, train_rows)
     frame = _chunk_frames(spec, fset, window_end, stage)
     local = storage.local_path(out_uri) or out_uri
     with ThreadPoolExecutor(max_workers=1) as pool:

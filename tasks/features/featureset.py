@@ -23,7 +23,7 @@ COMPS_MODES = ("full", "market", "area", "off")
 class FeatureSet:
     numeric: list[str]
     categorical: list[str]
-    target_transform: Literal["log", "identity"]
+    target_transform: Literal["log", "identity", "auto"]  # auto: chosen from the training targets (fit)
     derive: Callable[[pl.LazyFrame], pl.LazyFrame]
     module: str | None
     unclipped: tuple[str, ...] = ()
@@ -33,6 +33,9 @@ class FeatureSet:
     # Columns whose sum is the target's baseline (the module's ``TARGET_OFFSET``): the model fits the
     # transformed target minus it, e.g. ln(price) - (market index + ln(size)) for King County.
     target_offset: tuple[str, ...] = ()
+    # Comps columns kept in the feature table that are not model inputs (market time, which a time split's
+    # test rows take past the training range).
+    not_inputs: tuple[str, ...] = ()
 
     def comp_columns(self) -> list[str]:
         return self.comps.columns() if self.comps is not None else []
@@ -46,16 +49,73 @@ def feature_set(spec: DatasetSpec, comps_mode: str = "full") -> FeatureSet:
         raise ValueError(f"comps mode {comps_mode!r}: expected one of {COMPS_MODES}")
     module = spec.features_module_obj()
     if module is None:
-        return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), spec.target_transform or "identity",
-                          lambda lf: lf, None)
-    comps = getattr(module, "COMPS", None) if comps_mode != "off" else None
-    if comps is not None and comps_mode == "market":
-        comps = comps.market_only()
-    elif comps is not None and comps_mode == "area":
-        comps = comps.area_only()
+        return default_feature_set(spec, comps_mode)
+    comps = _in_mode(getattr(module, "COMPS", None), comps_mode)
     return FeatureSet(list(module.NUMERIC), list(module.CATEGORICAL), module.TARGET_TRANSFORM, module.derive,
                       spec.features_module, tuple(getattr(module, "UNCLIPPED", ())), comps,
                       tuple(getattr(module, "TARGET_OFFSET", ())))
+
+
+def _in_mode(comps: CompsConfig | None, comps_mode: str) -> CompsConfig | None:
+    if comps is None or comps_mode == "off":
+        return None
+    if comps_mode == "market":
+        return comps.market_only()
+    return comps.area_only() if comps_mode == "area" else comps
+
+
+def default_comps(spec: DatasetSpec) -> CompsConfig | None:
+    """The comparable-sales configuration of a spec without a feature module, from its roles. Without an
+    event time: leave-one-out comparables over the training rows (:mod:`tasks.features.comps.loo`; location
+    groups and the k nearest), None with neither a location nor coordinates. With one:
+
+    - the market index of the event time, nowcast to the sale day, and located by the first ``comps:
+      location`` column when there is one (its effect removed, as King County's zipcode);
+    - trailing windows per ``location`` column (e.g. postcode and suburb);
+    - with ``latitude`` and ``longitude``: the 0.01-degree cell's window and the 8 / 24 nearest earlier sales;
+    - prices per ``living_area`` when the spec has one that is never empty (``nullable`` false), else per
+      sale (a size missing on many rows would leave them without comparables);
+    - the item's previous sale with a single ``id`` column;
+    - market time (``market_time``: days since a fixed origin, the month as sin / cos, ln size).
+    """
+    t = spec.event_time
+    lat, lon = (spec.comps_columns(m) for m in ("latitude", "longitude"))
+    area, locations = spec.comps_columns("living_area"), spec.comps_columns("location")
+    size = area[0] if area and not spec.columns[area[0]].accepts_null else None
+    xy = bool(lat and lon)
+    if t is None:  # a cross-sectional file: the other training rows (tasks.features.comps.loo)
+        if not (locations or xy):
+            return None
+        return CompsConfig(time=None, leave_one_out=True, target=spec.target, size=size, lat=lat[0] if xy else None,
+                           long=lon[0] if xy else None, groups=locations, cell_windows_days=[],
+                           knn_k=[8, 24] if xy else [])
+    ids = spec.id_columns
+    return CompsConfig(time=t, target=spec.target, size=size, lat=lat[0] if xy else None, long=lon[0] if xy else None,
+                       groups=locations, id=ids[0] if len(ids) == 1 else None, market_nowcast=True,
+                       market_location=locations[0] if locations else None, market_time=True,
+                       cell_windows_days=[365] if xy else [], knn_k=[8, 24] if xy else [])
+
+
+def default_feature_set(spec: DatasetSpec, comps_mode: str = "full") -> FeatureSet:
+    """The feature set of a spec without a feature module: its numeric and categorical columns, the
+    comparable sales of :func:`default_comps` (in ``comps_mode``), and the target relative to the market
+    of the sale day (the location-adjusted index nowcast to it, plus ln size with a size), as King County's
+    module does. Market time (``<p>sale_day``) is in the table but not a model input: a time split's test
+    days lie past the training range, where a network extrapolates it arbitrarily (docs/model.md); the
+    market level enters through the offset. The target transform is the spec's, else chosen from the
+    training targets at fit time (``auto``: ln for a positive, right-skewed target; ``tasks.features.fit``)."""
+    comps = _in_mode(default_comps(spec), comps_mode)
+    offset: tuple[str, ...] = ()
+    not_inputs: tuple[str, ...] = ()
+    if comps is not None and comps.leave_one_out:
+        offset = (f"{comps.prefix}ln_size",) if comps.size else ()
+    elif comps is not None:
+        p = comps.prefix
+        offset = (f"{p}mktloc_now" if comps.market_location else f"{p}mkt_now",
+                  *((f"{p}ln_size",) if comps.size else ()))
+        not_inputs = (f"{p}sale_day",)
+    return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), spec.target_transform or "auto",
+                      lambda lf: lf, None, comps=comps, target_offset=offset, not_inputs=not_inputs)
 
 
 def bounded_sample(lf: pl.LazyFrame, max_rows: int, rows: int | None = None) -> pl.DataFrame:

@@ -4,6 +4,7 @@ and standard deviations (exact integer sums), vocabularies, the target's transfo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -50,9 +51,25 @@ def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[s
     unclipped = (*fset.unclipped, *(comps_cfg.unclipped() if comps_cfg else ()))
     # A comp column is absent without comps, and with it an offset that uses it.
     offset_cols = list(fset.target_offset) if fset.target_offset and set(fset.target_offset) <= set(names) else []
-    return (FeatureSet(fset.numeric + [c for c in present if c not in fset.numeric], fset.categorical,
-                       fset.target_transform, fset.derive, fset.module, unclipped, comps_cfg, tuple(offset_cols)),
+    inputs = [c for c in present if c not in fset.numeric and c not in fset.not_inputs]
+    return (FeatureSet(fset.numeric + inputs, fset.categorical, fset.target_transform, fset.derive, fset.module,
+                       unclipped, comps_cfg, tuple(offset_cols), fset.not_inputs),
             offset_cols)
+
+
+# ``auto`` target transform: ln when every training target is positive and their skewness passes this.
+LOG_SKEW = 0.5
+
+
+def choose_target_transform(train: pl.LazyFrame, target: str) -> tuple[str, dict]:
+    """``log`` for a positive, right-skewed target (a price), else ``identity``, from the training rows;
+    and why (recorded in the preprocessing's ``fitted_on``)."""
+    y = pl.col(target).cast(pl.Float64).fill_nan(None)
+    row = train.select(y.min().alias("min"), y.skew().alias("skew")).collect(engine="streaming").row(0, named=True)
+    lo, skew = row["min"], row["skew"] if row["skew"] is not None and math.isfinite(row["skew"]) else 0.0
+    chosen = "log" if lo is not None and lo > 0 and skew > LOG_SKEW else "identity"
+    return chosen, {"chosen": chosen, "rule": f"log when the training targets are all positive and skew > {LOG_SKEW}",
+                    "min": lo, "skew": round(skew, 6)}
 
 
 # Means and standard deviations are computed from integer sums, which are exact, so they do not depend
@@ -180,6 +197,10 @@ def fit_preprocessing(features_uri: str, spec: DatasetSpec, fset: FeatureSet, fi
     n_train = fitted_on.get("rows", {}).get("train")
     if n_train is None:
         n_train = int(train.select(pl.len()).collect(engine="streaming").item())
+    if fset.target_transform == "auto":  # chosen from the data; the spec's target_transform overrides
+        chosen, why = choose_target_transform(train, spec.target)
+        fset = dataclasses.replace(fset, target_transform=chosen)
+        fitted_on = {**fitted_on, "target_transform": why}
     aggs = train.select(_train_aggregates(spec, fset, offset_cols)).collect(engine="streaming").row(0, named=True)
     vocabs = {c: _vocabulary(train, c) for c in fset.categorical}
     columns = _sample_columns(spec, fset, offset_cols)

@@ -174,7 +174,9 @@ def test_king_county_spec_stays_valid_and_strict():
     spec = load_spec(KC_SPEC_PATH)
     assert spec.not_null_columns == list(spec.columns), "required and no nullable: empty values are quarantined"
     assert spec.duplicate_key() == (["id", "date"], False)
-    assert spec.target_transform is None and spec.promotion.max_mdape is None
+    assert spec.target_transform is None
+    # King County keeps its absolute bars in its own spec; the boosting is reported, not a bar.
+    assert (spec.promotion.max_mdape, spec.promotion.min_ppe10, spec.promotion.max_mdape_vs_boosting) == (0.15, 0.40, None)
 
 
 def test_inferring_king_county_names_its_id_and_date_format():

@@ -319,4 +319,5 @@ def area_comps(rows: pl.LazyFrame, table: AreaTable, cfg: CompsConfig) -> pl.Laz
         values += [pl.lit(a).gather(pl.col("_i_cell")).alias(c) for c, a in arrays.items()]
     missing = [pl.lit(0 if c.endswith("_n") else None, pl.Int32 if c.endswith("_n") else pl.Float64).alias(c)
                for c in cfg.columns() if c not in {v.meta.output_name() for v in values}]
-    return out.with_columns(*values, *missing).select(*original, *cfg.columns())
+    missing = [e for e in missing if e.meta.output_name() not in cfg.time_columns()]
+    return cfg.with_time(out.with_columns(*values, *missing)).select(*original, *cfg.columns())

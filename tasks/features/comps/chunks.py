@@ -12,6 +12,7 @@ import polars as pl
 from tasks.features.comps.area import area_comps, area_tables
 from tasks.features.comps.config import CompsConfig, _cells
 from tasks.features.comps.full import comps_lazy
+from tasks.features.comps.loo import loo_comps
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def comps(history: pl.LazyFrame | pl.DataFrame, rows: pl.LazyFrame | pl.DataFram
     definitions, so the same values up to float rounding (a row depends only on the sales before it).
     """
     history = history.lazy()
+    if cfg.leave_one_out:  # no event time: the other training rows (tasks.features.comps.loo)
+        return loo_comps(history, rows.lazy(), cfg).collect()
     if cfg.aggregated:  # no row depends on another row: no chunks
         return area_comps(rows.lazy(), area_tables(history, rows.lazy(), cfg), cfg).collect()
     rows = rows.lazy().with_row_index("_order")

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import math
+from datetime import date
+
 import polars as pl
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_serializer, model_validator
 
 KM_PER_DEGREE = 111.195
 Q = "_q"  # row index of the rows being featurised
+# Day zero of market time (``CompsConfig.market_time``): fixed, so a feature's value never depends on the data.
+MARKET_ORIGIN = date(2000, 1, 1)
 
 
 class CompsConfig(BaseModel):
     """Which columns the comparable-sales features read and how far they look; saved in the preprocessing."""
 
-    time: str  # event-time column (a date)
+    time: str | None  # event-time column (a date); None: leave-one-out comparables (``leave_one_out``)
     target: str  # the sale price
-    size: str  # the size the price is normalised by (price per square foot)
-    lat: str
-    long: str
+    # The size the price is normalised by (price per square foot); None: ln(price) per sale (a spec whose
+    # living area is often empty, e.g. Melbourne's BuildingArea).
+    size: str | None
+    lat: str | None = None  # None (no coordinates): no grid cells, rings or k nearest
+    long: str | None = None
     groups: list[str] = Field(default_factory=list)  # categorical areas with trailing windows (e.g. zipcode)
     id: str | None = None  # the item's id: its own previous sale, when there is one
     prefix: str = "comp_"
@@ -59,9 +66,18 @@ class CompsConfig(BaseModel):
     aggregated: bool = False
     ring_cells: int = Field(default=0, ge=0)
     ring_windows_days: list[int] = Field(default=[90, 365])
+    # Row-level market time of the event time (the default features of a spec without a feature module,
+    # ``tasks.features.featureset``): ``<p>sale_day`` (days since MARKET_ORIGIN), ``<p>month_sin`` /
+    # ``<p>month_cos`` (the season), and with a size ``<p>ln_size`` (ln of it: the target offset's term).
+    market_time: bool = False
+    # No event time (a cross-sectional file): the comparables of a row are the other training rows
+    # (:mod:`tasks.features.comps.loo`): per location group and the k nearest; no market, cells or id.
+    leave_one_out: bool = False
 
     def lookback_days(self) -> int:
         """How many days of history before the first row any configured feature can reach."""
+        if self.leave_one_out:
+            return 0
         reach = [*self.market_windows_days, *(self.group_windows_days if self.groups else []),
                  *self.cell_windows_days, *([self.knn_max_age_days] if self.knn_k else []),
                  *(self.ring_windows_days if self.ring_cells else []),
@@ -77,14 +93,21 @@ class CompsConfig(BaseModel):
     def area_only(self, ring_cells: int = 1) -> "CompsConfig":
         """The market index, and the group, cell and ring windows as means from per-(area, day) sums:
         linear in the rows, memory one row per area and day (``HOMEWORTH_COMPS=area``)."""
-        return self.model_copy(update={"knn_k": [], "id": None, "aggregated": True, "ring_cells": ring_cells})
+        if self.leave_one_out:  # already linear per group; the k nearest are row-to-row
+            return self.model_copy(update={"knn_k": []})
+        return self.model_copy(update={"knn_k": [], "id": None, "aggregated": True,
+                                       "ring_cells": ring_cells if self.lat is not None else 0})
 
     def is_market_only(self) -> bool:
-        return not (self.groups or self.cell_windows_days or self.knn_k or self.id or self.ring_cells)
+        return not self.leave_one_out and not (self.groups or self.cell_windows_days or self.knn_k or self.id or self.ring_cells)
 
     def columns(self) -> list[str]:
         """The feature columns :func:`comps` adds, in order."""
         p = self.prefix
+        if self.leave_one_out:
+            cols = [f"{p}{g}_{s}" for g in self.groups for s in ("mean", "n")]
+            cols += [f"{p}knn{k}_{s}" for k in self.knn_k for s in ("med", "est", "dist_km", "size")]
+            return cols + ([f"{p}knn_n"] if self.knn_k else []) + ([f"{p}ln_size"] if self.size else [])
         cols = [f"{p}mkt_{w}" for w in self.market_windows_days]
         if self.market_nowcast:
             cols.append(f"{p}mkt_now")
@@ -105,13 +128,47 @@ class CompsConfig(BaseModel):
             cols.append(f"{p}knn_n")
         if self.id:
             cols += [f"{p}prev_adj", f"{p}prev_est", f"{p}prev_days"]
-        return cols
+        return cols + self.time_columns()
+
+    def time_columns(self) -> list[str]:
+        """The row-level columns of ``market_time`` (last of :meth:`columns`)."""
+        if not self.market_time:
+            return []
+        p = self.prefix
+        return [f"{p}sale_day", f"{p}month_sin", f"{p}month_cos", *([f"{p}ln_size"] if self.size else [])]
+
+    def time_exprs(self) -> list[pl.Expr]:
+        """The expressions of :meth:`time_columns` (of the row alone: point in time by construction)."""
+        if not self.market_time:
+            return []
+        p, t = self.prefix, pl.col(self.time)
+        angle = t.dt.month().cast(pl.Float64) * (2 * math.pi / 12)
+        out = [(t - pl.lit(MARKET_ORIGIN)).dt.total_days().cast(pl.Float64).alias(f"{p}sale_day"),
+               angle.sin().alias(f"{p}month_sin"), angle.cos().alias(f"{p}month_cos")]
+        if self.size:
+            size = pl.col(self.size).cast(pl.Float64)
+            out.append(pl.when(size > 0).then(size.log()).alias(f"{p}ln_size"))
+        return out
+
+    def with_time(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        """``lf`` with :meth:`time_columns` (unchanged without ``market_time``)."""
+        return lf.with_columns(self.time_exprs()) if self.market_time else lf
 
     def unclipped(self) -> list[str]:
         """Columns the preprocessing never clips: the market index with ``extrapolate_market``, else none."""
         if not self.extrapolate_market:
             return []
         return [c for c in self.columns() if c.startswith((f"{self.prefix}mkt_", f"{self.prefix}mktloc_"))]
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler):
+        # ``market_time`` and ``leave_one_out`` are left out while off, so a configuration from before they
+        # existed (King County's) serialises, and its preprocessing artifact hashes, exactly as it did.
+        out = handler(self)
+        for name in ("market_time", "leave_one_out"):
+            if out.get(name) is False:
+                del out[name]
+        return out
 
     @model_validator(mode="after")
     def _two_windows_for_the_nowcast(self) -> "CompsConfig":
@@ -121,6 +178,14 @@ class CompsConfig(BaseModel):
             raise ValueError("aggregated (area) comps have no k nearest (knn_k) and no previous sale (id)")
         if self.ring_cells and not self.aggregated:
             raise ValueError("ring_cells needs aggregated (area) comps")
+        if self.time is None and not self.leave_one_out:
+            raise ValueError("comparable sales without an event time (time) are leave_one_out")
+        if self.leave_one_out and (self.market_nowcast or self.market_location or self.cell_windows_days or self.id
+                                   or self.aggregated or self.market_time or self.ring_cells):
+            raise ValueError("leave_one_out comps have location groups and k nearest only (no market, cells, id, "
+                             "area mode or market time)")
+        if (self.lat is None or self.long is None) and (self.cell_windows_days or self.knn_k or self.ring_cells):
+            raise ValueError("grid cells, rings and k nearest (cell_windows_days, ring_cells, knn_k) need lat and long")
         return self
 
     def market_columns(self) -> list[pl.Expr]:
@@ -138,7 +203,7 @@ class CompsConfig(BaseModel):
     def input_columns(self, with_target: bool) -> list[str]:
         cols = [self.time, self.size, self.lat, self.long, *self.groups,
                 *([self.market_location] if self.market_location else []), *([self.id] if self.id else [])]
-        cols = list(dict.fromkeys(cols))
+        cols = [c for c in dict.fromkeys(cols) if c is not None]
         return [*cols, self.target] if with_target else cols
 
 

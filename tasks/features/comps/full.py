@@ -119,8 +119,9 @@ def comps_lazy(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig) -> p
         pieces.append(_previous(raw, keys, cfg))
     for piece in pieces:
         out = out.join(piece, on=Q, how="left", maintain_order="left")
-    lns = pl.col(cfg.size).cast(pl.Float64).log()
+    lns = pl.col(cfg.size).cast(pl.Float64).log() if cfg.size else pl.lit(0.0)
     derived = [(pl.col(f"{p}knn{k}_med") + pl.col("_mkt_row") + lns).alias(f"{p}knn{k}_est") for k in cfg.knn_k]
+    derived += cfg.time_exprs()
     if cfg.knn_k:
         derived.append(pl.col(f"{p}knn_n").fill_null(0))
     if cfg.id:

@@ -13,11 +13,14 @@ from tasks.features.comps.config import CompsConfig
 
 
 def _history_values(history: pl.LazyFrame, cfg: CompsConfig) -> pl.LazyFrame:
-    price, size = pl.col(cfg.target).cast(pl.Float64), pl.col(cfg.size).cast(pl.Float64)
+    price = pl.col(cfg.target).cast(pl.Float64)
+    size = pl.col(cfg.size).cast(pl.Float64) if cfg.size else pl.lit(1.0)  # no size: ln(price) per sale
+    known = (price > 0) & (size > 0) & pl.col(cfg.time).is_not_null()
+    if cfg.lat is not None and cfg.long is not None:
+        known = known & pl.col(cfg.lat).is_not_null() & pl.col(cfg.long).is_not_null()
     return (
         history.select(*dict.fromkeys(cfg.input_columns(with_target=True)))
-        .filter((price > 0) & (size > 0) & pl.col(cfg.time).is_not_null() & pl.col(cfg.lat).is_not_null()
-                & pl.col(cfg.long).is_not_null())
+        .filter(known)
         .with_columns((price / size).log().alias("_lnppsf"), price.log().alias("_lnp"), size.log().alias("_lns"))
     )
 
