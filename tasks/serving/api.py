@@ -39,6 +39,7 @@ import os
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from tasks.core import lake, storage
 from tasks.core.settings import Settings, get_settings
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None, spec: DatasetSpec | None = None
     spec = spec or get_spec(settings.dataset_spec)
     set_torch_threads(settings.torch_threads)
     bound_mlflow_http(settings.mlflow_tracking_uri)
-    cache = ChampionCache(settings)
+    # TTL 0 re-checks the alias on every request and serves a new champion on the very next one (tests); a positive
+    # TTL swaps new champions in the background, no request waiting for the registry or a load (docs/serving.md).
+    cache = ChampionCache(settings, background_swap=settings.serving_alias_ttl_s > 0)
     app = FastAPI(title="homeworth", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="House prices from the champion model. " + (__doc__ or "").split("\n\n")[1])
     app.state.cache, app.state.settings = cache, settings
@@ -123,10 +126,18 @@ def model_routes(settings: Settings, spec: DatasetSpec, cache: ChampionCache) ->
             raise HTTPException(503, str(exc)) from exc
 
     @router.post("/predict")
-    def predict(body: PredictRequest) -> dict:  # type: ignore[valid-type]
+    async def predict(body: PredictRequest) -> dict:  # type: ignore[valid-type]
+        # A few milliseconds of numpy and torch: run inline on the event loop, no hop to the thread pool (on a busy
+        # machine each hop waits for a time slice). Only a call that may wait (no champion cached yet, or the
+        # cache waits for refreshes) goes to the thread pool.
+        if cache.background_swap and cache.bundle is not None:
+            return prices(body)
+        return await run_in_threadpool(prices, body)
+
+    def prices(body) -> dict:
         version, bundle, _ = champion()
         rows = pl.DataFrame([h.model_dump() for h in body.houses], schema=schema, orient="row")
-        prices = bundle.predict(model_frame(spec, rows))
+        prices = bundle.predict(model_frame(spec, rows), fresh=False)  # the comps index, refreshed in the background
         bad = [i for i, p in enumerate(prices) if not math.isfinite(float(p))]
         if bad:
             raise HTTPException(422, f"the model gives no finite price for houses {bad[:20]} (inputs far outside "
@@ -184,6 +195,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tasks.serving.api
     args = p.parse_args(argv)
     settings = get_settings()
     check_exposure(args.host, settings)
+    # One house is too small a product to split over threads; concurrent requests use the cores instead.
+    set_torch_threads(settings.torch_threads or 1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 

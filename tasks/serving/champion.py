@@ -43,12 +43,16 @@ class ChampionCache:
 
     The alias is read at most every ``ttl_s`` seconds; a request in between uses the cached bundle.
     ``wait_s``: how long requests wait for a refresh in flight while a champion is cached (from the
-    refresh's start); ``first_wait_s``: the same before any champion is loaded.
+    refresh's start); ``first_wait_s``: the same before any champion is loaded. With ``background_swap``
+    (the endpoint with a positive TTL) a request never waits once a champion is cached: the refresh
+    loads the new version and builds its comps index (``ModelBundle.warm``) in the background and
+    swaps it in with one assignment, so a new champion or new sales cause no latency spike.
     """
 
     def __init__(self, settings: Settings, ttl_s: float | None = None, wait_s: float = 10.0,
-                 first_wait_s: float = 60.0):
+                 first_wait_s: float = 60.0, background_swap: bool = False):
         self.settings = settings
+        self.background_swap = background_swap
         self.ttl_s = settings.serving_alias_ttl_s if ttl_s is None else ttl_s
         self.wait_s, self.first_wait_s = wait_s, first_wait_s
         self._lock = threading.Lock()
@@ -102,6 +106,8 @@ class ChampionCache:
                                                          name="homeworth-champion-refresh")
                 thread.start()
             started = self._checked
+        if self.bundle is not None and self.background_swap:
+            return  # the cached champion answers; a new one is swapped in when loaded and warmed
         if self.last_error is None:  # healthy so far: a new champion is served on this request
             bound = self.wait_s if self.bundle is not None else self.first_wait_s
             thread.join(max(0.0, started + bound - time.monotonic()))
@@ -125,6 +131,8 @@ class ChampionCache:
             except ValueError as exc:  # deterministic: the artifacts themselves (pydantic errors are ValueErrors)
                 self.refused[version] = str(exc)[:1000]
                 raise ArtifactsRefused(f"v{version} refused: {self.refused[version]}") from exc
+            bundle.index_ttl_s = self.ttl_s
+            bundle.warm()  # its comps index is built here, in the background, before it serves a request
             metrics = held_out_metrics(c, mv.run_id)
             event = ledger.latest_for(self.settings, version)
             info = champion_info(self.settings.model_name, mv, metrics, bundle, event)
