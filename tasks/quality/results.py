@@ -148,3 +148,32 @@ def row_reasons(name: str, result: dict, row_ids: list[int]) -> list[tuple[int, 
     values = result.get("unexpected_list") or []
     return [(row_ids[idx], f"{name}: got {fmt(values[i] if i < len(values) else None)}")
             for i, idx in enumerate(result["unexpected_index_list"])]
+
+
+def gx_order(expectations: list) -> list[int]:
+    """The positions of a suite's ``expectations`` in the order GX reports their results: grouped by
+    their ``column``, in order of first appearance, those without one first seen as one group (GX's
+    ``Validator.process_expectations_for_validation``)."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(expectations):
+        column = e.configuration.kwargs.get("column")
+        groups.setdefault(column if isinstance(column, str) else "_nocolumn", []).append(i)
+    return [i for group in groups.values() for i in group]
+
+
+def merge_results(suite_name: str, results: list, meta: dict | None = None) -> Any:
+    """One suite result from expectation results gathered over several GX validations (each in suite
+    order): the statistics and success GX computes for a suite, row positions as Python ints."""
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.validator.validator import calc_validation_statistics
+
+    for r in results:
+        if r.result.get("unexpected_index_list") is not None:
+            r.result["unexpected_index_list"] = [int(i) for i in r.result["unexpected_index_list"]]
+    stats = calc_validation_statistics(results)
+    return ExpectationSuiteValidationResult(
+        results=results, success=stats.success, suite_name=suite_name, meta=meta or {},
+        statistics={"evaluated_expectations": stats.evaluated_expectations,
+                    "successful_expectations": stats.successful_expectations,
+                    "unsuccessful_expectations": stats.unsuccessful_expectations,
+                    "success_percent": stats.success_percent})

@@ -5,6 +5,10 @@ then rows are written back per day. A row fails if its values did not coerce, if
 earlier row of the batch (same id and event time; without an id column, every column equal), or if any row-level expectation flags it; it then goes to
 ``quarantine`` with every reason. A failed batch-level expectation raises :class:`ValidationFailed`
 naming the expectation, the column and a sample of the bad values, and writes nothing.
+
+GX is fed by the compiled engine by default (:func:`gx_validate_compiled`): the suite's row-level checks,
+compiled once into Polars expressions (``expectations/compiled.py``), pick the few rows GX must judge;
+the result is the one GX gives on the whole batch (``engine="gx"``, tests/unit/test_validate_fast.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import os
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import partial
@@ -29,13 +34,17 @@ from tasks.core.spec import DatasetSpec
 from tasks.ingest.landing import COERCE_ERRORS, DS, SOURCE_FILE, SOURCE_ROW, days_in_interval, raw_schema
 from tasks.quality import datadocs
 from tasks.quality.daydocs import day_docs
-from tasks.quality.results import REASONS, ROW_ID, Judgement, judge
+from tasks.quality.results import REASONS, ROW_ID, Judgement, exception_message, gx_order, judge, merge_results
 
 log = logging.getLogger(__name__)
 
 BOOKKEEPING = [DS, SOURCE_FILE, SOURCE_ROW, COERCE_ERRORS]
 # A day's validated or quarantine file named by its content (``lake.addressed_part_uri``).
 ADDRESSED = re.compile(r"^part-[0-9a-f]{16}\.parquet$")
+# How GX is fed: "compiled" (the suite's row-level checks in Polars pick the rows GX judges) or "gx" (GX
+# judges every row; the reference the compiled engine is tested against, tests/unit/test_validate_fast.py).
+ENGINES = ("compiled", "gx")
+WRITERS = 4  # threads reading and writing a validation's day files
 
 
 class ValidationFailed(ValueError):
@@ -148,15 +157,21 @@ def reference_days(spec: DatasetSpec, params: dict | None) -> int:
             **(params or {})}.get(REFERENCE_DAYS) or 0
 
 
-def gx_validate(spec: DatasetSpec, df: pl.DataFrame, make_suite: Callable[[], Any], exp_params: dict, *,
-                asset: str, batch: str) -> Any:
-    """Validate ``df`` (with a ``_row_id`` column, left out) against ``make_suite()`` in an ephemeral GX context."""
+def _gx_context():
+    """An ephemeral GX context without progress bars."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return ctx
+
+
+def gx_validate(spec: DatasetSpec, df: pl.DataFrame, make_suite: Callable[[], Any], exp_params: dict, *,
+                asset: str, batch: str) -> Any:
+    """Validate ``df`` (with a ``_row_id`` column, left out) against ``make_suite()`` in an ephemeral GX context."""
+    ctx = _gx_context()
     suite = ctx.suites.add(make_suite())
     batch_def = ctx.data_sources.add_pandas("homeworth").add_dataframe_asset(asset).add_batch_definition_whole_dataframe(batch)
     pdf = _view(spec, df).drop(ROW_ID).to_pandas()
@@ -164,12 +179,66 @@ def gx_validate(spec: DatasetSpec, df: pl.DataFrame, make_suite: Callable[[], An
         suite, expectation_parameters=exp_params, result_format={"result_format": "COMPLETE"})
 
 
+def gx_validate_compiled(spec: DatasetSpec, df: pl.DataFrame, make_suite: Callable[[], Any], exp_params: dict, *,
+                         asset: str, batch: str) -> Any:
+    """What :func:`gx_validate` returns, with GX fed fewer rows and columns (``expectations/compiled.py``).
+
+    GX runs the compiled row-level checks on the rows they cannot clear (a pandas index keeps each row's
+    position in ``df``, which GX reports), the rest of the suite on every row of the columns it names;
+    the results are put back in the suite's order. A suite it cannot split, or an expectation that could
+    not be evaluated, is validated again the old way, so that the error reads the same.
+    """
+    import great_expectations as gx
+    import pandas as pd
+
+    from expectations.compiled import plan_suite
+
+    suite = make_suite()
+    view = _view(spec, df)
+    schema = view.drop(ROW_ID).schema
+    keys, whole_row = spec.duplicate_key()
+    plan = plan_suite(suite.expectations, exp_params, schema, [] if whole_row else list(keys))
+    if plan is None:
+        log.info("%s: a check the compiled engine cannot place; GX validates the whole batch", asset)
+        return gx_validate(spec, df, make_suite, exp_params, asset=asset, batch=batch)
+    frames = []
+    if plan.compact:
+        with_nulls = [c for c, n in zip(view.columns, view.null_count().row(0)) if n and c != ROW_ID]
+        mask = view.select(plan.candidates(with_nulls).alias("m"))["m"]
+        pdf = view.filter(mask).drop(ROW_ID).to_pandas()
+        pdf.index = pd.Index(mask.arg_true().to_numpy().astype("int64"))
+        frames.append((plan.compact, pdf))
+    if plan.narrow:
+        frames.append((plan.narrow, view.select(plan.columns).to_pandas()))
+    ctx, by_position, meta = _gx_context(), {}, {}
+    source = ctx.data_sources.add_pandas("homeworth")
+    for n, (idx, pdf) in enumerate(frames):
+        exps = [suite.expectations[i] for i in idx]
+        sub = ctx.suites.add(gx.ExpectationSuite(name=f"{suite.name}.{n}", expectations=exps))
+        batch_def = source.add_dataframe_asset(f"{asset}.{n}").add_batch_definition_whole_dataframe(batch)
+        res = batch_def.get_batch(batch_parameters={"dataframe": pdf}).validate(
+            sub, expectation_parameters=exp_params, result_format={"result_format": "COMPLETE"})
+        meta = meta or res.meta
+        by_position.update({idx[k]: r for k, r in zip(gx_order(exps), res.results, strict=True)})
+    results = [by_position[i] for i in gx_order(suite.expectations)]
+    if any(exception_message(r) is not None for r in results) or [r.expectation_config.type for r in results] != [
+            suite.expectations[i].expectation_type for i in gx_order(suite.expectations)]:
+        log.info("%s: an expectation could not be evaluated; GX validates the whole batch", asset)
+        return gx_validate(spec, df, make_suite, exp_params, asset=asset, batch=batch)
+    return merge_results(suite.name, results, meta)
+
+
 def run_gx(spec: DatasetSpec, df: pl.DataFrame, start: date, end: date, params: dict | None = None,
-           reference: dict | None = None) -> Any:
-    """Validate ``df`` (with a ``_row_id`` column) against the suite; returns the GX result."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+           reference: dict | None = None, engine: str = "compiled") -> Any:
+    """Validate ``df`` (with a ``_row_id`` column) against the suite; returns the GX result.
+
+    ``engine``: ``"compiled"`` (:func:`gx_validate_compiled`) or ``"gx"`` (the whole batch through GX).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"validation engine {engine!r}: expected one of {ENGINES}")
     exp_params = expectation_parameters(spec, start, end, params, reference=reference, batch_rows=df.height)
-    return gx_validate(spec, df, partial(_suite_for, spec, exp_params), exp_params, asset=spec.name, batch="interval")
+    validate = gx_validate_compiled if engine == "compiled" else gx_validate
+    return validate(spec, df, partial(_suite_for, spec, exp_params), exp_params, asset=spec.name, batch="interval")
 
 
 def _suite_for(spec: DatasetSpec, exp_params: dict):
@@ -183,20 +252,25 @@ def _suite_for(spec: DatasetSpec, exp_params: dict):
 
 
 def _read_raw(spec: DatasetSpec, lake_uri: str, days: list[date], raw_files: dict | None = None) -> pl.DataFrame:
-    """The raw partitions of ``days`` in one frame; ``raw_files`` gets {day: {uri, sha256}} of the bytes read."""
+    """The raw partitions of ``days`` in one frame (read by a few threads); ``raw_files`` gets {day: {uri, sha256}}
+    of the bytes read."""
     schema = raw_schema(spec)
-    frames = []
-    for day in days:
-        uri = lake.partition_uri(lake_uri, lake.RAW, day)
+    uris = [lake.partition_uri(lake_uri, lake.RAW, day) for day in days]
+    for day, uri in zip(days, uris):
         if not storage.exists(uri):
             raise ValidationFailed(f"{uri}: raw partition missing; run the ingest step for {day} first")
+
+    def read(uri: str) -> tuple[str, pl.DataFrame]:
         data = storage.read_bytes(uri)
-        if raw_files is not None:
-            raw_files[day.isoformat()] = {"uri": uri, "sha256": hashlib.sha256(data).hexdigest()}
-        frames.append(pl.read_parquet(data))
-    if not frames:
+        return hashlib.sha256(data).hexdigest(), pl.read_parquet(data)
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        got = list(pool.map(read, uris))
+    if raw_files is not None:
+        raw_files.update({day.isoformat(): {"uri": uri, "sha256": sha} for day, uri, (sha, _) in zip(days, uris, got)})
+    if not got:
         return pl.DataFrame(schema=schema)
-    return pl.concat(frames, how="vertical")
+    return pl.concat([frame for _, frame in got], how="vertical")
 
 
 def duplicate_reasons(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
@@ -205,11 +279,14 @@ def duplicate_reasons(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     keys, whole_row = spec.duplicate_key()
     if not keys:
         return pl.DataFrame(schema={ROW_ID: pl.UInt32, "reason": pl.String})
+    # Only rows whose key occurs more than once can repeat one (nulls count as equal here: more rows, not fewer).
+    df = df.filter(pl.struct(keys).is_duplicated())
     first = df.group_by(keys, maintain_order=True).agg(
         pl.col(SOURCE_FILE).first().alias("_first_file"), pl.col(SOURCE_ROW).first().alias("_first_row"),
         pl.col(ROW_ID).first().alias("_first_id"),
     )
-    dup = df.join(first, on=keys, how="inner", nulls_equal=whole_row).filter(pl.col(ROW_ID) != pl.col("_first_id"))
+    dup = df.join(first, on=keys, how="inner", nulls_equal=whole_row, maintain_order="left").filter(
+        pl.col(ROW_ID) != pl.col("_first_id"))
     if whole_row:
         return dup.select(ROW_ID, pl.format(
             "duplicate row: every spec column equal to {} row {} (the spec has no id column)",
@@ -275,23 +352,32 @@ def batch_failure(start: date, end: date, raw: pl.DataFrame, judged: Judgement) 
 def write_partitions(lake_uri: str, days: list[date], tagged: pl.DataFrame) -> tuple[dict, dict]:
     """Write each day's validated and quarantine files of ``tagged`` (see :func:`tag_reasons`), each named
     by its content (``lake.addressed_part_uri``): nothing a reader reads changes until :func:`publish_days`.
+    The days are split in one pass and written by a few threads (encoding, hashing and writing release the GIL).
 
     Returns ({day: sha256s and counts}, {day: the same with the files' URIs}).
     """
-    validated = tagged.filter(pl.col(REASONS).is_null()).drop(ROW_ID, REASONS, COERCE_ERRORS)
-    quarantine = tagged.filter(pl.col(REASONS).is_not_null()).drop(ROW_ID)
-    partitions, written = {}, {}
-    for day in days:
-        v = validated.filter(pl.col(DS) == day)
-        q = quarantine.filter(pl.col(DS) == day)
+    bad = pl.col(REASONS).is_not_null()
+    validated = _by_day(tagged.filter(~bad).drop(ROW_ID, REASONS, COERCE_ERRORS))
+    quarantine = _by_day(tagged.filter(bad).drop(ROW_ID))
+    empty = (tagged.drop(ROW_ID, REASONS, COERCE_ERRORS).clear(), tagged.drop(ROW_ID).clear())
+
+    def write(day: date) -> tuple[str, dict]:
+        v, q = validated.get(day, empty[0]), quarantine.get(day, empty[1])
         v_uri, v_sha = storage.write_addressed(storage.parquet_bytes(v), partial(
             lake.addressed_part_uri, lake_uri, lake.VALIDATED, day), record_sha256=True)
         q_uri, q_sha = storage.write_addressed(storage.parquet_bytes(q), partial(
             lake.addressed_part_uri, lake_uri, lake.QUARANTINE, day))
-        partitions[day.isoformat()] = {"validated": v_sha, "accepted": v.height, "quarantine": q_sha,
-                                       "quarantined": q.height}
-        written[day.isoformat()] = {**partitions[day.isoformat()], "validated_uri": v_uri, "quarantine_uri": q_uri}
+        return day.isoformat(), {"validated": v_sha, "accepted": v.height, "quarantine": q_sha,
+                                 "quarantined": q.height, "validated_uri": v_uri, "quarantine_uri": q_uri}
+
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        written = dict(pool.map(write, days))
+    partitions = {d: {k: w[k] for k in ("validated", "accepted", "quarantine", "quarantined")} for d, w in written.items()}
     return partitions, written
+
+
+def _by_day(frame: pl.DataFrame) -> dict[date, pl.DataFrame]:
+    return {key[0]: part for key, part in frame.partition_by(DS, as_dict=True, maintain_order=True).items()}
 
 
 def publish_days(lake_uri: str, written: dict, raw_files: dict, run_id: str | None, data_docs: dict) -> None:
@@ -340,7 +426,7 @@ def sweep_days(lake_uri: str, days: list[date]) -> None:
 
 
 def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, params: dict | None = None, *,
-                      run_id: str | None = None) -> dict:
+                      run_id: str | None = None, engine: str = "compiled") -> dict:
     """Validate the raw partitions of [start, end) and (re)write validated and quarantine per day.
 
     ``params`` overrides the suite's runtime parameters (see :func:`expectation_parameters`), e.g.
@@ -348,7 +434,8 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     but the Data Docs of the failed validation. Every validation writes Data Docs per day
     (``<lake>/_validation/ds=<day>/data_docs.html`` and ``result.json``, see tasks/quality/datadocs.py); the
     result's ``data_docs`` is the page to open (the day's page for one day, the interval's index otherwise).
-    ``run_id`` (the Airflow run) is shown in the Data Docs.
+    ``run_id`` (the Airflow run) is shown in the Data Docs. ``engine``: how GX is fed (see :data:`ENGINES`);
+    both give the same result.
     """
     fault_point("validate", "start")
     days = days_in_interval(start, end)
@@ -357,7 +444,7 @@ def validate_interval(spec: DatasetSpec, lake_uri: str, start: date, end: date, 
     pre = precheck(spec, _read_raw(spec, lake_uri, days, raw_files).with_row_index(ROW_ID))
     # GX runs on an empty batch too, so that a lower bound on the row count can fail it.
     reference = reference_window(spec, lake_uri, start, reference_days(spec, params))
-    result = run_gx(spec, pre.checked, start, end, params, reference=reference)
+    result = run_gx(spec, pre.checked, start, end, params, reference=reference, engine=engine)
     judged = judge(result.results, pre.checked)
     write_docs = partial(_write_docs, spec, lake_uri, pre, judged, result, days, start, end, run_id)
     if judged.failures:
