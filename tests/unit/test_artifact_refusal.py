@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import time
 import uuid
 
 import pytest
@@ -123,10 +122,8 @@ def test_sizes_within_bounds_that_together_are_absurd_are_refused_before_allocat
     cfg = ModelConfig(family="tabm", hidden=[4096] * 8, k=64, num_embedding_dim=256, n_frequencies=256)
     assert network_size(3, [3], cfg)[0] > MAX_PARAMETERS
     (bundle_dir / CONFIG).write_text(cfg.model_dump_json())
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match="refused before allocating"):
         ModelBundle.load(bundle_dir)
-    assert time.perf_counter() - t0 < 2, "nothing was allocated"
 
 
 def test_huge_vocabulary_is_refused_before_allocating(bundle_dir):
