@@ -7,20 +7,23 @@ worker has its own working folder, ``AIRFLOW_HOME`` (so its own task-log folder 
 A bulk ``sales_ingest`` and a short ``price_model_retrain`` run through the real scheduler. The test asserts
 from the metadata database (each task instance's ``queue``) and from each worker's own log folder (a task's
 log exists only on the worker that ran it) that ``train``, and only ``train``, ran on the training worker.
+
+It is also the object-store test of the lake end to end (issue 18): with ``HOMEWORTH_LANDING_URI``,
+``HOMEWORTH_LAKE_URI`` and ``HOMEWORTH_REPORTS_URI`` on ``s3://`` and MLflow's artifacts on S3, it checks the
+keys every stage writes (raw and validated days, one published feature table with its manifest, the
+evaluation, the report, the champion's model files in MLflow's bucket), that no temporary key is left, and
+that no Parquet or safetensors file was written below any component's folders or ``TMPDIR``.
 Skipped, with the reason, when PostgreSQL or Redis is not reachable (``make test`` starts the local ones).
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import pytest
 
 from tests.kc import KC_DATA_PATH
 from tests.support import free_port, local_airflow_env
+from tools import servers
 
 REPO = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -35,8 +39,7 @@ DB = "homeworth_two_workers"
 REDIS_DB = 12  # a database of its own on the shared Redis (test_integration_celery.py uses 11)
 FIRST, LAST = date(2014, 11, 1), date(2015, 5, 27)
 TRAINING_QUEUE = "training"
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-BUCKETS = ("landing", "lake", "mlflow")
+LOCAL_SUFFIXES = (".parquet", ".safetensors")
 
 
 def _reachable(port: int) -> bool:
@@ -49,41 +52,10 @@ pytestmark = pytest.mark.skipif(not (_reachable(5432) and _reachable(6379)),
                                 reason="PostgreSQL (5432) and Redis (6379) must run on 127.0.0.1: make services")
 
 
-def _serve(argv: list[str], log: Path, env: dict[str, str], health: str, timeout: float = 180) -> subprocess.Popen:
-    """A server in its own process group, returned once ``health`` answers 200."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=log.parent, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{argv[:3]} exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(health, timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    raise AssertionError(f"{argv[:3]} not up on {health} after {timeout}s: {log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """What the workers share: a fresh PostgreSQL database and Redis database, moto's S3 server with the
     buckets, and an ``mlflow server`` whose artifacts go to S3. Yields the environment they all get."""
-    import boto3
     import redis
     import sqlalchemy as sa
 
@@ -94,47 +66,32 @@ def shared(tmp_path_factory):
     engine.dispose()
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
     root = tmp_path_factory.mktemp("two_workers")
-    (root / "servers").mkdir()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    s3_port, mlflow_port = free_port(), free_port()
-    endpoint, mlflow_uri = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{mlflow_port}"
-    procs = [_serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                    root / "servers" / "moto.log", base, f"{endpoint}/moto-api/")]
-    try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-        for bucket in BUCKETS:
-            s3.create_bucket(Bucket=bucket)
-        aws = {**CREDS, "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
-        procs.append(_serve(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-             f"sqlite:///{root / 'servers' / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
-             "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-            root / "servers" / "mlflow.log", {**base, **aws}, f"{mlflow_uri}/health"))
+    with servers.s3_and_mlflow(root / "servers") as srv:
         env = {
-            **aws,
+            **srv["env"],
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{DB}",
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@127.0.0.1:5432/{DB}",
             "HOMEWORTH_LANDING_URI": "s3://landing/feed", "HOMEWORTH_LAKE_URI": "s3://lake/lake",
-            "HOMEWORTH_REPORTS_URI": "s3://lake/reports", "HOMEWORTH_MLFLOW_TRACKING_URI": mlflow_uri,
+            "HOMEWORTH_REPORTS_URI": "s3://lake/reports",
             "HOMEWORTH_TRAINING_QUEUE": TRAINING_QUEUE, "HOMEWORTH_TORCH_THREADS": "1",
             "PYTHONPATH": str(REPO),
         }
-        yield {"root": root, "env": env, "s3": s3}
-    finally:
-        for p in reversed(procs):
-            _stop(p)
-        engine = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        engine.dispose()
+        try:
+            yield {"root": root, "env": env, "s3": srv["s3"], "mlflow_uri": srv["mlflow_uri"]}
+        finally:
+            engine = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+            engine.dispose()
 
 
 def _role_env(shared: dict, role: str, api_port: int) -> dict[str, str]:
     """A component's environment: its own AIRFLOW_HOME and HOMEWORTH_HOME below ``root/role``, the shared rest."""
-    env = local_airflow_env(shared["root"] / role, api_port, 3, **shared["env"])
+    tmp = shared["root"] / role / "tmp"  # a TMPDIR of its own: checked for spooled lake files at the end
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = local_airflow_env(shared["root"] / role, api_port, 3, **shared["env"], TMPDIR=str(tmp))
     # Each worker serves its own task logs (the api-server fetches them from it): a port of its own.
     env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(free_port())
     return env
@@ -180,7 +137,29 @@ def _wait(core, workers, dag_id: str, run_id: str, timeout: float) -> str:
 
 
 def _local_lake_files(roots: list[Path]) -> list[str]:
-    return [str(p) for root in roots for p in root.rglob("*") if p.suffix in (".parquet", ".safetensors")]
+    return [str(p) for root in roots for p in root.rglob("*") if p.name.endswith(LOCAL_SUFFIXES)]
+
+
+def _assert_on_the_store(s3, mlflow_uri: str) -> None:
+    """What every stage wrote is on S3: raw and validated days, one published feature table, the evaluation,
+    the report, and the champion's model files in MLflow's artifact bucket; no temporary key is left."""
+    import mlflow
+
+    lake = servers.keys(s3, "lake")
+    assert any(k.startswith("lake/raw/ds=2014-11-03/") for k in lake), lake[:20]
+    assert any(k.startswith("lake/validated/ds=2015-05-26/") and k.endswith("_manifest.json") for k in lake)
+    tables = [k for k in lake if k.startswith("lake/features/") and k.endswith("/part-0.parquet")]
+    assert len(tables) == 1 and tables[0].replace("part-0.parquet", "manifest.json") in lake, tables
+    assert not [k for k in lake if ".tmp-" in k], "no temporary key is left on the store"
+    assert any(k.startswith("lake/evaluations/") and k.endswith("predictions.parquet") for k in lake)
+    assert any(k.startswith("reports/") and k.endswith("report.html") for k in lake)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    champion = client.get_model_version_by_alias("homeworth-price-model", "champion")
+    assert champion.tags["promotion.decision"] == "promoted", champion.tags
+    files = {a.path for a in client.list_artifacts(champion.run_id, "model")}
+    assert {"model/model.safetensors", "model/preprocessing.json", "model/model_config.json"} <= files, files
+    stored = servers.keys(s3, "mlflow")
+    assert any(k.endswith("model/model.safetensors") for k in stored), stored[:20]
 
 
 def test_default_and_training_workers_split_the_queues(shared):
@@ -222,8 +201,7 @@ def test_default_and_training_workers_split_the_queues(shared):
         leftover = [pid for af in all_af for pid in af.stop()]
     assert leftover == [], f"processes left running: {leftover}"
     _assert_split(envs, runs, tis)
-    lake_keys = [o["Key"] for o in shared["s3"].list_objects_v2(Bucket="lake").get("Contents", [])]
-    assert any(k.startswith("lake/features/") for k in lake_keys), lake_keys[:20]
+    _assert_on_the_store(shared["s3"], shared["mlflow_uri"])
     left = _local_lake_files([root / "core", *(root / f"worker-{q}" for q in envs)])
     assert left == [], f"lake or artifact files on a worker's local disk: {left}"
 
