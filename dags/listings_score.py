@@ -58,13 +58,14 @@ def listings_score():
     @task(outlets=[LISTING_PREDICTIONS])
     def score(model: dict, data_interval_start=None, data_interval_end=None, params=None, outlet_events=None) -> dict:
         from tasks.core.handoffs import ChampionRef
-        from tasks.core.params import interval_days
+        from tasks.core.params import interval_days, no_retry_on_refusal
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.serving.score import score_interval
 
-        start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
-        result = score_interval(get_spec(), get_settings(), start, end, ChampionRef.from_xcom(model).model_version)
+        with no_retry_on_refusal():  # a date range out of bounds fails again: no retries
+            start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
+            result = score_interval(get_spec(), get_settings(), start, end, ChampionRef.from_xcom(model).model_version)
         outlet_events[LISTING_PREDICTIONS].extra = result.model_dump(include={"start", "end", "model_version",
                                                                              "scored", "rejected"})
         return result.to_xcom()

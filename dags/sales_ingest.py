@@ -92,13 +92,14 @@ class DataDocsLink(BaseOperatorLink):
 def sales_ingest():
     @task
     def ingest(data_interval_start=None, data_interval_end=None, params=None) -> dict:
-        from tasks.core.params import interval_days
+        from tasks.core.params import interval_days, no_retry_on_refusal
         from tasks.core.settings import get_settings
         from tasks.core.spec import get_spec
         from tasks.ingest.landing import ingest_step
 
-        start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
-        return ingest_step(get_spec(), get_settings(), start, end).to_xcom()
+        with no_retry_on_refusal():  # a date range out of bounds fails again: no retries
+            start, end = interval_days(data_interval_start, data_interval_end, IngestParams(**params))
+            return ingest_step(get_spec(), get_settings(), start, end).to_xcom()
 
     @task(outlets=[VALIDATED_SALES, *([SALES_DRIFT_ALIAS] if TRIGGER_RETRAIN else [])])
     def validate(ingested: dict, outlet_events=None, run_id=None, ti=None) -> dict:

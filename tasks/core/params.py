@@ -6,6 +6,8 @@ from the same fields, defaults and bounds the tasks validate with, so the two ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -73,6 +75,22 @@ class IngestParams(BaseModel):
     to_date: BulkDate = Field(default=None, description="Bulk load: last day, inclusive (YYYY-MM-DD, 1900..2200).")
 
 
+class DateRangeRefused(ValueError):
+    """A run's date range out of bounds: the same range fails again, so a retry cannot help."""
+
+
+@contextmanager
+def no_retry_on_refusal() -> Iterator[None]:
+    """In a task: a :class:`DateRangeRefused` fails the task at once (``AirflowFailException``), without the
+    retries meant for transient faults; the failure callbacks still run."""
+    try:
+        yield
+    except DateRangeRefused as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+
 def check_date_range(start: date, end: date, max_days: int | None = None) -> None:
     """Refuse a range [start, end) outside 1900..2200 or longer than ``max_days`` days (default: the settings'
     ``max_bulk_days``). Called at the first line of a task that writes one partition per day, so a range
@@ -83,13 +101,13 @@ def check_date_range(start: date, end: date, max_days: int | None = None) -> Non
         max_days = get_settings().max_bulk_days
     last = end - timedelta(days=1) if end > start else start
     if start < EARLIEST_DATE or last > LATEST_DATE:
-        raise ValueError(f"date range {start}..{last} is outside the plausible dates {EARLIEST_DATE}..{LATEST_DATE}; "
-                         "nothing was written")
+        raise DateRangeRefused(f"date range {start}..{last} is outside the plausible dates "
+                               f"{EARLIEST_DATE}..{LATEST_DATE}; nothing was written")
     days = (end - start).days
     if days > max_days:
-        raise ValueError(f"date range {start}..{last} spans {days} days, more than the {max_days} a run may cover "
-                         "(HOMEWORTH_MAX_BULK_DAYS); split it into several runs, or raise the setting; nothing was "
-                         "written")
+        raise DateRangeRefused(f"date range {start}..{last} spans {days} days, more than the {max_days} a run may "
+                               "cover (HOMEWORTH_MAX_BULK_DAYS); split it into several runs, or raise the setting; "
+                               "nothing was written")
 
 
 def airflow_params(model: type[BaseModel]) -> dict[str, Any]:

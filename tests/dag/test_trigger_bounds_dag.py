@@ -1,6 +1,6 @@
 """The bounded trigger form through real Airflow (issue 17): a sales_ingest bulk run from year 1 is refused
 when it is triggered, and a range too long for the form to see is refused by the ingest task before it
-writes anything."""
+writes anything, at its first try (no retries: the same range fails again)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_a_range_over_max_bulk_days_fails_the_ingest_task_before_it_writes(airfl
 
     with private_home(tmp_path / "state"):
         run = ingest_dag.test(run_conf={"from_date": "1950-01-01", "to_date": "2015-01-01"})
-        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        tis = {ti.task_id: ti for ti in run.get_task_instances()}
+        states = {task_id: ti.state for task_id, ti in tis.items()}
         assert run.state == "failed" and states["ingest"] == "failed", states
+        assert tis["ingest"].try_number == 1, "a refused range is not retried: it would fail again"
         assert _files(Path(get_settings().lake_uri)) == []
