@@ -1,17 +1,36 @@
-"""Planning a feature build from the lake: the window's validated partitions, their row counts and
-date ranges from the Parquet footers, the history before the window the comparable sales reach, and
-the window's partitions in chunks of bounded rows (docs/out-of-core.md, "Features")."""
+"""Planning a feature build from the lake: the window's validated partitions (the table listed once, not
+probed day by day), their row counts and date ranges from the Parquet footers, the history before the
+window the comparable sales reach, and the window's partitions in chunks of bounded rows
+(docs/out-of-core.md, "Features")."""
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Callable, TypeVar
 
 import polars as pl
 
 from tasks.core import lake, storage
 from tasks.features.comps import CompsConfig
 from tasks.ingest.landing import days_in_interval
+
+# Threads reading partitions' metadata (manifests, hash sidecars, footers) from an object store, where each
+# is a request and they overlap. A local lake's are read in turn: parsing a footer holds the GIL, so threads
+# gained nothing there and their memory arenas cost ~20 MiB.
+METADATA_THREADS = 8
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _map(fn: Callable[[_T], _R], items: list[_T], lake_uri: str) -> list[_R]:
+    """``[fn(x) for x in items]``, in order; on :data:`METADATA_THREADS` threads for an object-store lake."""
+    if len(items) < 2 or storage.local_path(lake_uri) is not None:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=METADATA_THREADS) as pool:
+        return list(pool.map(fn, items))
 
 
 @dataclass(frozen=True)
@@ -26,26 +45,54 @@ class WindowPlan:
 
 def plan_window(lake_uri: str, start: date, end: date, cfg: CompsConfig | None) -> WindowPlan:
     """The partitions of the window [start, end) and, with comps ``cfg``, of the history they reach."""
-    parts = window_partitions(lake_uri, start, end)
+    listing = validated_days(lake_uri)  # the table listed once, not each day probed
+    parts = window_partitions(lake_uri, start, end, listing)
     if not parts:
         raise ValueError(f"no validated partitions in {lake_uri} for {start}..{end}: ingest first")
     time_col = cfg.time if cfg is not None else None
     info = partition_info(parts, time_col)
     if cfg is None:
         return WindowPlan(parts, info, info, [])
-    history_parts = window_partitions(lake_uri, start - timedelta(days=cfg.lookback_days()), start)
+    history_parts = window_partitions(lake_uri, start - timedelta(days=cfg.lookback_days()), start, listing)
     return WindowPlan(parts, info, partition_info(history_parts, time_col) + info, history_parts)
 
 
-def window_partitions(lake_uri: str, start: date, end: date) -> list[dict]:
-    """The validated partitions of days in [start, end) that exist, with their content hashes: each the
-    file its day's manifest publishes (``lake.day_file``: named by its content, never rewritten), or a
-    day's ``part-0.parquet`` from before manifests."""
-    out = []
-    for day in days_in_interval(start, end):
-        if (uri := lake.day_file(lake_uri, lake.VALIDATED, day)) is not None:
-            out.append({"day": day.isoformat(), "uri": uri, "sha256": storage.cached_file_sha256(uri)})
+def validated_days(lake_uri: str) -> dict[str, set[str]]:
+    """The validated table's day folders (``ds=<day>``: day -> the names of the files directly in it), from
+    one recursive listing: on an object store a request per 1,000 keys, where probing each day of a
+    window for its manifest or file cost one or two requests a day."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.resolve(lake.table_uri(lake_uri, lake.VALIDATED))
+    root = root.rstrip("/")
+    out: dict[str, set[str]] = {}
+    for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        folder, _, name = i.path[len(root):].strip("/").rpartition("/")
+        if i.type == pafs.FileType.File and folder.startswith("ds=") and "/" not in folder:
+            out.setdefault(folder[3:], set()).add(name)
     return out
+
+
+def window_partitions(lake_uri: str, start: date, end: date,
+                      listing: dict[str, set[str]] | None = None) -> list[dict]:
+    """The validated partitions of days in [start, end) that exist, with their content hashes: each the
+    file its day's manifest publishes (as ``lake.day_file``: named by its content, never rewritten), or a
+    day's ``part-0.parquet`` from before manifests. ``listing``: :func:`validated_days` (listed here when
+    not given); only the days it holds are read (on an object store, a few at a time)."""
+    listing = validated_days(lake_uri) if listing is None else listing
+
+    def part(day: date) -> dict | None:
+        names = listing.get(day.isoformat(), set())
+        if lake.DAY_MANIFEST in names:
+            uri = json.loads(storage.read_bytes(lake.day_manifest_uri(lake_uri, day)))[lake.VALIDATED]["uri"]
+        elif storage.PART_FILE in names:
+            uri = lake.partition_uri(lake_uri, lake.VALIDATED, day)
+        else:
+            return None
+        return {"day": day.isoformat(), "uri": uri, "sha256": storage.cached_file_sha256(uri)}
+
+    days = [d for d in days_in_interval(start, end) if d.isoformat() in listing]
+    return [p for p in _map(part, days, lake_uri) if p]
 
 
 def row_days(info: list[dict], time_col: str) -> pl.LazyFrame:
@@ -76,38 +123,39 @@ def row_span(info: list[dict]) -> tuple[date, date] | None:
 def partition_info(parts: list[dict], time_col: str | None) -> list[dict]:
     """Each partition with its row count and the min / max of ``time_col``, from the Parquet footer.
 
-    Reads only metadata (the validated partitions are written with statistics); a file without
-    statistics for the column gets its range from a one-column scan.
+    Reads only metadata (the validated partitions are written with statistics; on an object store a few
+    at a time, :data:`METADATA_THREADS`); a file without statistics for the column gets its range from a
+    one-column scan.
     """
+    return _map(lambda p: _partition_info(p, time_col), parts, parts[0]["uri"] if parts else "")
+
+
+def _partition_info(p: dict, time_col: str | None) -> dict:
+    """One partition of :func:`partition_info`."""
     import pyarrow.parquet as pq
 
-    out = []
-    for p in parts:
-        path = storage.local_path(p["uri"])
-        if path is not None:
-            md = pq.read_metadata(path)
-            rows, lo, hi, known = md.num_rows, None, None, time_col is not None
-            if time_col is not None:
-                names = [md.schema.column(i).name for i in range(md.num_columns)]
-                j = names.index(time_col) if time_col in names else None
-                for g in range(md.num_row_groups):
-                    st = md.row_group(g).column(j).statistics if j is not None else None
-                    if st is None or not st.has_min_max:
-                        if md.row_group(g).num_rows and (st is None or st.null_count != md.row_group(g).num_rows):
-                            known = False
-                        continue
-                    lo = st.min if lo is None else min(lo, st.min)
-                    hi = st.max if hi is None else max(hi, st.max)
-        else:
-            rows, known = None, False
-        if time_col is not None and not known:
-            r = pl.scan_parquet(p["uri"]).select(pl.len().alias("n"), pl.col(time_col).min().alias("lo"),
-                                                 pl.col(time_col).max().alias("hi")).collect().row(0, named=True)
-            rows, lo, hi = r["n"], r["lo"], r["hi"]
-        elif rows is None:
-            rows = pl.scan_parquet(p["uri"]).select(pl.len()).collect().item()
-        out.append({**p, "rows": int(rows), "tmin": lo, "tmax": hi})
-    return out
+    path = storage.local_path(p["uri"])
+    rows, lo, hi, known = None, None, None, False
+    if path is not None:
+        md = pq.read_metadata(path)
+        rows, known = md.num_rows, time_col is not None
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        j = names.index(time_col) if time_col in names else None
+        for g in range(md.num_row_groups) if time_col is not None else ():
+            st = md.row_group(g).column(j).statistics if j is not None else None
+            if st is None or not st.has_min_max:
+                if md.row_group(g).num_rows and (st is None or st.null_count != md.row_group(g).num_rows):
+                    known = False
+                continue
+            lo = st.min if lo is None else min(lo, st.min)
+            hi = st.max if hi is None else max(hi, st.max)
+    if time_col is not None and not known:
+        r = pl.scan_parquet(p["uri"]).select(pl.len().alias("n"), pl.col(time_col).min().alias("lo"),
+                                             pl.col(time_col).max().alias("hi")).collect().row(0, named=True)
+        rows, lo, hi = r["n"], r["lo"], r["hi"]
+    elif rows is None:
+        rows = pl.scan_parquet(p["uri"]).select(pl.len()).collect().item()
+    return {**p, "rows": int(rows), "tmin": lo, "tmax": hi}
 
 
 def plan_chunks(parts: list[dict], chunk_rows: int) -> list[list[dict]]:

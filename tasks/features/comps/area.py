@@ -52,7 +52,7 @@ class CellIndex:
             return rows.with_columns(pl.lit(None, pl.Int64).alias("_cell"))
         if self.grid is None:
             known = pl.DataFrame({"_ckey": self.keys, "_cell": np.arange(self.keys.size)}).lazy()
-            key = ci.cast(pl.Int64) * 2**32 + cj.cast(pl.Int64)
+            key = _cell_key(ci, cj)
             return (rows.with_columns(key.alias("_ckey")).join(known, on="_ckey", how="left", maintain_order="left")
                     .drop("_ckey"))
         i, j = ci.cast(pl.Int64) - self.ci0, cj.cast(pl.Int64) - self.cj0
@@ -81,11 +81,13 @@ class AreaTable:
 
 
 def _resum(df: pl.DataFrame, keys: list[str], t: str) -> pl.DataFrame:
-    return df.group_by(*keys, t).agg(pl.col("_s").sum(), pl.col("_n").sum())
+    # The streaming engine's group-by: about twice as fast as the in-memory one on these decimal sums.
+    return df.lazy().group_by(*keys, t).agg(pl.col("_s").sum(), pl.col("_n").sum()).collect(engine="streaming")
 
 
-def _cell_key(ci: np.ndarray, cj: np.ndarray) -> np.ndarray:
-    return ci.astype(np.int64) * 2**32 + cj.astype(np.int64)
+def _cell_key(ci: pl.Expr, cj: pl.Expr) -> pl.Expr:
+    """A cell's packed Int64 key, ``ci * 2**32 + cj`` (the keys of :class:`CellIndex`)."""
+    return ci.cast(pl.Int64) * 2**32 + cj.cast(pl.Int64)
 
 
 def _daily(sums: pl.DataFrame, k: np.ndarray, day0: int, t: str, n_keys: int, n_days: int,
@@ -157,11 +159,14 @@ def _rows_span(rows: pl.LazyFrame, t: str) -> tuple[date | None, date | None]:
 
 def _fine_sums(history: pl.LazyFrame, cfg: CompsConfig, lo: date, hi: date, with_cells: bool) -> pl.DataFrame:
     """One streaming aggregation of the history: exact sums and counts of ln(price / size) per (groups,
-    location, cell, day), of the sales from the lookback before the first row to the day before the
-    last: nothing else reaches a row."""
+    location, cell (``_ck``, :func:`_cell_key`), day), of the sales from the lookback before the first row to
+    the day before the last: nothing else reaches a row."""
     t = cfg.time
-    cell_cols = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg) if with_cells else []
-    fine_keys = list(dict.fromkeys([*cfg.groups, *_location_keys(cfg), *(["_ci", "_cj"] if with_cells else [])]))
+    cell_cols = []
+    if with_cells:  # one packed Int64 key per cell: cheaper to group by than two
+        ci, cj = _cells(pl.col(cfg.lat), pl.col(cfg.long), cfg.cell_deg)
+        cell_cols = [_cell_key(ci, cj).alias("_ck")]
+    fine_keys = list(dict.fromkeys([*cfg.groups, *_location_keys(cfg), *(["_ck"] if with_cells else [])]))
     reach = lo - timedelta(days=cfg.lookback_days())
     hist = (_history_values(history, cfg).filter((pl.col(t) >= reach) & (pl.col(t) < hi))
             .with_columns(cell_cols))
@@ -241,8 +246,8 @@ def _cell_arrays(sums: pl.DataFrame, days: _Days, mkt_adj: np.ndarray,
     """The history's cells and their ring neighbours, and the cell and ring window columns as (days x
     cells) arrays, from the per-(cell, day) sums."""
     p = cfg.prefix
-    sums = sums.drop_nulls(["_ci", "_cj"])
-    own = _cell_key(sums["_ci"].to_numpy(), sums["_cj"].to_numpy())
+    sums = sums.drop_nulls(["_ck"])
+    own = sums["_ck"].to_numpy()
     r = cfg.ring_cells
     offsets = [di * 2**32 + dj for di in range(-r, r + 1) for dj in range(-r, r + 1)]
     seen = np.unique(own)
@@ -284,7 +289,7 @@ def area_tables(history: pl.LazyFrame, rows: pl.LazyFrame, cfg: CompsConfig,
     sums = _Resummed(fine, cfg.time)
     market_arrays, mkt_adj = _market_arrays(sums.by(_location_keys(cfg)), days, cfg)
     groups = {g: _group_arrays(sums.by([g]), g, days, mkt_adj, cfg) for g in cfg.groups}
-    cells = _cell_arrays(sums.by(["_ci", "_cj"]), days, mkt_adj, cfg) if with_cells else None
+    cells = _cell_arrays(sums.by(["_ck"]), days, mkt_adj, cfg) if with_cells else None
     return AreaTable(days.day0 + days.first, days.n_days - days.first, market_arrays, groups, cells)
 
 
