@@ -2,6 +2,7 @@
 
     python -m benchmarks.retrain_scale --lake DIR --as-of 2015-05-02 [--window-days 365] [--comps area]
                                        [--sigma 0.15] [--out docs/retrain-scale-50M.md]
+                                       [--s3 [--copy-workers 4]] [--compare docs/retrain-scale-10M.json]
 
 ``DIR`` is a lake whose ``validated/`` partitions hold synthetic sales (``tasks.datasets.king_county.synth`` landed, then
 ingested and validated: ``python -m benchmarks.run --sizes 50M --keep --workdir W`` leaves one at
@@ -13,6 +14,12 @@ MLflow store, points ``HOMEWORTH_LAKE_URI`` at ``DIR``, triggers ``price_model_r
 ln(price) is set against the noise of the synthetic prices: ``sigma`` and, on the very test rows, the
 RMSE of ln(price) - f(row) (``tasks.datasets.king_county.synth.ground_truth_log_price``), the best any model can do there.
 Writes a Markdown report (``--out``) and its JSON beside it. No process is left running.
+
+``--s3``: the same run with the lake on moto's S3 server (``benchmarks/retrain_scale_s3.py``): the servers
+start below ``--home``, ``DIR``'s validated partitions are copied to ``s3://lake/lake`` first (timed apart),
+the tasks get ``HOMEWORTH_LAKE_URI=s3://lake/lake`` and an ``mlflow server`` with its artifacts on S3; the
+report adds the servers' peak memory, what is on the store, and the check that no lake or artifact file was
+written to the local disk (exit status 1 if one was). ``--compare`` a local run's JSON for a side-by-side table.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine
+from benchmarks.common import ROOT, code_fingerprint, git_state, machine
 
 TASKS = ("build_features", "train", "evaluate", "check_drift", "promote")
 RSS_LIMIT_MIB = 4096  # issue 3: the peak RSS of every task under 4 GiB
@@ -48,28 +57,35 @@ def noise_floor(features_uri: str, spec_columns: list[str]) -> dict:
     return {"rows": n, "rmse_ln": (sq / n) ** 0.5 if n else None}
 
 
-def run(args: argparse.Namespace) -> dict:
-    from tools.airflow_local import LocalAirflow, migrate, set_password
-
-    home = Path(args.home or tempfile.mkdtemp(prefix="retrain-scale-", dir="/tmp"))
-    shutil.rmtree(home / "airflow", ignore_errors=True)
-    shutil.rmtree(home / "state", ignore_errors=True)
-    airflow_home = home / "airflow"
+def _airflow_env(args: argparse.Namespace, home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The embedded Airflow's environment: a fresh home, the lake (local unless ``extra`` names another)."""
     port = args.port
+    inherited = {k: v for k, v in os.environ.items()  # on S3 the store's own configuration only
+                 if not (args.s3 and (k.startswith(("AWS_", "MLFLOW_")) or k == "HOMEWORTH_AWS_CONN_ID"))}
     env = dict(
-        os.environ,
+        inherited,
         HOMEWORTH_HOME=str(home / "state"),
         HOMEWORTH_LAKE_URI=str(Path(args.lake).resolve()),
         HOMEWORTH_COMPS=args.comps,
-        AIRFLOW_HOME=str(airflow_home),
+        AIRFLOW_HOME=str(home / "airflow"),
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
         AIRFLOW__API__PORT=str(port),
         AIRFLOW__API__BASE_URL=f"http://localhost:{port}",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://localhost:{port}/execution/",
     )
+    env.update(extra)  # the object store's URIs replace the local lake's
+    return env
+
+
+def _run_dag(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, dict, float]:
+    """Start Airflow, trigger ``price_model_retrain``, wait; its state, each task's duration, peak RSS and XCom,
+    and the seconds from starting Airflow to having stopped it."""
+    from tools.airflow_local import LocalAirflow, migrate, set_password
+
+    airflow_home = Path(env["AIRFLOW_HOME"])
     migrate(env)
     set_password(airflow_home, "admin", "admin")
-    af = LocalAirflow(env, airflow_home / "logs-scale", f"http://localhost:{port}")
+    af = LocalAirflow(env, airflow_home / "logs-scale", f"http://localhost:{args.port}")
     t0 = time.monotonic()
     af.start()
     try:
@@ -92,14 +108,62 @@ def run(args: argparse.Namespace) -> dict:
         leftover = af.stop()
     if leftover:
         raise RuntimeError(f"processes still alive after stop: {leftover}")
-    out = {"lake": str(Path(args.lake).resolve()), "as_of": args.as_of, "window_days": args.window_days,
-           "comps": args.comps, "state": state, "wall_s": round(time.monotonic() - t0, 1), "tasks": tasks,
-           "sigma": args.sigma, "machine": machine(), "command": "python -m benchmarks.retrain_scale " + " ".join(sys.argv[1:])}
-    feats = (tasks.get("build_features") or {}).get("xcom") or {}
-    if feats.get("features_uri"):
-        from tasks.core.spec import get_spec
+    return state, tasks, round(time.monotonic() - t0, 1)
 
-        out["noise_floor"] = noise_floor(feats["features_uri"], list(get_spec().columns))
+
+@contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    """This process's environment with ``extra`` for the block (the noise floor reads the features from S3)."""
+    from tasks.core.settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def _feature_tables(lake: Path) -> set[str]:
+    """The feature tables a local lake already holds (their manifests), to tell a reused table from a built one."""
+    return {str(p.with_name("part-0.parquet")) for p in lake.glob("features/*/**/manifest.json")}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tasks.core.spec import get_spec
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="retrain-scale-", dir="/tmp"))
+    for d in ("airflow", "state", "servers", "tmp"):
+        shutil.rmtree(home / d, ignore_errors=True)
+    lake = Path(args.lake).resolve()
+    out = {"lake": str(lake), "as_of": args.as_of, "window_days": args.window_days, "comps": args.comps,
+           "sigma": args.sigma, "machine": machine(), "command": "python -m benchmarks.retrain_scale " + " ".join(sys.argv[1:]),
+           "code": {"git": git_state(), "fingerprint": code_fingerprint(ROOT)}}
+    before = set() if args.s3 else _feature_tables(lake)
+    with ExitStack() as stack:
+        extra: dict[str, str] = {}
+        if args.s3:
+            from benchmarks import retrain_scale_s3 as s3
+
+            world = stack.enter_context(s3.s3_world(home / "servers"))
+            since = time.time()
+            out["s3"] = {"copy": s3.copy_lake(lake, world["client"], s3.LAKE_URI, args.copy_workers),
+                         "lake_uri": s3.LAKE_URI, "artifacts_uri": s3.ARTIFACTS_URI}
+            extra = s3.airflow_env(world, home / "tmp")
+        out["state"], out["tasks"], out["wall_s"] = _run_dag(args, _airflow_env(args, home, extra))
+        feats = (out["tasks"].get("build_features") or {}).get("xcom") or {}
+        out["features_reused"] = feats.get("features_uri") in before
+        if feats.get("features_uri"):
+            with _environ({k: v for k, v in extra.items() if k.startswith(("AWS_", "MLFLOW_S3"))}):
+                out["noise_floor"] = noise_floor(feats["features_uri"], list(get_spec().columns))
+        if args.s3:
+            out["s3"]["measure"] = s3.measure(world, [home, lake], since)
     if not args.keep_home:
         shutil.rmtree(home, ignore_errors=True)
     return out
@@ -118,7 +182,7 @@ def markdown(r: dict) -> str:
         f"# The retraining DAG on {_f(total)} synthetic sales",
         "",
         f"`{r['command']}` (from a `source env.sh` shell). Real scheduler, LocalExecutor (parallelism 2), "
-        f"SQLite metadata, local MLflow store; `HOMEWORTH_COMPS={r['comps']}`; window of {r['window_days']} days "
+        f"SQLite metadata, {_stores(r)}; `HOMEWORTH_COMPS={r['comps']}`; window of {r['window_days']} days "
         f"to {r['as_of']} (train/val/test {'/'.join(_f(rows.get(s)) for s in ('train', 'val', 'test'))} rows). "
         f"Run state: **{r['state']}**, {r['wall_s']:.0f} s from starting Airflow to the run's end.",
         "",
@@ -161,11 +225,25 @@ def markdown(r: dict) -> str:
                           f"{_f(tr.get('train_seconds'), '{:,.0f}')} s; "
                           f"boosting trained on {_f((ev.get('gbm') or {}).get('train_rows'))} of the "
                           f"{_f(rows.get('train'))} training rows (tasks.model.gbm.GBM_MAX_ROWS)."]
+    if r.get("features_reused"):
+        lines += ["", "build_features reused a feature table an earlier run had built from the same inputs: its time "
+                      "is not a build's."]
+    if r.get("s3"):
+        from benchmarks.retrain_scale_s3 import markdown as s3_markdown
+
+        lines += s3_markdown(r["s3"])
     lines.append("")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _stores(r: dict) -> str:
+    if not r.get("s3"):
+        return "local lake and MLflow store"
+    return (f"the lake on moto's S3 server (`HOMEWORTH_LAKE_URI={r['s3']['lake_uri']}`, copied from `{r['lake']}`), "
+            f"reports on it too, an `mlflow server` with `--artifacts-destination {r['s3']['artifacts_uri']}`")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.retrain_scale", description=__doc__.split("\n")[0])
     ap.add_argument("--lake", required=True, help="lake with validated synthetic partitions")
     ap.add_argument("--as-of", default=(date(2014, 5, 2) + timedelta(days=365)).isoformat(),
@@ -179,15 +257,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8097)
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--out", default=None, help="Markdown report (default docs/retrain-scale.md)")
+    ap.add_argument("--s3", action="store_true",
+                    help="the lake on moto's S3 server: copy --lake into it first (timed apart), MLflow artifacts on it")
+    ap.add_argument("--copy-workers", type=int, default=4, help="with --s3: upload threads of the lake's copy")
+    ap.add_argument("--compare", default=None,
+                    help="a local-disk run's JSON (e.g. docs/retrain-scale-10M.json): adds a side-by-side table")
     args = ap.parse_args(argv)
+    if args.copy_workers < 1:
+        ap.error("--copy-workers must be at least 1")
+    if args.compare and not Path(args.compare).is_file():
+        ap.error(f"--compare {args.compare}: no such file")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     r = run(args)
     out = Path(args.out) if args.out else ROOT / "docs" / "retrain-scale.md"
-    out.write_text(markdown(r))
+    md = markdown(r)
+    if args.compare:
+        from benchmarks.retrain_scale_s3 import comparison
+
+        md = md.rstrip("\n") + "\n" + "\n".join(comparison(json.loads(Path(args.compare).read_text()), r, args.compare)) + "\n"
+    _write_atomic(out, md)
     slim = {**r, "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "xcom"} | {"xcom": _slim(v.get("xcom"))}
                            for k, v in r["tasks"].items()}}
-    out.with_suffix(".json").write_text(json.dumps(slim, indent=2, default=str))
-    print(markdown(r))
-    return 0 if r["state"] == "success" else 1
+    _write_atomic(out.with_suffix(".json"), json.dumps(slim, indent=2, default=str))
+    print(md)
+    local_left = ((r.get("s3") or {}).get("measure") or {}).get("local_files")
+    if local_left:
+        print(f"lake or artifact files written to the local disk: {local_left}", file=sys.stderr)
+    return 0 if r["state"] == "success" and not local_left else 1
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _slim(x):
