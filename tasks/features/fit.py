@@ -8,6 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from tasks.core.spec import DatasetSpec
@@ -16,6 +17,47 @@ from tasks.features.preprocessing import NumericStat, OffsetTerm, Preprocessing,
 
 # Quantiles that bound numeric features (fitted on train); keeps one absurd value from dominating.
 CLIP_QUANTILES = (0.001, 0.999)
+
+
+# The quantile (rank-Gauss) transform of each clipped numeric input (NumericStat.rank_knots): one knot per
+# RANK_ROWS_PER_KNOT training rows, between RANK_MIN_KNOTS and RANK_MAX_KNOTS (before merging equal values),
+# as the tabular deep-learning papers fit theirs (about n / 30, at least 10).
+RANK_ROWS_PER_KNOT, RANK_MIN_KNOTS, RANK_MAX_KNOTS = 30, 10, 256
+
+
+def rank_knots(values: np.ndarray, mean: float, std: float) -> tuple[list[float], list[float]] | None:
+    """The knots of a quantile transform of ``values`` (the clipped training values of a column; NaN skipped):
+    training values at evenly spaced quantiles (so a count keeps its own values), standardized by ``mean`` / ``std`` and merged where equal, and the
+    mid-rank share of the training values below each, ``(#{x < v} + #{x <= v}) / 2n``, which lies in (0, 1)
+    and gives a value shared by many rows (a count, a 0) the middle of their ranks. None: fewer than two
+    distinct values."""
+    x = np.sort(np.asarray(values, dtype=np.float64)[~np.isnan(values)])
+    n = len(x)
+    if n < 2 or x[0] == x[-1]:
+        return None
+    m = min(max(n // RANK_ROWS_PER_KNOT, RANK_MIN_KNOTS), RANK_MAX_KNOTS)
+    v = np.unique(np.quantile(x, np.linspace(0.0, 1.0, m), method="inverted_cdf"))  # training values only
+    levels = (np.searchsorted(x, v, side="left") + np.searchsorted(x, v, side="right")) / (2.0 * n)
+    z = (v - mean) / std
+    keep = np.concatenate([[True], np.diff(z) > 0])  # standardizing may merge two very close values
+    if keep.sum() < 2:
+        return None
+    return [float(a) for a in z[keep]], [float(a) for a in levels[keep]]
+
+
+def with_rank_knots(prep: Preprocessing, train: pl.DataFrame) -> Preprocessing:
+    """``prep`` with the quantile transform's knots (:func:`rank_knots`) of every clipped numeric column,
+    fitted on the training rows ``train`` (or their sample); unclipped columns (which must extrapolate,
+    such as market time) stay linear."""
+    numeric = []
+    for s in prep.numeric:
+        fitted = None
+        if s.lo is not None and s.hi is not None:
+            col = train.get_column(s.name).cast(pl.Float64).fill_nan(None).drop_nulls().clip(s.lo, s.hi)
+            fitted = rank_knots(col.to_numpy(), s.mean, s.std)
+        knots, levels = fitted if fitted else (None, None)
+        numeric.append(s.model_copy(update={"rank_knots": knots, "rank_levels": levels}))
+    return prep.model_copy(update={"numeric": numeric})
 
 
 # Up to this many training rows the statistics (clip quantiles, means, standard deviations) are
@@ -254,10 +296,11 @@ def _fit_statistics(source: pl.DataFrame, spec: DatasetSpec, fset: FeatureSet, o
                                    mean=mean if mean is not None else 0.0,
                                    std=std if std and math.isfinite(std) and std > 0 else 1.0))
     y_mean, y_std = fixed["__y"].moments(sums, "__y")
-    return Preprocessing(
+    prep = Preprocessing(
         dataset=spec.name, spec_sha256=spec.source_hash, features_module=fset.module, numeric=numeric,
         categorical=[Vocabulary(name=c, values=vocabs[c]) for c in fset.categorical], target=spec.target,
         target_transform=fset.target_transform,
         target_mean=y_mean, target_std=y_std or 1.0, fitted_on=fitted_on, comps=fset.comps,
         target_offset=offset_terms,
     )
+    return with_rank_knots(prep, source)

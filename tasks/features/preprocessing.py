@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import re
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from tasks.core import storage
 from tasks.features.comps import CompsConfig, with_comps
 
+# At most this many knots per column in a quantile transform (tasks.features.fit.rank_knots fits fewer).
+MAX_RANK_KNOTS = 4096
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -65,6 +68,26 @@ class NumericStat(BaseModel):
     hi: float | None
     mean: float
     std: float
+    # The column's training distribution for a quantile (rank-Gauss) transform, which the network applies
+    # to the standardized value (tasks.model.networks.RankGauss): ``rank_knots`` are standardized values,
+    # strictly increasing, ``rank_levels`` the share of training rows below each (mid-rank, in (0, 1)).
+    # None (artifacts fitted before it, unclipped columns): the standardized value as it is.
+    rank_knots: list[float] | None = None
+    rank_levels: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _ranks_consistent(self) -> "NumericStat":
+        k, q = self.rank_knots, self.rank_levels
+        if (k is None) != (q is None):
+            raise ValueError(f"{self.name}: rank_knots and rank_levels go together")
+        if k is not None:
+            if not (2 <= len(k) == len(q) <= MAX_RANK_KNOTS):
+                raise ValueError(f"{self.name}: 2 to {MAX_RANK_KNOTS} rank knots, as many levels")
+            if any(b <= a for a, b in zip(k, k[1:])) or any(b < a for a, b in zip(q, q[1:])):
+                raise ValueError(f"{self.name}: rank knots must increase strictly, levels must not decrease")
+            if not all(0 < x < 1 for x in q) or not all(math.isfinite(x) for x in k):
+                raise ValueError(f"{self.name}: rank levels must lie in (0, 1), knots be finite")
+        return self
 
 
 class OffsetTerm(BaseModel):
@@ -103,8 +126,15 @@ class Preprocessing(BaseModel):
 
     def sha256(self) -> str:
         # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
-        exclude = {k for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset)) if empty}
+        exclude: dict = {k: True for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset))
+                         if empty}
+        if not self.has_ranks():  # nor without the quantile transform's knots
+            exclude["numeric"] = {"__all__": {"rank_knots", "rank_levels"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
+
+    def has_ranks(self) -> bool:
+        """Whether some numeric column carries a quantile transform (``NumericStat.rank_knots``)."""
+        return any(s.rank_knots is not None for s in self.numeric)
 
     def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if self.features_module is None:

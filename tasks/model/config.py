@@ -55,6 +55,10 @@ class ModelConfig(BaseModel):
     # weights), as trees do and as quantile-normalised inputs are: periodic embeddings map an
     # out-of-range value (market time after the training window) to an arbitrary point.
     clamp_inputs: bool = False
+    # Quantile-transform (rank-Gauss) the numeric inputs whose preprocessing carries knots
+    # (NumericStat.rank_knots: the clipped ones, in artifacts fitted since it exists) before the network
+    # (tasks.model.networks.RankGauss); heavy tails (a land size) then spread over the embeddings' range.
+    quantile_inputs: bool = True
 
 
 # The default configuration of each family (what a retrain uses without a tuning result). The tabm

@@ -76,6 +76,43 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(z).flatten(1)
 
 
+class RankGauss(nn.Module):
+    """The quantile (rank-Gauss) transform of the standardized numeric inputs that carry knots
+    (``NumericStat.rank_knots`` / ``rank_levels``, fitted on the training rows by
+    ``tasks.features.fit.rank_knots``): x -> Phi^-1(F(x)), F interpolated linearly between the knots and
+    constant beyond them; the other columns pass unchanged. The knots are buffers that are not saved with
+    the weights: they come from the preprocessing artifact, whenever a network is built for it."""
+
+    def __init__(self, stats: list) -> None:
+        super().__init__()
+        cols = [j for j, s in enumerate(stats) if s.rank_knots is not None]
+        width = max((len(stats[j].rank_knots) for j in cols), default=2)
+
+        def padded(values: list[float]) -> list[float]:  # the last knot repeated: an interval of length 0
+            return list(values) + [values[-1]] * (width - len(values))
+
+        self.register_buffer("cols", torch.tensor(cols, dtype=torch.long), persistent=False)
+        self.register_buffer("knots", torch.tensor([padded(stats[j].rank_knots) for j in cols], dtype=torch.float64)
+                             .reshape(len(cols), width), persistent=False)
+        self.register_buffer("levels", torch.tensor([padded(stats[j].rank_levels) for j in cols], dtype=torch.float64)
+                             .reshape(len(cols), width), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, n)
+        if not len(self.cols):
+            return x
+        v = x[:, self.cols].double().T.contiguous()  # (n_q, B), in float64 as the knots
+        k, q = self.knots, self.levels
+        v = torch.minimum(torch.maximum(v, k[:, :1]), k[:, -1:])
+        hi = torch.searchsorted(k, v, right=True).clamp(1, k.shape[1] - 1)
+        k0, k1, q0, q1 = k.gather(1, hi - 1), k.gather(1, hi), q.gather(1, hi - 1), q.gather(1, hi)
+        span = k1 - k0
+        t = torch.where(span > 0, (v - k0) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(v))
+        p = q0 + t * (q1 - q0)
+        out = x.clone()
+        out[:, self.cols] = (math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)).T.to(x.dtype)
+        return out
+
+
 class BatchEnsembleLinear(nn.Module):
     """``k`` linear layers sharing one weight matrix: member i computes ((x * r_i) W) * s_i + b_i.
 
@@ -119,10 +156,16 @@ class TabularNet(nn.Module):
     ``forward_members`` returns every member's, shape (B, k), which training fits one by one.
     """
 
-    def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig):
+    def __init__(self, n_numeric: int, cardinalities: list[int], cfg: ModelConfig, numeric_stats: list | None = None):
+        """``numeric_stats``: the preprocessing's ``NumericStat`` s; those with rank knots are
+        quantile-transformed (:class:`RankGauss`) when ``cfg.quantile_inputs``."""
         super().__init__()
         check_size(n_numeric, cardinalities, cfg)
         self.family = cfg.family
+        if cfg.quantile_inputs and numeric_stats and any(s.rank_knots is not None for s in numeric_stats):
+            if len(numeric_stats) != n_numeric:
+                raise ValueError(f"{len(numeric_stats)} numeric statistics for {n_numeric} numeric inputs")
+            self.ranks = RankGauss(numeric_stats)
         if cfg.clamp_inputs:  # set by tasks.model.train.train from the training rows
             self.register_buffer("num_lo", torch.full((n_numeric,), -torch.inf))
             self.register_buffer("num_hi", torch.full((n_numeric,), torch.inf))
@@ -155,6 +198,8 @@ class TabularNet(nn.Module):
     def _inputs(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "num_lo"):
             x_num = torch.minimum(torch.maximum(x_num, self.num_lo), self.num_hi)
+        if hasattr(self, "ranks"):
+            x_num = self.ranks(x_num)
         parts = [self.numeric(x_num)] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
         return torch.cat(parts, dim=1)
 
@@ -171,4 +216,4 @@ class TabularNet(nn.Module):
 
 def build_net(prep: "Preprocessing", cfg: ModelConfig) -> TabularNet:
     """A fresh network for ``prep``'s inputs (its numeric columns and categorical vocabularies)."""
-    return TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    return TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg, prep.numeric)
