@@ -126,7 +126,7 @@ def st_train_raw(p: dict, clock: Clock) -> dict:
     from torch import nn
 
     from tasks.features.preprocessing import load_preprocessing
-    from tasks.model.networks import TabularNet
+    from tasks.model.networks import build_net
     from tasks.model.tensors import to_tensors
     from tasks.model.train import load_splits
 
@@ -138,7 +138,7 @@ def st_train_raw(p: dict, clock: Clock) -> dict:
 
     def run():
         torch.manual_seed(p["seed"])
-        net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+        net = build_net(prep, cfg)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         net.train()
         # PriceModule's objective: every member of an ensemble fitted on its own (one member for the
@@ -177,7 +177,7 @@ def st_score(p: dict, clock: Clock) -> dict:
 
     from tasks.features.preprocessing import load_preprocessing
     from tasks.model.bundle import ModelBundle, save_bundle
-    from tasks.model.networks import TabularNet
+    from tasks.model.networks import build_net
 
     clock.imported()
     torch.set_num_threads(p["threads"])
@@ -185,7 +185,7 @@ def st_score(p: dict, clock: Clock) -> dict:
     cfg = _model_config(p)
     prep = load_preprocessing(p["preprocessing_uri"])
     bundle_dir = Path(p["size_dir"]) / "bundle"
-    save_bundle(bundle_dir, TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg), cfg, prep)
+    save_bundle(bundle_dir, build_net(prep, cfg), cfg, prep)
     bundle = ModelBundle.load(bundle_dir)
     chunk = p["score_chunk_rows"]
 

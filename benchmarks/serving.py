@@ -92,7 +92,7 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
     from tasks.features.fit import fit_preprocessing
     from tasks.model.bundle import ModelBundle, save_bundle
     from tasks.model.config import ModelConfig
-    from tasks.model.networks import TabularNet
+    from tasks.model.networks import build_net
 
     fset = feature_set(spec)
     c = tracking.client(settings)
@@ -105,7 +105,7 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
                                  {"window_start": str(start), "window_end": str(end), "rows": {"train": rows.height}})
         cfg = ModelConfig(seed=seed)
         torch.manual_seed(seed)
-        net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+        net = build_net(prep, cfg)
         save_bundle(Path(tmp) / "model", net, cfg, prep)
         pred = ModelBundle.load(Path(tmp) / "model", lake_uri=settings.lake_uri).predict(rows)
         all_tags = {"data.window_start": str(start), "data.window_end": str(end), "preprocessing.sha256": prep.sha256(),

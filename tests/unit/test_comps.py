@@ -371,7 +371,7 @@ def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
     from tasks.features.preprocessing import load_preprocessing
     from tasks.model.bundle import ModelBundle
     from tasks.model.config import ModelConfig
-    from tasks.model.networks import TabularNet
+    from tasks.model.networks import build_net
 
     lake, sold, features = small_lake
     stored = pl.read_parquet(features["features_uri"]).filter(pl.col(SPLIT) == "test").sort("id", "date")
@@ -383,7 +383,7 @@ def test_scoring_recomputes_the_same_comps_from_the_lake(small_lake, spec):
     assert_frame_equal(recomputed.select(cols), stored.select(cols))
 
     cfg = ModelConfig(family="tabm", hidden=[8], k=2, num_embedding_dim=2, n_frequencies=2)
-    net = TabularNet(len(prep.numeric), [len(v.values) for v in prep.categorical], cfg)
+    net = build_net(prep, cfg)
     bundle = ModelBundle(net, cfg, prep, history=history)
     np.testing.assert_allclose(bundle.predict(rows), bundle.predict_features(stored), rtol=1e-6)
 
