@@ -110,7 +110,23 @@ def _filesystem(cfg: S3Config) -> pafs.S3FileSystem:
     if cfg.endpoint_url:
         scheme, _, host = cfg.endpoint_url.partition("://")
         kw.update(endpoint_override=host.rstrip("/") if host else cfg.endpoint_url, scheme=scheme if host else "https")
+    # The AWS SDK aborts a transfer slower than 1 byte/s for request_timeout (3 s by default, with curl on Linux
+    # too): a store serving a large object's ranged read under load (moto reads the whole object first) stalls
+    # that long and the read fails. HOMEWORTH_S3_REQUEST_TIMEOUT_S sets it (default 60 s).
+    kw["request_timeout"] = request_timeout_s()
     return pafs.S3FileSystem(**kw)
+
+
+def request_timeout_s(environ: dict[str, str] | os._Environ | None = None) -> float:
+    """pyarrow's S3 request timeout: ``HOMEWORTH_S3_REQUEST_TIMEOUT_S`` (seconds, > 0), default 60."""
+    raw = (os.environ if environ is None else environ).get("HOMEWORTH_S3_REQUEST_TIMEOUT_S", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"HOMEWORTH_S3_REQUEST_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"HOMEWORTH_S3_REQUEST_TIMEOUT_S={raw!r} must be > 0")
+    return value
 
 
 def from_environ(environ: dict[str, str] | os._Environ | None = None) -> S3Config:

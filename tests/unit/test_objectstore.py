@@ -73,6 +73,16 @@ def test_the_environment_configures_every_client(clean_env):
     assert objectstore.from_environ({}).polars_options() == {}, "nothing set: each client's own chain"
 
 
+def test_the_s3_request_timeout_is_set_and_checked(clean_env):
+    """pyarrow's request timeout (the SDK's 3 s low-speed abort by default) is 60 s, or the setting's."""
+    fs = objectstore._filesystem(objectstore.S3Config(endpoint_url="http://127.0.0.1:9"))
+    assert fs.__reduce__()[1][0]["request_timeout"] == 60.0
+    assert objectstore.request_timeout_s({"HOMEWORTH_S3_REQUEST_TIMEOUT_S": "7.5"}) == 7.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ValueError, match="HOMEWORTH_S3_REQUEST_TIMEOUT_S"):
+            objectstore.request_timeout_s({"HOMEWORTH_S3_REQUEST_TIMEOUT_S": bad})
+
+
 def test_an_airflow_connection_configures_every_client(clean_env):
     from tasks.core.settings import get_settings
 
