@@ -4,7 +4,8 @@ worker has its own working folder, ``AIRFLOW_HOME`` (so its own task-log folder 
 ``HOMEWORTH_HOME``; they share only PostgreSQL (metadata, Celery results), Redis (the broker), an S3 server
 (moto's standalone server: landing zone, lake, reports, MLflow's artifacts) and a real ``mlflow server``.
 
-A bulk ``sales_ingest`` and a short ``price_model_retrain`` run through the real scheduler. The test asserts
+A bulk ``sales_ingest``, an ``airflow backfill`` of three of its days (redone in place) and a short
+``price_model_retrain`` run through the real scheduler (PostgreSQL metadata, the CeleryExecutor). The test asserts
 from the metadata database (each task instance's ``queue``) and from each worker's own log folder (a task's
 log exists only on the worker that ran it) that ``train``, and only ``train``, ran on the training worker.
 
@@ -36,7 +37,7 @@ from tools import servers
 REPO = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 DB = "homeworth_two_workers"
-REDIS_DB = 12  # a database of its own on the shared Redis (test_integration_celery.py uses 11)
+REDIS_DB = 12  # a database of its own on the shared Redis
 FIRST, LAST = date(2014, 11, 1), date(2015, 5, 27)
 TRAINING_QUEUE = "training"
 LOCAL_SUFFIXES = (".parquet", ".safetensors")
@@ -153,7 +154,7 @@ def _assert_on_the_store(s3, mlflow_uri: str) -> None:
     assert not [k for k in lake if ".tmp-" in k], "no temporary key is left on the store"
     assert any(k.startswith("lake/evaluations/") and k.endswith("predictions.parquet") for k in lake)
     assert any(k.startswith("reports/") and k.endswith("report.html") for k in lake)
-    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)  # not a registry set earlier
     champion = client.get_model_version_by_alias("homeworth-price-model", "champion")
     assert champion.tags["promotion.decision"] == "promoted", champion.tags
     files = {a.path for a in client.list_artifacts(champion.run_id, "model")}
@@ -187,6 +188,9 @@ def test_default_and_training_workers_split_the_queues(shared):
         ingest = core.trigger("sales_ingest", logical_date=f"{LAST.isoformat()}T00:00:00Z", run_id="two__bulk",
                               conf={"from_date": FIRST.isoformat(), "to_date": LAST.isoformat()})
         assert _wait(core, workers, "sales_ingest", ingest, 600) == "success", core.failed_tasks("sales_ingest", ingest)
+        backfill = core.backfill("sales_ingest", "2015-04-28T00:00:00Z", "2015-04-30T00:00:00Z")
+        redone = core.wait_backfill(backfill, "sales_ingest", 300)  # three days already ingested: redone in place
+        assert len(redone) == 3 and {r["state"] for r in redone} == {"success"}, redone
         conf = {"max_epochs": 3, "window_days": 200, "max_mdape": 0.9, "min_ppe10": 0.0, "refit_on_val": False}
         retrain = core.trigger("price_model_retrain", logical_date="2015-05-28T03:00:00Z", run_id="two__retrain",
                                conf=conf)
