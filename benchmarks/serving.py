@@ -168,15 +168,10 @@ def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout: float
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    import signal
+    """Stop the server's process group (``tools.servers.stop``: SIGTERM, then SIGKILL)."""
+    from tools.servers import stop
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+    stop(proc)
 
 
 def measure(base: str, houses: list[dict], batch: int, requests: int, max_seconds: float, clients: int = 1) -> dict:

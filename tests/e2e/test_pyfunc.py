@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from tasks.core import tracking
 from tests.kc import KC_DATA_PATH, KC_SPEC_PATH
 from tests.support import free_port, private_home
+from tools import servers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -188,12 +188,7 @@ def test_mlflow_models_serve_answers_invocations_with_the_same_prices(champion, 
         _wait_ready(f"http://127.0.0.1:{port}", proc, log)
         r = httpx.post(f"http://127.0.0.1:{port}/invocations", json=payload, timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        servers.stop(proc)
     assert proc.poll() is not None, "the server is stopped"
     assert r.status_code == 200, r.text
     served = r.json()["predictions"]
