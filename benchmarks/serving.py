@@ -30,7 +30,6 @@ import gzip
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from tools.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,12 +129,6 @@ def register_version(settings, spec, rows: pl.DataFrame, seed: int = 0, champion
 
 # ---------------------------------------------------------------------------------------------
 # The benchmark
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict, port: int, log_path: Path) -> subprocess.Popen:

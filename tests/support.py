@@ -7,10 +7,11 @@ these are for a module that needs a home of its own.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tools.servers import free_port  # noqa: F401  (re-exported: tests import it from here)
 
 
 @contextmanager
@@ -26,13 +27,6 @@ def private_home(path: Path) -> Iterator[Path]:
     finally:
         os.environ["HOMEWORTH_HOME"] = old
         get_settings.cache_clear()
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_airflow_env(root: Path, port: int, parallelism: int, **extra: str) -> dict[str, str]:
