@@ -1,5 +1,6 @@
 """Local servers of the production shape, for the integration tests and the benchmarks: moto's standalone S3
-server and a real ``mlflow server`` whose artifacts go to S3 on it.
+server (through ``tools/moto_ranged.py``: a ranged GET reads only its range) and a real ``mlflow server`` whose
+artifacts go to S3 on it.
 
 Each server runs in its own process group and is stopped with it (SIGTERM, then SIGKILL), so nothing is left
 running. ``s3_and_mlflow`` yields the environment that points homeworth, MLflow and every AWS client at them.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKETS = ("landing", "lake", "mlflow")
+# moto's server with ranged GETs that read only their range (run as a script: tools/ is not an installed package)
+MOTO_RANGED = Path(__file__).with_name("moto_ranged.py")
 
 
 def free_port() -> int:
@@ -90,7 +93,7 @@ def s3_and_mlflow(root: Path, buckets: tuple[str, ...] = BUCKETS, mlflow_env: di
     base = clean_env()
     s3_port, mlflow_port = free_port(), free_port()
     endpoint, mlflow_uri = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{mlflow_port}"
-    procs = [serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+    procs = [serve([sys.executable, str(MOTO_RANGED), "-H", "127.0.0.1", "-p", str(s3_port)],
                    root / "moto.log", base, f"{endpoint}/moto-api/")]
     try:
         s3 = s3_client(endpoint)
