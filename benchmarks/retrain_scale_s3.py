@@ -224,7 +224,7 @@ def markdown(s3: dict) -> list[str]:
              f"The lake was copied before the run ({c['objects']:,} objects of {', '.join(c['tables'])}, "
              f"{_mib(c['bytes'])}) to `{c['dest']}` in {c['seconds']:.1f} s: not part of the times above.", "",
              "| server | peak RSS (MiB), largest process | sum over its processes |", "|---|---:|---:|",
-             f"| moto (`python -m moto.server`) | {m['moto_peak_rss']['max_mib']:,.0f} | "
+             f"| moto (`tools/moto_ranged.py`) | {m['moto_peak_rss']['max_mib']:,.0f} | "
              f"{m['moto_peak_rss']['sum_mib']:,.0f} |",
              f"| `mlflow server` | {m['mlflow_peak_rss']['max_mib']:,.0f} | {m['mlflow_peak_rss']['sum_mib']:,.0f} |",
              "", f"moto keeps each object in a spooled temporary file: in memory up to ~5 MiB, then in an unlinked "

@@ -146,7 +146,7 @@ def _report(rss: float, wall: float, local_files: list[str] | None = None) -> di
 def test_the_report_names_the_store_and_flags_local_files():
     md = markdown(_report(500, 120.0, local_files=[]))
     assert "HOMEWORTH_LAKE_URI=s3://lake/lake" in md and "--artifacts-destination s3://mlflow/artifacts" in md
-    assert "| moto (`python -m moto.server`) | 812 | 812 |" in md and "730 objects" in md and "4.2 s" in md
+    assert "| moto (`tools/moto_ranged.py`) | 812 | 812 |" in md and "730 objects" in md and "4.2 s" in md
     assert "local disk during the run (below `/h`, `/data/lake`): **none**." in md
     assert "**1**: `/h/tmp/x.parquet`" in markdown(_report(500, 120.0, local_files=["/h/tmp/x.parquet"]))
     assert "local lake and MLflow store" in markdown(_report(500, 120.0))
