@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # Part of every feature table's key: raise it when a change to the build's code changes the bytes it writes
 # for the same inputs (tables keyed before it are then rebuilt, never reused).
-FEATURES_KEY_VERSION = 1
+FEATURES_KEY_VERSION = 2
 
 # The comparable-sales stage of one chunk: (the chunk's partitions, its rows) -> its rows with the comps.
 CompsStage = Callable[[list[dict], pl.LazyFrame], pl.LazyFrame]

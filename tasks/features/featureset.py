@@ -11,6 +11,7 @@ import polars as pl
 
 from tasks.core.spec import DatasetSpec
 from tasks.features.comps import CompsConfig
+from tasks.features.preprocessing import null_indicator_columns, with_null_indicators
 
 SPLIT = "split"
 SPLITS = ("train", "val", "test")
@@ -36,6 +37,8 @@ class FeatureSet:
     # Comps columns kept in the feature table that are not model inputs (market time, which a time split's
     # test rows take past the training range).
     not_inputs: tuple[str, ...] = ()
+    # Numeric columns whose missing-value indicators ``derive`` adds (among ``categorical``).
+    null_indicators: tuple[str, ...] = ()
 
     def comp_columns(self) -> list[str]:
         return self.comps.columns() if self.comps is not None else []
@@ -102,8 +105,10 @@ def default_feature_set(spec: DatasetSpec, comps_mode: str = "full") -> FeatureS
     of the sale day (the location-adjusted index nowcast to it, plus ln size with a size), as King County's
     module does. Market time (``<p>sale_day``) is in the table but not a model input: a time split's test
     days lie past the training range, where a network extrapolates it arbitrarily (docs/model.md); the
-    market level enters through the offset. The target transform is the spec's, else chosen from the
-    training targets at fit time (``auto``: ln for a positive, right-skewed target; ``tasks.features.fit``)."""
+    market level enters through the offset. Each numeric column the spec marks ``nullable`` gets a
+    missing-value indicator among the categorical inputs (``<column>__isnull``: "missing" / "present"). The
+    target transform is the spec's, else chosen from the training targets at fit time (``auto``: ln for a
+    positive, right-skewed target; ``tasks.features.fit``)."""
     comps = _in_mode(default_comps(spec), comps_mode)
     offset: tuple[str, ...] = ()
     not_inputs: tuple[str, ...] = ()
@@ -114,8 +119,11 @@ def default_feature_set(spec: DatasetSpec, comps_mode: str = "full") -> FeatureS
         offset = (f"{p}mktloc_now" if comps.market_location else f"{p}mkt_now",
                   *((f"{p}ln_size",) if comps.size else ()))
         not_inputs = (f"{p}sale_day",)
-    return FeatureSet(spec.by_role("numeric"), spec.by_role("categorical"), spec.target_transform or "auto",
-                      lambda lf: lf, None, comps=comps, target_offset=offset, not_inputs=not_inputs)
+    numeric = spec.by_role("numeric")
+    nullable = tuple(c for c in numeric if spec.columns[c].accepts_null)
+    return FeatureSet(numeric, [*spec.by_role("categorical"), *null_indicator_columns(nullable)],
+                      spec.target_transform or "auto", lambda lf: with_null_indicators(lf, nullable), None, comps=comps,
+                      target_offset=offset, not_inputs=not_inputs, null_indicators=nullable)
 
 
 def bounded_sample(lf: pl.LazyFrame, max_rows: int, rows: int | None = None) -> pl.DataFrame:

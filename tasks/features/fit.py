@@ -94,9 +94,8 @@ def _fit_columns(names: list[str], fset: FeatureSet) -> tuple[FeatureSet, list[s
     # A comp column is absent without comps, and with it an offset that uses it.
     offset_cols = list(fset.target_offset) if fset.target_offset and set(fset.target_offset) <= set(names) else []
     inputs = [c for c in present if c not in fset.numeric and c not in fset.not_inputs]
-    return (FeatureSet(fset.numeric + inputs, fset.categorical, fset.target_transform, fset.derive, fset.module,
-                       unclipped, comps_cfg, tuple(offset_cols), fset.not_inputs),
-            offset_cols)
+    return (dataclasses.replace(fset, numeric=fset.numeric + inputs, unclipped=unclipped, comps=comps_cfg,
+                                target_offset=tuple(offset_cols)), offset_cols)
 
 
 # ``auto`` target transform: ln when every training target is positive and their skewness passes this.
@@ -301,6 +300,6 @@ def _fit_statistics(source: pl.DataFrame, spec: DatasetSpec, fset: FeatureSet, o
         categorical=[Vocabulary(name=c, values=vocabs[c]) for c in fset.categorical], target=spec.target,
         target_transform=fset.target_transform,
         target_mean=y_mean, target_std=y_std or 1.0, fitted_on=fitted_on, comps=fset.comps,
-        target_offset=offset_terms,
+        target_offset=offset_terms, null_indicators=list(fset.null_indicators),
     )
     return with_rank_knots(prep, source)

@@ -90,6 +90,25 @@ class NumericStat(BaseModel):
         return self
 
 
+# A nullable numeric input's missing-value indicator (a categorical input): "<column>__isnull", "missing" where
+# the column is null or NaN, else "present". The network sees a null numeric input as its training mean; the
+# indicator tells it the value was not there (trees see the gap itself). From the spec's ``nullable``.
+NULL_SUFFIX = "__isnull"
+
+
+def null_indicator_columns(columns: list[str] | tuple[str, ...]) -> list[str]:
+    return [f"{c}{NULL_SUFFIX}" for c in columns]
+
+
+def with_null_indicators(lf: pl.LazyFrame, columns: list[str] | tuple[str, ...]) -> pl.LazyFrame:
+    """``lf`` with the missing-value indicator of each of ``columns`` (:data:`NULL_SUFFIX`); unchanged without any."""
+    if not columns:
+        return lf
+    return lf.with_columns(
+        pl.when(pl.col(c).cast(pl.Float64).fill_nan(None).is_null()).then(pl.lit("missing")).otherwise(pl.lit("present"))
+        .alias(name) for c, name in zip(columns, null_indicator_columns(columns)))
+
+
 class OffsetTerm(BaseModel):
     name: str
     fill: float  # used where the column is null or NaN (its training mean)
@@ -118,6 +137,9 @@ class Preprocessing(BaseModel):
     # The target's baseline: the model predicts (transformed target - sum of these columns), scaled by
     # target_mean / target_std; empty: the transformed target itself.
     target_offset: list[OffsetTerm] = []
+    # Numeric columns with a missing-value indicator among the categorical inputs (a spec without a feature
+    # module: its nullable numeric inputs); ``derive`` adds the indicators.
+    null_indicators: list[str] = []
 
     @field_validator("features_module", mode="before")
     @classmethod
@@ -126,8 +148,8 @@ class Preprocessing(BaseModel):
 
     def sha256(self) -> str:
         # Without comps / an offset the JSON (and so the hash) is what it was before they existed.
-        exclude: dict = {k: True for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset))
-                         if empty}
+        exclude: dict = {k: True for k, empty in (("comps", self.comps is None), ("target_offset", not self.target_offset),
+                                                  ("null_indicators", not self.null_indicators)) if empty}
         if not self.has_ranks():  # nor without the quantile transform's knots
             exclude["numeric"] = {"__all__": {"rank_knots", "rank_levels"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
@@ -138,7 +160,7 @@ class Preprocessing(BaseModel):
 
     def derive(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         if self.features_module is None:
-            return lf
+            return with_null_indicators(lf, self.null_indicators)
         # Checked again here (settings may have changed since parsing, or a model was built unvalidated).
         return importlib.import_module(check_features_module(self.features_module)).derive(lf)
 

@@ -59,7 +59,11 @@ def model_config(prep: Preprocessing, spec: DatasetSpec | None) -> dict[str, Any
                 "columns": {name: cs.type for name, cs in spec.columns.items()},
                 "required": [c for c in input_columns(spec) if spec.columns[c].required]}
     if prep.features_module is None and prep.comps is None:
-        cols = {**{s.name: "float" for s in prep.numeric}, **{v.name: "string" for v in prep.categorical}}
+        from tasks.features.preprocessing import null_indicator_columns
+
+        derived = set(null_indicator_columns(prep.null_indicators))  # added by the model, not an input
+        cols = {**{s.name: "float" for s in prep.numeric},
+                **{v.name: "string" for v in prep.categorical if v.name not in derived}}
         return {"dataset": prep.dataset, "target": prep.target, "ids": [], "inputs": list(cols),
                 "columns": {**cols, prep.target: "float"}, "required": list(cols)}
     log.warning("preprocessing of dataset %r (spec sha256 %s) does not match the configured spec and derives its "

@@ -4,6 +4,7 @@ event time, leave-one-out comparables that never see the row's own target nor a 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import date
 from pathlib import Path
@@ -169,3 +170,31 @@ def test_build_records_the_chosen_transform_in_the_preprocessing(tmp_path):
     assert prep.target_transform == "log" and prep.fitted_on["target_transform"]["chosen"] == "log"
     assert prep.comps is not None and prep.comps.leave_one_out
     assert [t.name for t in prep.target_offset] == ["comp_ln_size"]
+
+
+def test_nullable_numeric_inputs_get_a_missing_value_indicator(tmp_path):
+    from tasks.features.preprocessing import load_preprocessing
+
+    melbourne = feature_set(load_spec(MELBOURNE))
+    assert melbourne.null_indicators == ("Car", "BuildingArea", "YearBuilt")
+    assert {"Car__isnull", "BuildingArea__isnull", "YearBuilt__isnull"} <= set(melbourne.categorical)
+
+    spec = cross_sectional_spec()
+    spec = spec.model_copy(update={"columns": {**spec.columns, "rooms": spec.columns["rooms"].model_copy(
+        update={"nullable": True})}})
+    df = blocks(300).with_columns(pl.when(pl.int_range(pl.len()) % 3 == 0).then(None).otherwise(pl.col("rooms"))
+                                  .alias("rooms"))
+    table, meta = _build(tmp_path, "indicators", df, spec)
+    expected = pl.when(pl.col("rooms").is_null()).then(pl.lit("missing")).otherwise(pl.lit("present"))
+    assert table["rooms__isnull"].to_list() == table.select(expected)[:, 0].to_list()
+    assert table["rooms__isnull"].value_counts().height == 2
+    prep = load_preprocessing(meta["preprocessing_uri"])
+    assert prep.null_indicators == ["rooms"]
+    assert [v.values for v in prep.categorical if v.name == "rooms__isnull"] == [["missing", "present"]]
+    # Scoring derives the same indicator from a raw row (null, NaN, a value).
+    rows = pl.DataFrame({"rooms": [None, float("nan"), 3.0]})
+    assert prep.derive(rows.lazy()).collect()["rooms__isnull"].to_list() == ["missing", "missing", "present"]
+    # The indicators are part of the artifact's identity; a preprocessing without any hashes as before the field.
+    bare = prep.model_copy(update={"null_indicators": []})
+    assert prep.sha256() != bare.sha256()
+    assert bare.sha256() == hashlib.sha256(bare.model_dump_json(exclude={"null_indicators": True}).encode()).hexdigest()
