@@ -80,7 +80,10 @@ def _view(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
 def reference_window(spec: DatasetSpec, lake_uri: str, start: date, days: int) -> dict | None:
     """Volume and target distribution of the validated partitions of the ``days`` days before ``start``.
 
-    None when fewer than half of those days have a partition (the start of a history, a bulk load).
+    ``rows_per_sale_day`` is the average over the days that had a sale: a market whose sales fall on one day a
+    week (Melbourne's auction Saturdays) has most calendar days empty, and its sale days are as busy as the
+    average of those, not of the calendar. None when fewer than half of those days have a partition (the start
+    of a history, a bulk load).
     """
     if not days:
         return None
@@ -88,13 +91,14 @@ def reference_window(spec: DatasetSpec, lake_uri: str, start: date, days: int) -
             if (u := lake.day_file(lake_uri, lake.VALIDATED, d))]
     if len(uris) < max(days // 2, 1):
         return None
-    ref = pl.scan_parquet(uris).select(
-        pl.len().alias("rows"), pl.col(spec.target).median().alias("median"),
+    ref = pl.scan_parquet(uris, include_file_paths="_file").select(
+        pl.len().alias("rows"), pl.col("_file").n_unique().alias("sale_days"), pl.col(spec.target).median().alias("median"),
         pl.col(spec.target).quantile(0.25).alias("q25"), pl.col(spec.target).quantile(0.75).alias("q75"),
     ).collect().row(0, named=True)
     if not ref["rows"]:
         return None
-    return {"days": days, "partitions": len(uris), "rows_per_day": ref["rows"] / days,
+    return {"days": days, "partitions": len(uris), "rows_per_day": ref["rows"] / days, "sale_days": ref["sale_days"],
+            "rows_per_sale_day": ref["rows"] / ref["sale_days"],
             "median": ref["median"], "q25": ref["q25"], "q75": ref["q75"]}
 
 
@@ -104,8 +108,8 @@ def expectation_parameters(spec: DatasetSpec, start: date, end: date, params: di
 
     Defaults come from ``expectations.common.DEFAULT_PARAMETERS``, then the suite module's ``PARAMETERS``,
     then ``params``. Per-day row-count bounds are scaled by the number of days into the batch's bounds;
-    with a ``reference`` window (:func:`reference_window`) the upper volume bound and the target's
-    median and quartiles are set relative to it.
+    with a ``reference`` window (:func:`reference_window`) the upper volume bound (per day: ``max_rows_vs_reference``
+    times the reference's rows per sale day) and the target's median and quartiles are set relative to it.
     """
     from expectations.common import (
         DEFAULT_PARAMETERS,
@@ -132,7 +136,7 @@ def expectation_parameters(spec: DatasetSpec, start: date, end: date, params: di
     min_dist_rows = merged.pop(DISTRIBUTION_MIN_ROWS, 0) or 0
     merged.pop(REFERENCE_DAYS, None)
     if hi is None and reference and factor:
-        hi = math.ceil(factor * max(reference["rows_per_day"], 1.0))
+        hi = math.ceil(factor * max(reference["rows_per_sale_day"], 1.0))
     merged.setdefault(MIN_ROWS, None if lo is None else lo * n_days)
     merged.setdefault(MAX_ROWS, None if hi is None else hi * n_days)
     judged = reference is not None and tol is not None and batch_rows >= min_dist_rows

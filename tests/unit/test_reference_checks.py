@@ -77,3 +77,22 @@ def test_a_volume_spike_against_the_reference_fails(lake, spec):
     ingest_interval(spec, landing, lake_uri, DAY, DAY + timedelta(days=1))
     with pytest.raises(ValidationFailed, match="row_count"):
         validate_interval(spec, lake_uri, DAY, DAY + timedelta(days=1))
+
+
+def test_the_volume_bound_follows_the_sale_days_not_the_calendar(tmp_path, spec):
+    """A market selling one day a week: its reference is the average of its sale days, so a busy sale day
+    passes while a runaway feed (over 5x that average) still fails."""
+    from tasks.core import lake as lake_paths
+    from tasks.core import storage
+    from tasks.quality.validate import expectation_parameters
+
+    lake_uri = str(tmp_path / "lake")
+    for i in range(28):
+        day = DAY - timedelta(days=28 - i)
+        rows = 100 if i % 7 == 0 else 0
+        storage.write_parquet_atomic(pl.DataFrame({"price": [500_000.0] * rows}, schema={"price": pl.Float64}),
+                                     lake_paths.partition_uri(lake_uri, "validated", day))
+    ref = reference_window(spec, lake_uri, DAY, 28)
+    assert (ref["sale_days"], ref["rows_per_sale_day"], ref["rows_per_day"]) == (4, 100.0, pytest.approx(400 / 28))
+    params = expectation_parameters(spec, DAY, DAY + timedelta(days=1), reference=ref)
+    assert params["max_rows"] == 500  # 5 x 100: a sale day of 341 passes; 8x the calendar average would not
