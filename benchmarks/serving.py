@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tools.servers import free_port
+from tools.servers import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,13 +160,6 @@ def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout: float
             pass
         time.sleep(0.3)
     raise RuntimeError(f"server not ready after {timeout}s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Stop the server's process group (``tools.servers.stop``: SIGTERM, then SIGKILL)."""
-    from tools.servers import stop
-
-    stop(proc)
 
 
 def measure(base: str, houses: list[dict], batch: int, requests: int, max_seconds: float, clients: int = 1) -> dict:
@@ -540,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         if private:
             swap = during_swaps(base, houses, settings, spec, args.swap_seconds)
     finally:
-        stop_server(proc)
+        stop(proc)  # the server's process group: SIGTERM, then SIGKILL
     batch = batch_throughput(settings, spec, args.batch_rows) if args.batch_rows else None
     import torch
 

@@ -67,7 +67,8 @@ def batch(parity_env):
 def test_same_houses_same_prices_batch_vs_uvicorn(parity_env, batch):
     import httpx
 
-    from benchmarks.serving import free_port, start_server, stop_server, wait_ready
+    from benchmarks.serving import start_server, wait_ready
+    from tools.servers import free_port, stop
 
     settings, spec, version, text_houses = parity_env
     port = free_port()
@@ -78,7 +79,7 @@ def test_same_houses_same_prices_batch_vs_uvicorn(parity_env, batch):
         wait_ready(f"http://127.0.0.1:{port}", proc, log)
         r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"houses": text_houses}, timeout=60)
     finally:
-        stop_server(proc)
+        stop(proc)
     assert proc.poll() is not None, "the server is stopped"
     assert r.status_code == 200, r.text
     body = r.json()
